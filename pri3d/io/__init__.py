@@ -1,0 +1,8 @@
+"""Readers and writers for the on-disk formats pri3d consumes and produces.
+
+* :mod:`pri3d.io.sens`: ScanNet ``.sens`` RGB-D streams (streaming reader, writer).
+* :mod:`pri3d.io.images`: 16-bit depth PNGs, label/instance PNGs, JPEG colour.
+* :mod:`pri3d.io.scannet`: meshes, over-segmentations, aggregations, the label table, matrix text files.
+
+Nothing is re-exported here so that importing one format does not pull in the others' dependencies.
+"""
