@@ -89,7 +89,8 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         scenes=args.scenes, frames=args.frames, seed=args.seed,
         color_size=args.color_size, depth_size=args.depth_size,
         frames_25k_every=args.frames_25k_every, depth_noise=args.depth_noise, depth_holes=args.depth_holes,
-        invalid_pose_fraction=args.invalid_poses, val_fraction=args.val_fraction, mesh_spacing=args.mesh_spacing,
+        invalid_pose_fraction=args.invalid_poses, val_fraction=args.val_fraction,
+        mesh_spacing=args.mesh_spacing,
     )  # fmt: skip
 
 
