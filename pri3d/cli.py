@@ -9,7 +9,10 @@ import sys
 from pri3d import __version__
 
 #: Modules that provide `register(subparsers)`; each adds one subcommand whose handler is `args.run`.
-COMMAND_MODULES = ("pri3d.synth.cli",)
+COMMAND_MODULES = (
+    "pri3d.synth.cli",
+    "pri3d.demo",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -49,6 +49,9 @@ ROOM_TYPES: dict[str, tuple[list[tuple[str, float]], list[tuple[str, float]]]] =
     ),
 }  # fmt: skip
 
+EXTRA_WALL_FURNITURE = ("cabinet", "bookshelf", "trash can", "nightstand", "desk")
+EXTRA_FREE_FURNITURE = ("ottoman", "chair", "trash can")
+
 
 def build_room(scene_id: str, rng: np.random.Generator, room_type: str | None = None) -> Scene:
     """Generate one furnished room. Deterministic for a given generator state."""
@@ -78,6 +81,11 @@ def build_room(scene_id: str, rng: np.random.Generator, room_type: str | None = 
     for name, p in free_items:
         if rng.random() < p:
             _add_free_group(b, name)
+    # clutter that any room may have, so that rooms are not sparse and classes share company
+    for _ in range(int(rng.integers(1, 4))):
+        _add_wall_furniture(b, str(rng.choice(EXTRA_WALL_FURNITURE)))
+    for _ in range(int(rng.integers(0, 3))):
+        _add_free_group(b, str(rng.choice(EXTRA_FREE_FURNITURE)))
     for _ in range(int(rng.integers(1, 4))):
         _add_picture(b)
     scene = b.build()
@@ -198,7 +206,9 @@ def _add_window(b: _Builder) -> None:
     for side in (-1, 1):
         panel = float(b.rng.uniform(0.3, 0.5))
         cs = s + side * (width / 2 + panel / 2 - 0.1)
-        if not b.span_free(wall, cs - panel / 2, cs + panel / 2, 0.05, top) and abs(cs - s) > width / 2:
+        # the panel overlaps the window's edge on purpose; only the part beside the window must be free
+        outer = (s + width / 2, cs + panel / 2) if side > 0 else (cs - panel / 2, s - width / 2)
+        if not b.span_free(wall, outer[0], outer[1], 0.05, top):
             continue
         length = b.wall_frame(wall)[3]
         if cs - panel / 2 < 0.02 or cs + panel / 2 > length - 0.02:

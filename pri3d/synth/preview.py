@@ -64,7 +64,7 @@ def write_preview(
     top = fig.add_subplot(1, 4, 4) if len(picks) == 1 else fig.add_subplot(len(picks), 4, (4, 4 * len(picks)))
     image, extent = top_view(vertices, colors)
     top.imshow(image, extent=extent, origin="lower")
-    top.set_title(f"mesh from above ({len(vertices):,} vertices, ceiling removed)")
+    top.set_title(f"mesh from above, no ceiling ({len(vertices):,} vertices)", fontsize=9)
     top.set_xlabel("x (m)")
     top.set_ylabel("y (m)")
 
