@@ -1,0 +1,1 @@
+"""Training loop, schedules, checkpoints, logging and distributed set-up, shared by all tasks."""

@@ -1,0 +1,157 @@
+"""Typed configs with overrides in the original's Hydra style (`train.batch_size=64`).
+
+Every key of the original Pri3D pre-training config keeps its name and meaning, so recipes and
+scripts carry over; keys the original ignored are accepted and documented as unused. An unknown
+key is an error that names the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+
+class ConfigError(ValueError):
+    """A bad override: unknown key, wrong type or invalid value."""
+
+
+@dataclass
+class TrainConfig:
+    phase: str = "train"  # pair list: train -> splits/overlap30.txt, val -> overlap30_val.txt
+    is_train: bool = True  # unused in pre-training (kept for the original's scripts)
+    exp_name: str = "pri3d"  # run name (logs, Weights & Biases)
+    log_dir: str = "runs/pretrain"  # output folder: checkpoints, logs, resolved config
+    batch_size: int = 64  # global batch: split over DDP ranks, then over accumulation steps
+    report_batch: int = 10  # log every N optimizer steps
+    report_epoch: int = 1  # also checkpoint at the end of every N epochs
+    workers: int = 2  # DataLoader workers per rank (the original ignored this key)
+    write_result: bool = False  # unused
+    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs); for smoke tests
+    checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = only at epoch ends)
+    seed: int = 0  # data sampling, augmentation and initialisation
+    device: str = "auto"  # auto (cuda if present), cpu or cuda
+    bf16: bool = False  # bf16 autocast for the 2D network
+    channels_last: bool = False  # channels_last memory format for the 2D network
+    max_bad_samples: int = 50  # stop when this many samples in a row fail to load
+    threads: int = 0  # torch intra-op threads per process (0 = leave PyTorch's default)
+
+
+@dataclass
+class OptimizerConfig:
+    optimizer: str = "SGD"  # SGD or Adam
+    lr: float = 0.1
+    sgd_momentum: float = 0.9
+    sgd_dampening: float = 0.1  # as the original: each new gradient enters the momentum buffer × 0.9
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    weight_decay: float = 0.0
+    bn_momentum: float = 0.02  # unused: BN momentum follows the BN-momentum schedule (as the original)
+    accumulate_step: int = 1  # gradient accumulation
+
+
+@dataclass
+class SchedulerConfig:
+    scheduler: str = "PolyLR"  # PolyLR, MultiStepLR or StepLR, stepped per optimizer step
+    max_epochs: int = 5
+    decay_epochs: list[int] = field(default_factory=lambda: [80, 120, 160])  # MultiStepLR milestones
+    lr_decay: float = 0.1
+    step_size: int = 80  # StepLR period in epochs
+    poly_power: float = 0.9
+
+
+@dataclass
+class DistributedConfig:
+    num_gpus: int = 1  # unused: launch several processes with torchrun instead
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "Pri3D"
+    nceT: float = 0.4  # InfoNCE temperature (both losses)
+    npos: float = 2.0  # unused
+    backbone: str = "Res50UNet"  # Res50UNet or Res18UNet
+    weights: str = ""  # unused
+    pretrained: str = "imagenet"  # imagenet, scratch, or a path to torchvision ResNet weights
+    depth: bool = True  # auxiliary depth-prediction loss
+    save_feature: bool = False  # unused
+    view_invariant: bool = True  # pixel <-> pixel InfoNCE across the two views
+    geometric_prior: bool = True  # pixel <-> voxel InfoNCE against the 3D network
+    sample_points: int = 1024  # correspondences sampled per pair (and per view for the 3D loss)
+    thresh: float = 0.05  # metres: depth agreement for pixel <-> pixel matches
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "ScanNet"
+    size: list[int] = field(default_factory=lambda: [240, 320])  # (H, W)
+    path: str = "data/scannet_pretrain"  # output of `pri3d preprocess scannet`
+    pointcloud_path: str = ""  # default: <path>/pointcloud
+    chunk: bool = False  # unused: chunks are loaded when pretrain.geometric_prior is on
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    wandb: str = "disabled"  # disabled, online or offline; never prompts
+    wandb_project: str = "pri3d"
+
+
+@dataclass
+class PretrainRunConfig:
+    train: TrainConfig = field(default_factory=TrainConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+def all_keys(schema: Any, prefix: str = "") -> list[str]:
+    """Dotted names of every leaf key of a config dataclass."""
+    keys = []
+    for f in fields(schema):
+        value = getattr(schema, f.name)
+        if is_dataclass(value):
+            keys += all_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def load_config(schema: type, overrides: list[str], base: dict | None = None) -> Any:
+    """Build `schema` with `base` (e.g. a resolved config from a checkpoint) and `key=value` overrides.
+
+    Values are parsed as YAML (`dataset.size=[240,320]`, `pretrain.depth=false`).
+    """
+    config = OmegaConf.structured(schema)
+    valid = all_keys(schema())
+    if base is not None:
+        config = OmegaConf.merge(config, base)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. train.batch_size=64)")
+        key = item.split("=", 1)[0].lstrip("+")
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(valid)}"
+            raise ConfigError(f"unknown config key {key!r}{hint}")
+        try:
+            config = OmegaConf.merge(config, OmegaConf.from_dotlist([item.lstrip("+")]))
+        except (ValidationError, ConfigKeyError) as error:
+            raise ConfigError(
+                f"bad value in {item!r}: {error.msg if hasattr(error, 'msg') else error}"
+            ) from None
+    return OmegaConf.to_object(config)
+
+
+def to_yaml(config: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(config))
+
+
+def to_dict(config: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]

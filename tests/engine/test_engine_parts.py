@@ -1,0 +1,112 @@
+"""Config overrides, the sampler's rank/accumulation split, schedules and checkpoint files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pri3d.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pri3d.engine.config import ConfigError, PretrainRunConfig, load_config
+from pri3d.engine.sampler import GlobalBatchSampler
+from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
+
+
+def test_defaults_are_the_released_recipe():
+    c = load_config(PretrainRunConfig, [])
+    assert (c.optimizer.optimizer, c.optimizer.lr, c.optimizer.sgd_momentum, c.optimizer.sgd_dampening) == (
+        "SGD", 0.1, 0.9, 0.1)  # fmt: skip
+    assert (
+        c.optimizer.weight_decay == 0.0 and c.scheduler.scheduler == "PolyLR" and c.scheduler.max_epochs == 5
+    )
+    assert c.train.batch_size == 64 and c.pretrain.sample_points == 1024 and c.pretrain.nceT == 0.4
+    assert c.pretrain.thresh == 0.05 and c.pretrain.depth and c.dataset.size == [240, 320]
+
+
+def test_overrides_in_the_original_style():
+    c = load_config(PretrainRunConfig, ["train.batch_size=8", "pretrain.backbone=Res18UNet",
+                                        "pretrain.geometric_prior=False", "dataset.size=[120,160]"])  # fmt: skip
+    assert c.train.batch_size == 8 and c.pretrain.backbone == "Res18UNet"
+    assert c.pretrain.geometric_prior is False and c.dataset.size == [120, 160]
+
+
+def test_unknown_key_names_the_nearest_valid_one():
+    with pytest.raises(ConfigError, match=r"did you mean train\.batch_size"):
+        load_config(PretrainRunConfig, ["train.batchsize=8"])
+    with pytest.raises(ConfigError, match="bad value"):
+        load_config(PretrainRunConfig, ["train.batch_size=eight"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(PretrainRunConfig, ["train.batch_size"])
+
+
+def test_ranks_and_accumulation_see_the_same_micro_batches():
+    one = GlobalBatchSampler(40, 8, accumulate=2, seed=3)
+    ranks = [GlobalBatchSampler(40, 8, rank=r, world_size=2, seed=3) for r in range(2)]
+    for s in (one, *ranks):
+        s.set_epoch(1)
+    single = list(one)
+    split = [list(r) for r in ranks]
+    assert len(single) == 10 and all(len(b) == 4 for b in single)
+    assert single[0::2] == split[0] and single[1::2] == split[1]
+    flat = [i for b in single for i in b]
+    assert len(set(flat)) == 40  # a permutation, no repeats within an epoch
+
+
+def test_sampler_resumes_mid_epoch_and_changes_order_per_epoch():
+    s = GlobalBatchSampler(30, 6, seed=0)
+    s.set_epoch(0)
+    full = list(s)
+    s.set_epoch(0, start_batch=2)
+    assert list(s) == full[2:] and len(s) == 3
+    s.set_epoch(1)
+    assert list(s) != full
+
+
+def test_sampler_rejects_indivisible_batches():
+    with pytest.raises(ValueError, match="divisible"):
+        GlobalBatchSampler(40, 6, world_size=4)
+
+
+def test_poly_schedule_and_bn_momentum():
+    model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1))
+    config = load_config(PretrainRunConfig, ["scheduler.max_epochs=2"])
+    opt = build_optimizer(model.parameters(), config.optimizer)
+    sched = build_scheduler(opt, config.scheduler, steps_per_epoch=5)
+    bn = BNMomentumScheduler(model)
+    lrs, moms = [], []
+    for _ in range(10):
+        lrs.append(opt.param_groups[0]["lr"])
+        moms.append(model[1].momentum)
+        opt.step()
+        sched.step()
+        bn.step()
+    assert lrs[0] == pytest.approx(0.1)
+    assert lrs[5] == pytest.approx(0.1 * (1 - 5 / 11) ** 0.9)
+    assert moms[0] == 0.5 and bn.momentum(20) == 0.25 and bn.momentum(400) == 0.001
+    state = bn.state_dict()
+    other = BNMomentumScheduler(model)
+    other.load_state_dict(state)
+    assert other.step_count == 10
+
+
+def test_checkpoint_is_atomic_and_loads_safely(tmp_path):
+    torch.manual_seed(7)
+    state = {"model": {"w": torch.randn(3)}, "step": 4, "rng": rng_state()}
+    save_checkpoint(tmp_path, "a.pth", state)
+    expected = torch.rand(2)
+    save_checkpoint(tmp_path, "b.pth", {**state, "step": 5})
+    assert latest_checkpoint(tmp_path).name == "b.pth"
+    assert not list(tmp_path.glob("*.tmp"))
+    loaded = load_checkpoint(tmp_path / "a.pth")
+    assert loaded["step"] == 4 and torch.equal(loaded["model"]["w"], state["model"]["w"])
+    set_rng_state(loaded["rng"])
+    assert torch.equal(torch.rand(2), expected)
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"bad\.pth"):
+        load_checkpoint(tmp_path / "bad.pth")
