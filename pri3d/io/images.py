@@ -44,11 +44,14 @@ def _as_uint16(path: str | os.PathLike[str], mode: str, pixels: np.ndarray) -> n
     return pixels.astype(np.uint16)
 
 
-def write_depth_png(path: str | os.PathLike[str], depth_mm: np.ndarray) -> None:
-    """Write np.uint16 [H, W] depth (millimetres, 0 = invalid) as a 16-bit greyscale PNG."""
+def write_depth_png(path: str | os.PathLike[str], depth_mm: np.ndarray, compress_level: int = 6) -> None:
+    """Write np.uint16 [H, W] depth (millimetres, 0 = invalid) as a 16-bit greyscale PNG.
+
+    `compress_level` 1 encodes about 6× faster than the default 6 for files ~7% larger.
+    """
     depth_mm = np.asarray(depth_mm)
     _check_array(path, depth_mm, (np.uint16,), rgb=False)
-    Image.fromarray(np.ascontiguousarray(depth_mm)).save(path, format="PNG")
+    Image.fromarray(np.ascontiguousarray(depth_mm)).save(path, format="PNG", compress_level=compress_level)
 
 
 def read_depth_png(path: str | os.PathLike[str]) -> np.ndarray:
