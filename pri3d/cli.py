@@ -11,6 +11,7 @@ from pri3d import __version__
 #: Modules that provide `register(subparsers)`; each adds one subcommand whose handler is `args.run`.
 COMMAND_MODULES = (
     "pri3d.synth.cli",
+    "pri3d.preprocess.cli",
     "pri3d.demo",
 )
 
