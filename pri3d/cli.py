@@ -12,6 +12,7 @@ from pri3d import __version__
 COMMAND_MODULES = (
     "pri3d.synth.cli",
     "pri3d.preprocess.cli",
+    "pri3d.tasks.pretrain",
     "pri3d.demo",
 )
 

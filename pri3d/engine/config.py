@@ -82,6 +82,7 @@ class PretrainConfig:
     geometric_prior: bool = True  # pixel <-> voxel InfoNCE against the 3D network
     sample_points: int = 1024  # correspondences sampled per pair (and per view for the 3D loss)
     thresh: float = 0.05  # metres: depth agreement for pixel <-> pixel matches
+    voxel_size: float = 0.02  # metres: voxels of the 3D network's input (the original's 2 cm)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Torch datasets and collate functions: pre-training pairs, segmentation and detection sets."""

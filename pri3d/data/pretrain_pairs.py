@@ -1,0 +1,257 @@
+"""Pre-training pairs: two overlapping frames of a ScanNet scan with their geometry and matches.
+
+Reads the output of `pri3d preprocess scannet` (see docs/data.md):
+`<root>/splits/overlap30.txt` (lines `<scene>/color/<i>.jpg <scene>/color/<j>.jpg <score>`; the
+original's `<scene>/pcd/<i>.npz` form is accepted too), per scene `color/<i>.jpg`, `depth/<i>.png`
+(uint16 mm), `pose/<i>.txt` (camera-to-world), `intrinsic/intrinsic_depth.txt`, and for the geometric
+prior `chunk_boxes.txt` and `<root>/pointcloud/<scene>.npz`.
+
+Everything that depends only on the data is computed here, in the DataLoader workers: colour
+augmentation, depth in metres, camera matrices, 2D–2D matches sampled to a fixed count with a
+validity mask, and for the geometric prior the voxelised scene crop of each view with its 3D–2D
+matches. Randomness is a function of (seed, epoch, index) alone, so a resumed run sees exactly the
+samples an uninterrupted run would have seen, whatever the number of workers.
+
+Geometry follows `pri3d.geometry` (pixel (row, col), integer pixel centres, depth 0 = invalid).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+from pri3d.geometry import (
+    invert_rigid,
+    sample_pixel_correspondences,
+    scale_intrinsics,
+    sparse_quantize,
+    voxel_pixel_correspondences,
+    voxelize,
+)
+from pri3d.io.images import read_depth_png
+from pri3d.io.scannet import read_matrix_txt
+from pri3d.preprocess.frames import read_chunk_boxes
+from pri3d.preprocess.pointcloud import load_point_cloud
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PairOptions:
+    """What a pair sample contains. Defaults are the released recipe (spec §2.1, §1.3)."""
+
+    size: tuple[int, int] = (240, 320)  # (H, W) fed to the network
+    num_matches: int = 1024  # sampled 2D–2D (and 3D–2D) correspondences per pair / view
+    threshold: float = 0.05  # metres; depth agreement for 2D–2D matches
+    geometric_prior: bool = False  # load voxel chunks and 3D–2D matches
+    voxel_size: float = 0.02
+    visibility_threshold: float = 0.2  # metres; occlusion test for 3D–2D matches
+    augment: bool = True  # colour jitter, grayscale, blur (never geometric)
+    seed: int = 0
+
+
+def read_pair_list(path: str | Path) -> list[tuple[str, int, int]]:
+    """(scene, frame_i, frame_j) for every line of a pair list; errors name the file and line."""
+    pairs = []
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: pair list not found (run `pri3d preprocess scannet` first)")
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        if len(tokens) < 2:
+            raise ValueError(
+                f"{path}:{number}: expected '<scene>/color/<i>.jpg <scene>/color/<j>.jpg [score]'"
+            )
+        try:
+            (scene_a, frame_a), (scene_b, frame_b) = (_scene_frame(t) for t in tokens[:2])
+        except ValueError:
+            raise ValueError(f"{path}:{number}: cannot read scene and frame from {tokens[:2]}") from None
+        if scene_a != scene_b:
+            raise ValueError(f"{path}:{number}: a pair must come from one scene, got {scene_a} and {scene_b}")
+        pairs.append((scene_a, frame_a, frame_b))
+    if not pairs:
+        raise ValueError(f"{path}: the pair list is empty")
+    return pairs
+
+
+def _scene_frame(token: str) -> tuple[str, int]:
+    parts = Path(token).parts
+    return parts[-3], int(Path(parts[-1]).stem)
+
+
+class ScanNetPairs(Dataset):
+    """Overlapping frame pairs for pre-training.
+
+    Each item is a dict (per view v in 1, 2):
+      color{v} [3, H, W] float32 normalised; depth{v} [H, W] float32 metres (0 invalid);
+      intrinsics{v} [3, 3]; world_to_camera{v} [4, 4];
+      match{v} [S, 2] int64 (row, col) pixel of the 2D–2D matches, match_valid [S] bool;
+    and with the geometric prior:
+      voxels{v} [V, 3] int32 voxel coordinates (floor(p / voxel_size)), voxel_colors{v} [V, 3] float32
+      RGB in [0, 1], vp_pixel{v} [S, 2] int64, vp_voxel{v} [S] int64 (row into voxels{v}),
+      vp_valid{v} [S] bool.
+    A sample that cannot be read comes back as {"skip": reason, "index": i} (see `collate_pairs`).
+    """
+
+    def __init__(self, root: str | Path, pair_list: str = "splits/overlap30.txt", options: PairOptions | None = None,
+                 pointcloud_dir: str | Path | None = None):  # fmt: skip
+        self.root = Path(root)
+        self.pointcloud_dir = Path(pointcloud_dir) if pointcloud_dir else self.root / "pointcloud"
+        self.options = options or PairOptions()
+        self.pairs = read_pair_list(self.root / pair_list)
+        self.epoch = 0
+        self._clouds: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._boxes: dict[str, dict[int, np.ndarray]] = {}
+        self._intrinsics: dict[str, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Samples of epoch e use their own random draws (augmentation, match sampling)."""
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> dict:
+        scene, frame_a, frame_b = self.pairs[index]
+        generator = torch.Generator().manual_seed(_sample_seed(self.options.seed, self.epoch, index))
+        try:
+            views = [self._load_view(scene, frame, generator) for frame in (frame_a, frame_b)]
+        except (OSError, ValueError) as error:
+            return {"skip": f"{scene} frames {frame_a}/{frame_b}: {error}", "index": index}
+        sample: dict = {"index": index, "scene": scene, "frames": (frame_a, frame_b)}
+        for v, view in enumerate(views, start=1):
+            for key, value in view.items():
+                sample[f"{key}{v}"] = value
+        pos1, pos2, valid = sample_pixel_correspondences(
+            sample["depth1"][None], sample["intrinsics1"][None], sample["world_to_camera1"][None],
+            sample["depth2"][None], sample["intrinsics2"][None], sample["world_to_camera2"][None],
+            self.options.num_matches, self.options.threshold, generator=generator,
+        )  # fmt: skip
+        sample["match1"], sample["match2"], sample["match_valid"] = pos1[0], pos2[0], valid[0]
+        if self.options.geometric_prior:
+            for v, frame in enumerate((frame_a, frame_b), start=1):
+                chunk = self._voxel_chunk(scene, frame, sample[f"depth{v}"], sample[f"intrinsics{v}"],
+                                          sample[f"world_to_camera{v}"], generator)  # fmt: skip
+                if chunk is None:
+                    return {
+                        "skip": f"{scene} frame {frame}: no scene points inside the frame's chunk box",
+                        "index": index,
+                    }
+                for key, value in chunk.items():
+                    sample[f"{key}{v}"] = value
+        return sample
+
+    # ------------------------------------------------------------------------------------------
+    def _load_view(self, scene: str, frame: int, generator: torch.Generator) -> dict:
+        height, width = self.options.size
+        folder = self.root / scene
+        with Image.open(folder / "color" / f"{frame}.jpg") as image:
+            image = image.convert("RGB")
+            # nearest, as the original: keeps colour and depth pixels aligned to the same rays
+            image = image.resize((width, height), Image.NEAREST)
+        color = self._augment(image, generator)
+        depth_mm = read_depth_png(folder / "depth" / f"{frame}.png")
+        depth_native = depth_mm.shape
+        depth = torch.from_numpy(np.array(Image.fromarray(depth_mm).resize((width, height), Image.NEAREST)))
+        depth = depth.to(torch.float32) / 1000.0
+        camera_to_world = read_matrix_txt(folder / "pose" / f"{frame}.txt")
+        if camera_to_world.shape != (4, 4) or not np.isfinite(camera_to_world).all():
+            raise ValueError(f"pose/{frame}.txt is not a finite 4x4 matrix")
+        k = torch.from_numpy(self._depth_intrinsics(scene)).to(torch.float64)
+        k = scale_intrinsics(k, depth_native, (height, width))
+        return {
+            "color": color,
+            "depth": depth,
+            "intrinsics": k.to(torch.float32),
+            "world_to_camera": invert_rigid(torch.from_numpy(camera_to_world)).to(torch.float32),
+        }
+
+    def _augment(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
+        """The original's colour augmentations (jitter p=0.8, grayscale p=0.2, blur p=0.5), seeded."""
+        if self.options.augment:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+                if torch.rand(1) < 0.8:
+                    image = v2.ColorJitter(0.4, 0.4, 0.4, 0.1)(image)
+                if torch.rand(1) < 0.2:
+                    image = v2.Grayscale(num_output_channels=3)(image)
+                if torch.rand(1) < 0.5:
+                    image = image.filter(
+                        ImageFilter.GaussianBlur(radius=float(torch.empty(1).uniform_(0.1, 2.0)))
+                    )
+        tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return v2.functional.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
+
+    def _depth_intrinsics(self, scene: str) -> np.ndarray:
+        if scene not in self._intrinsics:
+            k = read_matrix_txt(self.root / scene / "intrinsic" / "intrinsic_depth.txt")
+            self._intrinsics[scene] = k[:3, :3]
+        return self._intrinsics[scene]
+
+    def _scene_cloud(self, scene: str) -> tuple[np.ndarray, np.ndarray]:
+        """(points [N, 3] float32, colours [N, 3] uint8), a few scenes kept per worker."""
+        if scene in self._clouds:
+            self._clouds.move_to_end(scene)
+            return self._clouds[scene]
+        data = load_point_cloud(self.pointcloud_dir / f"{scene}.npz")
+        cloud = (data["points"], data["colors"])
+        self._clouds[scene] = cloud
+        while len(self._clouds) > 4:
+            self._clouds.popitem(last=False)
+        return cloud
+
+    def _chunk_box(self, scene: str, frame: int) -> np.ndarray:
+        if scene not in self._boxes:
+            self._boxes[scene] = read_chunk_boxes(self.root / scene / "chunk_boxes.txt")
+        if frame not in self._boxes[scene]:
+            raise ValueError(f"{scene}/chunk_boxes.txt has no box for frame {frame}")
+        return self._boxes[scene][frame]
+
+    def _voxel_chunk(self, scene: str, frame: int, depth: torch.Tensor, k: torch.Tensor,
+                     world_to_camera: torch.Tensor, generator: torch.Generator) -> dict | None:  # fmt: skip
+        points, colors = self._scene_cloud(scene)
+        box = self._chunk_box(scene, frame)
+        inside = np.all((points >= box[:3]) & (points <= box[3:]), axis=1)
+        if not inside.any():
+            return None
+        coords = voxelize(torch.from_numpy(points[inside]), self.options.voxel_size)  # [n, 3]
+        voxels, first, _ = sparse_quantize(coords)  # one point (the first) per voxel, as the original
+        voxel_colors = torch.from_numpy(colors[inside]).to(torch.float32)[first] / 255.0
+        pixels, voxel_index = voxel_pixel_correspondences(
+            voxels, self.options.voxel_size, depth.to(torch.float64), k.to(torch.float64),
+            world_to_camera.to(torch.float64), self.options.visibility_threshold,
+        )  # fmt: skip
+        pick, valid = sample_indices(len(voxel_index), self.options.num_matches, generator)
+        return {
+            "voxels": voxels.to(torch.int32),
+            "voxel_colors": voxel_colors,
+            "vp_pixel": pixels[pick] if len(pixels) else torch.zeros(len(pick), 2, dtype=torch.int64),
+            "vp_voxel": voxel_index[pick] if len(pixels) else torch.zeros(len(pick), dtype=torch.int64),
+            "vp_valid": valid,
+        }
+
+
+def sample_indices(count: int, num: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """`num` indices into `count` items: without replacement when count >= num, with replacement
+    when fewer (as the original), and all invalid (index 0) when count is 0. Returns (index, valid)."""
+    if count == 0:
+        return torch.zeros(num, dtype=torch.int64), torch.zeros(num, dtype=torch.bool)
+    if count >= num:
+        pick = torch.randperm(count, generator=generator)[:num]
+    else:
+        pick = torch.randint(count, (num,), generator=generator)
+    return pick, torch.ones(num, dtype=torch.bool)
+
+
+def _sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0] >> 1)

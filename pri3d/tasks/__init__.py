@@ -1,0 +1,1 @@
+"""Task runners: build the parts from a config and run them."""

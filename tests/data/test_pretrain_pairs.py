@@ -1,0 +1,90 @@
+"""Pre-training pairs: geometry of the sampled matches, determinism, voxel chunks, collate."""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+
+from pri3d.data.collate import collate_pairs
+from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs, read_pair_list
+from pri3d.geometry import invert_rigid, project_points, transform_points
+
+OPTIONS = PairOptions(size=(60, 80), num_matches=64, geometric_prior=True)
+
+
+def test_pair_list_paths_are_relative_and_parse(pretrain_root):
+    pairs = read_pair_list(pretrain_root / "splits" / "overlap30.txt")
+    assert pairs and all(scene.startswith("scene") and a != b for scene, a, b in pairs)
+
+
+def test_matches_are_geometrically_consistent(pretrain_root):
+    dataset = ScanNetPairs(pretrain_root, options=OPTIONS)
+    sample = dataset[0]
+    assert sample["color1"].shape == (3, 60, 80) and sample["depth1"].shape == (60, 80)
+    valid = sample["match_valid"]
+    assert valid.all()
+    r1, c1 = sample["match1"][:, 0], sample["match1"][:, 1]
+    z1 = sample["depth1"][r1, c1].double()
+    # move view-1 pixels into view 2 and check they land on the sampled view-2 pixels
+    k1, k2 = sample["intrinsics1"].double(), sample["intrinsics2"].double()
+    cam1 = torch.stack([(c1 - k1[0, 2]) / k1[0, 0] * z1, (r1 - k1[1, 2]) / k1[1, 1] * z1, z1], -1)
+    to2 = sample["world_to_camera2"].double() @ invert_rigid(sample["world_to_camera1"].double())
+    rc, z2 = project_points(k2, transform_points(to2, cam1))
+    assert torch.equal(torch.floor(rc + 0.5).long(), sample["match2"])
+    r2, c2 = sample["match2"][:, 0], sample["match2"][:, 1]
+    assert (z2 - sample["depth2"][r2, c2].double()).abs().max() < 0.05
+
+
+def test_samples_depend_on_seed_epoch_and_index_only(pretrain_root):
+    a = ScanNetPairs(pretrain_root, options=OPTIONS)
+    b = ScanNetPairs(pretrain_root, options=OPTIONS)
+    torch.manual_seed(123)  # the global RNG must not matter
+    s1 = a[1]
+    torch.manual_seed(456)
+    s2 = b[1]
+    for key in ("color1", "color2", "match1", "match2", "vp_voxel1", "vp_pixel2"):
+        assert torch.equal(s1[key], s2[key]), key
+    b.set_epoch(1)
+    assert not torch.equal(s1["match1"], b[1]["match1"])
+
+
+def test_voxel_chunks_and_voxel_pixel_matches(pretrain_root):
+    sample = ScanNetPairs(pretrain_root, options=OPTIONS)[0]
+    for v in (1, 2):
+        voxels = sample[f"voxels{v}"]
+        assert voxels.dtype == torch.int32 and len(torch.unique(voxels, dim=0)) == len(voxels)
+        assert sample[f"voxel_colors{v}"].min() >= 0 and sample[f"voxel_colors{v}"].max() <= 1
+        assert sample[f"vp_valid{v}"].all()
+        # a matched voxel's centre projects onto its matched pixel at the sensor's depth
+        centres = (voxels[sample[f"vp_voxel{v}"]].double() + 0.5) * OPTIONS.voxel_size
+        cam = transform_points(sample[f"world_to_camera{v}"].double(), centres)
+        rc, z = project_points(sample[f"intrinsics{v}"].double(), cam)
+        assert torch.equal(torch.floor(rc + 0.5).long(), sample[f"vp_pixel{v}"])
+        pix = sample[f"vp_pixel{v}"]
+        assert (
+            z - sample[f"depth{v}"][pix[:, 0], pix[:, 1]].double()
+        ).abs().max() < OPTIONS.visibility_threshold
+
+
+def test_collate_offsets_voxel_indices(pretrain_root):
+    dataset = ScanNetPairs(pretrain_root, options=OPTIONS)
+    samples = [dataset[0], dataset[1], {"skip": "broken.jpg: cannot read", "index": 2}]
+    batch = collate_pairs(samples)
+    assert batch["batch_size"] == 2 and batch["skipped"] == ["broken.jpg: cannot read"]
+    assert batch["color1"].shape == (2, 3, 60, 80) and batch["match1"].shape == (2, 64, 2)
+    n0 = len(samples[0]["voxels1"])
+    assert batch["voxels1"].shape == (n0 + len(samples[1]["voxels1"]), 4)
+    assert torch.equal(batch["voxels1"][batch["vp_voxel1"][1], 0], torch.ones(64, dtype=torch.int32))
+    assert torch.equal(
+        batch["voxels1"][batch["vp_voxel1"][1], 1:], samples[1]["voxels1"][samples[1]["vp_voxel1"]]
+    )
+
+
+def test_unreadable_frame_is_skipped_not_fatal(pretrain_root, tmp_path):
+    copy = tmp_path / "pre"
+    shutil.copytree(pretrain_root, copy)
+    scene, frame, _ = read_pair_list(copy / "splits" / "overlap30.txt")[0]
+    (copy / scene / "color" / f"{frame}.jpg").write_bytes(b"not a jpeg")
+    sample = ScanNetPairs(copy, options=OPTIONS)[0]
+    assert "skip" in sample and f"{frame}" in sample["skip"]
