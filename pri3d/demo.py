@@ -1,7 +1,8 @@
 """`pri3d demo`: the pipeline end to end on the embedded default data.
 
-Stages run today: generate synthetic ScanNet-format scans, draw a preview, and check the data's
-geometry the way pre-training uses it (pixel correspondences between views of the same scan).
+Stages run today: generate synthetic ScanNet-format scans, preprocess them with the real
+`pri3d preprocess scannet`, draw a preview, and check the data's geometry the way pre-training uses
+it (pixel correspondences between views of the same scan).
 Each stage prints its progress; results go to OUT/report.json and OUT/report.md.
 """
 
@@ -18,6 +19,7 @@ import torch
 
 from pri3d.geometry import invert_rigid, pixel_correspondences
 from pri3d.io.sens import SensReader
+from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet
 from pri3d.synth.generate import SynthConfig, generate, split_scenes
 from pri3d.synth.preview import write_preview
 
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict = {"config": {"quick": bool(args.quick), "scenes": config.scenes, "frames": config.frames}}
     stages = [
         ("generate scans", lambda: _generate(data, config, args.workers)),
+        ("preprocess", lambda: _preprocess(data, out / "pretrain_data", args.workers)),
         ("preview", lambda: {"figure": str(write_preview(data, out / "preview.png"))}),
         ("pixel correspondences", lambda: _correspondence_check(data, config)),
     ]
@@ -74,6 +77,19 @@ def _generate(root: Path, config: SynthConfig, workers: int) -> dict:
         "generated": summary["generated"],
         "train": summary["train"],
         "val": summary["val"],
+    }
+
+
+def _preprocess(raw: Path, target: Path, workers: int) -> dict:
+    report = preprocess_scannet(
+        raw / "scans", target, ScanNetOptions(frame_skip=5), workers=workers, progress=True
+    )
+    if report["failures"]:
+        raise ValueError(f"preprocessing failed for {report['failures']}")
+    return {
+        "target": str(target),
+        "frames": report["frames"]["exported"],
+        "pairs": report["pair_list"]["pairs"],
     }
 
 
@@ -109,6 +125,8 @@ def _markdown(report: dict) -> str:
         "# pri3d demo\n\n"
         f"- data: {len(gen['train'])} train + {len(gen['val'])} val scenes in `{gen['root']}` "
         f"({report['config']['frames']} frames each)\n"
+        f"- preprocessed for pre-training: `{report['preprocess']['target']}` "
+        f"({report['preprocess']['frames']} frames, {report['preprocess']['pairs']} overlapping pairs)\n"
         f"- preview: `{report['preview']['figure']}`\n"
         f"- frames {corr['frame_gap']} apart: median {corr['matched_share_median']} of valid pixels match "
         f"within {corr['threshold_m']} m (min {corr['matched_share_min']}, max {corr['matched_share_max']}, "
