@@ -16,4 +16,6 @@ def test_quick_demo(tmp_path):
     assert report["preprocess"]["pairs"] > 0 and report["preprocess"]["frames"] > 0
     assert report["pixel correspondences"]["matched_share_median"] > 0.2
     assert (tmp_path / "preview.png").stat().st_size > 10_000
+    assert report["pretrain"]["steps"] == 4
+    assert (tmp_path / "pretrain" / "checkpoints" / "last").is_file()
     assert "# pri3d demo" in (tmp_path / "report.md").read_text()
