@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -37,8 +38,10 @@ class TrainingStopped(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, dataset: Dataset, collate_fn, config, env: DistEnv):
+    def __init__(self, model: nn.Module, dataset: Dataset, collate_fn, config, env: DistEnv,
+                 on_epoch_end: Callable[[Trainer, int], None] | None = None):  # fmt: skip
         self.config = config
+        self.on_epoch_end = on_epoch_end  # called on every rank after each epoch's checkpoint (validation)
         self.env = env
         self.dataset = dataset
         self.log_dir = Path(config.train.log_dir)
@@ -169,6 +172,8 @@ class Trainer:
                 self.batch_in_epoch = 0
                 if self.epoch % train.report_epoch == 0:
                     self.save(f"epoch{self.epoch:03d}.pth")
+                if self.on_epoch_end is not None:
+                    self.on_epoch_end(self, self.epoch)
                 continue
             break
         progress.close()
