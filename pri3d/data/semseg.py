@@ -1,0 +1,447 @@
+"""Semantic-segmentation datasets in the layouts the original Pri3D reads (spec §4.1).
+
+Every dataset yields ``{"image": [3, H, W] float32 (ImageNet-normalised RGB), "label": [H, W] int64,
+"index": int, "name": str}`` with label **0 = ignore** and classes 1..K-1, as the original UNet's
+K-logit convention. A frame that fails to load yields ``{"skip": reason}`` and is reported by the
+collate function instead of stopping the run.
+
+| name | files under ``path`` | K | split |
+|---|---|---|---|
+| ScanNet | ``[scannet_frames_25k/]<scene>/color/<id>.jpg``, ``label/<id>.png`` (NYU40 ids) | 21 | scene lists |
+| NYUv2 | ``<phase>/color/nyu_rgb_<id>.png``, ``<phase>/label/new_nyu_class13_<id>.png`` | 14 | folders |
+| KITTI | ``image_2/*.png``, ``semantic/<same name>`` (Cityscapes label ids) | 20 | first 40 sorted = val |
+| Cityscapes | ``leftImg8bit/<phase>/<city>/*_leftImg8bit.png``, ``gtFine/.../*_gtFine_labelIds.png`` | 20 | folders |
+
+Resizing uses PIL (labels always nearest; colour nearest as the original UNet, or bilinear).
+Augmentation randomness is a function of (seed, epoch, index), so runs and resumes are reproducible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
+
+from pri3d.labels import SCANNET20_NAMES, nyu40_to_scannet20_lut
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IGNORE_INDEX = 0
+
+NYU13_NAMES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "painting", "sofa",
+               "table", "tv", "wall", "window")  # fmt: skip
+CITYSCAPES19_NAMES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+    "bicycle",
+)  # fmt: skip
+#: Cityscapes label ids of the 19 evaluated classes, in train-id order (train id = position + 1).
+CITYSCAPES19_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+
+#: Data-efficient ScanNet phases (percent of training *images*, as the original's lists).
+DATA_EFFICIENT_PERCENTS = (1, 5, 10, 20, 40, 60, 80)
+#: Total frames_25k training images the original's data-efficient lists were cut from.
+SCANNET_TRAIN_IMAGES = 19466
+KITTI_VAL_IMAGES = 40
+
+
+def _lut(ids: tuple[int, ...]) -> np.ndarray:
+    lut = np.zeros(256, dtype=np.uint8)
+    for train_id, label_id in enumerate(ids, start=1):
+        lut[label_id] = train_id
+    return lut
+
+
+@dataclass
+class SemsegOptions:
+    """How frames become tensors.
+
+    Attributes:
+        size: (H, W) of training (and ScanNet/NYUv2/Cityscapes evaluation) images; KITTI crops to it
+            for training and evaluates at full resolution, as the original.
+        augment: training augmentation. ScanNet/NYUv2: horizontal flip + 5×5 Gaussian blur (each
+            p = 0.5, the PSPNet/DeepLab recipe); KITTI/Cityscapes: rotation ±10° + flip (the UNet recipe).
+        random_crop: KITTI training: a random ``size`` crop anywhere in the image.
+        color_interpolation: ``nearest`` (the original UNet's) or ``bilinear``.
+        seed: augmentation seed.
+    """
+
+    size: tuple[int, int] = (240, 320)
+    augment: bool = False
+    random_crop: bool = False
+    color_interpolation: str = "nearest"
+    seed: int = 0
+
+
+class SegmentationFrames(Dataset):
+    """A list of (colour file, label file) pairs with a label lookup table.
+
+    Subclasses fill ``self.items`` and set ``class_names`` (K entries, index 0 = the ignore label),
+    ``lut`` ([256] uint8, file label -> training label) and optionally ``full_resolution``.
+    """
+
+    class_names: tuple[str, ...] = ()
+    lut: np.ndarray = np.arange(256, dtype=np.uint8)
+
+    def __init__(self, items: list[tuple[Path, Path]], options: SemsegOptions, train: bool,
+                 full_resolution: bool = False) -> None:  # fmt: skip
+        if options.color_interpolation not in ("nearest", "bilinear"):
+            raise ValueError(
+                f"dataset.color_interpolation={options.color_interpolation!r}: expected nearest or bilinear"
+            )
+        if len(options.size) != 2:
+            raise ValueError(f"dataset.size={list(options.size)}: expected [height, width]")
+        self.items = items
+        self.options = options
+        self.train = train
+        self.full_resolution = full_resolution  # evaluate at each file's own size (batch 1)
+        self.epoch = 0
+        self.notes: list[str] = []
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def name(self, index: int) -> str:
+        return str(self.items[index][0])
+
+    def __getitem__(self, index: int) -> dict:
+        color_path, label_path = self.items[index]
+        try:
+            image = Image.open(color_path).convert("RGB")
+            label = self._read_label(label_path)
+        except (OSError, ValueError) as error:
+            return {"skip": f"{color_path}: {error}"}
+        if self.full_resolution and label.size != image.size:
+            image = image.resize(label.size, Image.BILINEAR)
+        if not self.full_resolution:
+            h, w = self.options.size
+            resample = Image.NEAREST if self.options.color_interpolation == "nearest" else Image.BILINEAR
+            image = image.resize((w, h), resample)
+            label = label.resize((w, h), Image.NEAREST)
+        image_t = TF.to_dtype(TF.pil_to_tensor(image), torch.float32, scale=True)  # [3, H, W] in [0, 1]
+        label_t = torch.from_numpy(self.lut[np.asarray(label)].astype(np.int64))  # [H, W]
+        if self.train and (self.options.augment or self.options.random_crop):
+            rng = np.random.default_rng([self.options.seed, self.epoch, index])
+            image_t, label_t = self.augment(image_t, label_t, rng)
+        image_t = TF.normalize(image_t, IMAGENET_MEAN, IMAGENET_STD)
+        return {"image": image_t, "label": label_t, "index": index, "name": str(color_path)}
+
+    def _read_label(self, path: Path) -> Image.Image:
+        label = Image.open(path)
+        array = np.asarray(label)
+        if array.ndim != 2:
+            raise ValueError(f"{path}: label image must have one channel, got shape {array.shape}")
+        if array.dtype != np.uint8:
+            if array.max(initial=0) > 255:
+                raise ValueError(f"{path}: label values up to {array.max()}, expected ids below 256")
+            label = Image.fromarray(array.astype(np.uint8))
+        return label
+
+    def augment(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator):
+        """Photometric/geometric augmentation of ``[3, H, W]`` and ``[H, W]``; subclasses choose."""
+        return image, label
+
+
+def _flip(image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator):
+    if rng.random() < 0.5:
+        return image.flip(-1), label.flip(-1)
+    return image, label
+
+
+def _rotate(image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator, degrees: float = 10.0):
+    angle = float(rng.uniform(-degrees, degrees))
+    image = TF.rotate(image, angle, interpolation=TF.InterpolationMode.BILINEAR, fill=0.0)
+    # rotated-in corners get label 0 = ignored, as the original
+    label = TF.rotate(label[None], angle, interpolation=TF.InterpolationMode.NEAREST, fill=0)[0]
+    return image, label
+
+
+def _blur(image: torch.Tensor, rng: np.random.Generator):
+    # cv2.GaussianBlur(img, (5, 5), 0) uses sigma = 0.3 * ((5 - 1) / 2 - 1) + 0.8 = 1.1
+    return TF.gaussian_blur(image, [5, 5], [1.1, 1.1]) if rng.random() < 0.5 else image
+
+
+# ------------------------------------------------------------------------------------------------
+# ScanNet
+
+
+def shipped_split_dir() -> Path:
+    """The ScanNet scene lists shipped with pri3d (train/val/test/trainval + data-efficient lists)."""
+    return Path(str(resources.files("pri3d.data") / "scannet_splits"))
+
+
+def scannet_frames_root(path: str | Path) -> Path:
+    """``path`` itself, or ``path/scannet_frames_25k`` when ``path`` is the folder above it."""
+    path = Path(path)
+    if (path / "scannet_frames_25k").is_dir():
+        return path / "scannet_frames_25k"
+    if not path.is_dir():
+        raise FileNotFoundError(f"dataset.path={path}: folder not found (expected scannet_frames_25k)")
+    return path
+
+
+def _read_list(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def data_efficient_scenes(train_scenes: list[str], frames_root: Path, percent: float,
+                          total_images: int | None = None) -> list[str]:  # fmt: skip
+    """The shortest prefix of ``train_scenes`` holding ``percent`` % of the training images.
+
+    This is how the original's data-efficient lists were built (`count_images.py`): walk the train
+    list in file order, adding scenes until the image count reaches ``percent/100 × total_images``
+    (``total_images`` defaults to the images of all listed scenes found under ``frames_root``).
+    """
+    counts = [len(list((frames_root / s / "color").glob("*.jpg"))) for s in train_scenes]
+    total = sum(counts) if total_images is None else total_images
+    target = percent / 100.0 * total
+    chosen, running = [], 0
+    for scene, count in zip(train_scenes, counts):
+        if running >= target:
+            break
+        chosen.append(scene)
+        running += count
+    return chosen
+
+
+def scannet_scene_list(phase: str, split_dir: str | Path | None, frames_root: Path) -> tuple[list[str], str]:
+    """Scene names of ``phase`` (train, val, test, trainval, train1 … train80) and where they came from.
+
+    ``split_dir`` (default: the shipped lists) holds ``scannetv2_<phase>.txt``; a data-efficient phase
+    ``train<p>`` reads ``scannetv2_train_<p>.txt`` there or in its ``data_efficient_by_images/``, and
+    when neither exists is derived from ``scannetv2_train.txt`` by image count (as the original built them).
+    """
+    folder = Path(split_dir) if split_dir else shipped_split_dir()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset.split_dir={folder}: folder not found")
+    if phase in ("train", "val", "test", "trainval"):
+        path = folder / f"scannetv2_{phase}.txt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: scene list for train.phase={phase} not found")
+        return _read_list(path), str(path)
+    if phase.startswith("train") and phase[5:].isdigit():
+        percent = int(phase[5:])
+        for path in (folder / f"scannetv2_train_{percent}.txt",
+                     folder / "data_efficient_by_images" / f"scannetv2_train_{percent}.txt"):  # fmt: skip
+            if path.is_file():
+                return _read_list(path), str(path)
+        train_list = folder / "scannetv2_train.txt"
+        if not train_list.is_file():
+            raise FileNotFoundError(
+                f"{folder}: no scannetv2_train_{percent}.txt and no scannetv2_train.txt to derive it from"
+            )
+        scenes = data_efficient_scenes(_read_list(train_list), frames_root, percent)
+        return scenes, f"first {len(scenes)} scenes of {train_list} holding {percent}% of its images"
+    raise ValueError(
+        f"train.phase={phase!r}: expected train, val, test, trainval or train<percent> "
+        f"(shipped: {', '.join(f'train{p}' for p in DATA_EFFICIENT_PERCENTS)})"
+    )
+
+
+class ScanNetSemseg(SegmentationFrames):
+    """ScanNet ``scannet_frames_25k`` with NYU40 labels mapped to the 20 benchmark classes (0 = ignore)."""
+
+    class_names = ("ignore", *SCANNET20_NAMES)
+    lut = nyu40_to_scannet20_lut()
+
+    def __init__(self, path: str | Path, phase: str, options: SemsegOptions, split_dir: str | Path | None = None,
+                 train: bool | None = None) -> None:  # fmt: skip
+        root = scannet_frames_root(path)
+        scenes, source = scannet_scene_list(phase, split_dir, root)
+        missing = [s for s in scenes if not (root / s).is_dir()]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(scenes)} scenes of {source} are not under {root} (e.g. "
+                f"{', '.join(missing[:3])}); set dataset.split_dir to a folder with your own "
+                f"scannetv2_<phase>.txt lists"
+            )
+        items, unlabelled = [], 0
+        for scene in scenes:
+            for color in sorted((root / scene / "color").glob("*.jpg")):
+                label = root / scene / "label" / f"{color.stem}.png"
+                if label.is_file():
+                    items.append((color, label))
+                else:
+                    unlabelled += 1
+        if not items:
+            raise FileNotFoundError(
+                f"{root}: no labelled frames (color/*.jpg + label/*.png) in the {phase} scenes"
+            )
+        super().__init__(items, options, train=phase != "val" if train is None else train)
+        self.notes.append(f"ScanNet {phase}: {len(scenes)} scenes from {source}, {len(items)} frames")
+        if unlabelled:
+            self.notes.append(f"ScanNet {phase}: {unlabelled} colour frames without a label PNG left out")
+
+    def augment(self, image, label, rng):
+        image, label = _flip(image, label, rng)
+        return _blur(image, rng), label
+
+
+class NYUv2Semseg(SegmentationFrames):
+    """NYUv2 13-class labels (0 = background, ignored) from the author-prepared folders."""
+
+    class_names = ("ignore", *NYU13_NAMES)
+
+    def __init__(
+        self, path: str | Path, phase: str, options: SemsegOptions, train: bool | None = None
+    ) -> None:
+        folder = Path(path) / phase
+        colors = sorted((folder / "color").glob("nyu_rgb_*.png"))
+        if not colors:
+            raise FileNotFoundError(
+                f"{folder / 'color'}: no nyu_rgb_<id>.png files (NYUv2 train.phase={phase})"
+            )
+        items = []
+        for color in colors:
+            label = folder / "label" / f"new_nyu_class13_{color.stem.removeprefix('nyu_rgb_')}.png"
+            if not label.is_file():
+                raise FileNotFoundError(f"{label}: label for {color.name} not found")
+            items.append((color, label))
+        super().__init__(items, options, train=phase != "val" if train is None else train)
+        lut = np.zeros(256, dtype=np.uint8)
+        lut[: len(self.class_names)] = np.arange(len(self.class_names))
+        self.lut = lut
+
+    def augment(self, image, label, rng):
+        image, label = _flip(image, label, rng)
+        return _blur(image, rng), label
+
+
+class KITTISemseg(SegmentationFrames):
+    """KITTI semantics 2015 (Cityscapes label ids); sorted, first 40 images = val, the rest = train."""
+
+    class_names = ("ignore", *CITYSCAPES19_NAMES)
+    lut = _lut(CITYSCAPES19_LABEL_IDS)
+
+    def __init__(
+        self, path: str | Path, phase: str, options: SemsegOptions, train: bool | None = None
+    ) -> None:
+        root = Path(path)
+        colors = sorted((root / "image_2").glob("*.png"))
+        if not colors:
+            raise FileNotFoundError(f"{root / 'image_2'}: no KITTI images (*.png)")
+        if phase not in ("train", "val"):
+            raise ValueError(f"train.phase={phase!r}: KITTI has train and val")
+        colors = colors[:KITTI_VAL_IMAGES] if phase == "val" else colors[KITTI_VAL_IMAGES:]
+        items = [(c, root / "semantic" / c.name) for c in colors]
+        for color, label in items:
+            if not label.is_file():
+                raise FileNotFoundError(f"{label}: label for {color.name} not found")
+        is_train = phase == "train" if train is None else train
+        super().__init__(items, options, train=is_train, full_resolution=True)
+
+    def augment(self, image, label, rng):
+        if self.options.augment:
+            image, label = _rotate(image, label, rng)
+            image, label = _flip(image, label, rng)
+        if self.options.random_crop:
+            image, label = _random_crop(image, label, self.options.size, rng)
+        return image, label
+
+    def __getitem__(self, index: int) -> dict:
+        sample = super().__getitem__(index)
+        if "skip" in sample or not self.train or self.options.random_crop:
+            return sample
+        # training without a random crop: resize to `size` so that samples stack into a batch
+        h, w = self.options.size
+        sample["image"] = F.interpolate(sample["image"][None], (h, w), mode="bilinear", align_corners=False)[
+            0
+        ]
+        sample["label"] = F.interpolate(sample["label"][None, None].float(), (h, w), mode="nearest")[
+            0, 0
+        ].long()
+        return sample
+
+
+def _random_crop(image: torch.Tensor, label: torch.Tensor, size, rng: np.random.Generator):
+    """A ``size`` crop with its origin uniform over every valid position (padded with ignore if smaller)."""
+    h, w = size
+    pad_h, pad_w = max(h - image.shape[-2], 0), max(w - image.shape[-1], 0)
+    if pad_h or pad_w:
+        image = F.pad(image, (0, pad_w, 0, pad_h))
+        label = F.pad(label, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+    top = int(rng.integers(0, image.shape[-2] - h + 1))
+    left = int(rng.integers(0, image.shape[-1] - w + 1))
+    return image[:, top : top + h, left : left + w], label[top : top + h, left : left + w]
+
+
+class CityscapesSemseg(SegmentationFrames):
+    """Cityscapes fine annotations, 19 classes (+ 0 = ignore), resized to ``size`` (180×360 in the recipe)."""
+
+    class_names = ("ignore", *CITYSCAPES19_NAMES)
+    lut = _lut(CITYSCAPES19_LABEL_IDS)
+
+    def __init__(
+        self, path: str | Path, phase: str, options: SemsegOptions, train: bool | None = None
+    ) -> None:
+        root = Path(path)
+        colors = sorted((root / "leftImg8bit" / phase).glob("*/*_leftImg8bit.png"))
+        if not colors:
+            raise FileNotFoundError(f"{root / 'leftImg8bit' / phase}: no <city>/*_leftImg8bit.png files")
+        items = []
+        for color in colors:
+            stem = color.name.removesuffix("_leftImg8bit.png")
+            label = root / "gtFine" / phase / color.parent.name / f"{stem}_gtFine_labelIds.png"
+            if not label.is_file():
+                raise FileNotFoundError(f"{label}: label for {color.name} not found")
+            items.append((color, label))
+        super().__init__(items, options, train=phase == "train" if train is None else train)
+
+    def augment(self, image, label, rng):
+        image, label = _rotate(image, label, rng)
+        return _flip(image, label, rng)
+
+
+SEMSEG_DATASETS: dict[str, type[SegmentationFrames]] = {
+    "ScanNet": ScanNetSemseg,
+    "NYUv2": NYUv2Semseg,
+    "KITTI": KITTISemseg,
+    "Cityscapes": CityscapesSemseg,
+}
+
+
+def build_semseg_dataset(name: str, path: str | Path, phase: str, options: SemsegOptions,
+                         split_dir: str | Path | None = None, train: bool | None = None) -> SegmentationFrames:  # fmt: skip
+    """Build a dataset by its original name (ScanNet, NYUv2, KITTI, Cityscapes).
+
+    ``train`` (default: the phase is a training phase) switches augmentation on.
+    """
+    if name not in SEMSEG_DATASETS:
+        raise ValueError(f"dataset.name={name!r}: expected one of {', '.join(SEMSEG_DATASETS)}")
+    if name == "ScanNet":
+        return ScanNetSemseg(path, phase, options, split_dir=split_dir, train=train)
+    return SEMSEG_DATASETS[name](path, phase, options, train=train)
+
+
+def num_classes(name: str) -> int:
+    """Logits (K, including the ignore class 0) of a dataset by name."""
+    if name not in SEMSEG_DATASETS:
+        raise ValueError(f"dataset.name={name!r}: expected one of {', '.join(SEMSEG_DATASETS)}")
+    return len(SEMSEG_DATASETS[name].class_names)
+
+
+def collate_semseg(samples: list[dict]) -> dict:
+    """Stack samples: ``image [B, 3, H, W]``, ``label [B, H, W]``; failed samples go to ``skipped``."""
+    skipped = [s["skip"] for s in samples if "skip" in s]
+    samples = [s for s in samples if "skip" not in s]
+    batch: dict = {"batch_size": len(samples), "skipped": skipped}
+    if samples:
+        batch["image"] = torch.stack([s["image"] for s in samples])
+        batch["label"] = torch.stack([s["label"] for s in samples])
+        batch["index"] = torch.tensor([s["index"] for s in samples])
+        batch["name"] = [s["name"] for s in samples]
+    return batch

@@ -1,0 +1,542 @@
+"""`pri3d finetune semseg` and `pri3d eval semseg`: fine-tune and evaluate semantic segmentation.
+
+    pri3d finetune semseg dataset=scannet model=unet backbone=Res50UNet init=runs/pretrain/checkpoints/step0001500.pth \\
+        dataset.path=data/scannet_frames_25k [dataset.split=train20] [train.batch_size=8 ...]
+    pri3d eval semseg checkpoint=runs/semseg dataset.path=data/scannet_frames_25k --save-vis 8
+
+Defaults are the original UNet recipe (spec §4.1): SGD lr 0.01 (momentum 0.9, dampening 0.1, no weight
+decay), poly 0.9 per step, 80 epochs, batch 8, 240×320, label 0 ignored, BN-momentum decay. The
+short forms ``dataset=``, ``model=``, ``backbone=``, ``init=``, ``dataset.split=`` (and ``checkpoint=``,
+``out=`` for eval) expand to the original's keys plus per-dataset/per-model presets
+(:data:`DATASET_PRESETS`, :data:`MODEL_PRESETS`); explicit ``key=value`` overrides win.
+
+Evaluation runs at the original's schedule (after epochs 1, 6, 11, … — the original's `epoch %
+report_epoch == 0` with 0-based epochs) and always at the end of training. The **final** number is
+the headline; the best scheduled number is reported only as ``best_on_val_model_selection`` because
+picking it uses the evaluation data (it is what the original reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
+
+from pri3d.data.semseg import SegmentationFrames, SemsegOptions, build_semseg_dataset, collate_semseg
+from pri3d.engine import distributed
+from pri3d.engine.checkpoint import latest_checkpoint
+from pri3d.engine.config import (
+    DistributedConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainConfig,
+    load_config,
+    to_yaml,
+)
+from pri3d.engine.distributed import DistEnv
+from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
+from pri3d.engine.trainer import Trainer, TrainingStopped
+from pri3d.export import load_weights_file
+from pri3d.metrics import ConfusionMatrix, format_iou_table, iou_report
+from pri3d.models.segmentation import (
+    SegmentationModel,
+    SmpSegmenter,
+    build_segmentation_model,
+    initialise,
+    load_strict,
+)
+
+__all__ = [
+    "DATASET_PRESETS",
+    "MODEL_PRESETS",
+    "SemsegRunConfig",
+    "evaluate_model",
+    "evaluate_semseg",
+    "expand_short_forms",
+    "finetune_semseg",
+    "semseg_config",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class SemsegTrainConfig(TrainConfig):
+    phase: str = "train"  # training split: train, trainval, train1 … train80 (ScanNet data-efficient lists)
+    exp_name: str = "semseg"
+    log_dir: str = "runs/semseg"
+    batch_size: int = 8
+    report_epoch: int = (
+        5  # evaluate after epochs 1, 1+N, 1+2N, … (the original's schedule); checkpoint every N
+    )
+
+
+@dataclass
+class SemsegOptimizerConfig(OptimizerConfig):
+    lr: float = 0.01
+
+
+@dataclass
+class SemsegSchedulerConfig(SchedulerConfig):
+    max_epochs: int = 80
+
+
+@dataclass
+class FinetuneConfig:
+    model: str = "Semantic2D"  # Semantic2D (the UNet), PSPNet, DeepLabV3, DeepLabV3Plus
+    pretrain: str = (
+        "imagenet"  # scratch, imagenet, or a weights file (Pri3D/pri3d, torchvision, MoCo, export)
+    )
+    backbone: str = "Res50UNet"  # Res50UNet or Res18UNet (the smp heads use its ResNet)
+    strict_init: bool = False  # require the init file to fill every weight of the model
+    head_lr_mult: float = 1.0  # LR multiplier of everything but the encoder (PSPNet/DeepLab recipes: 10)
+    bn_schedule: bool = True  # the original's BN-momentum decay 0.5 -> 0.001; false: constant bn_momentum
+    bn_momentum: float = 0.1  # constant BatchNorm momentum when bn_schedule is false
+    eval_phase: str = "val"  # split evaluated during and after training
+    eval_batch_size: int = 8  # datasets evaluated at full resolution (KITTI) use 1
+
+
+@dataclass
+class SemsegDatasetConfig:
+    name: str = "ScanNet"  # ScanNet, NYUv2, KITTI, Cityscapes
+    path: str = "data/scannet_frames_25k"  # ScanNet: scannet_frames_25k (or the folder above it)
+    size: list[int] = field(default_factory=lambda: [240, 320])  # (H, W)
+    split_dir: str = ""  # ScanNet scene lists (scannetv2_<phase>.txt); empty = the lists shipped with pri3d
+    augment: bool = False  # ScanNet/NYUv2: flip + blur; KITTI/Cityscapes: rotation ±10° + flip
+    random_crop: bool = False  # KITTI training: random `size` crops of the full-resolution image
+    color_interpolation: str = "nearest"  # colour resize: nearest (the original UNet) or bilinear
+    resize: bool = True  # unused (kept for the original's scripts)
+
+
+@dataclass
+class SemsegRunConfig:
+    train: SemsegTrainConfig = field(default_factory=SemsegTrainConfig)
+    optimizer: SemsegOptimizerConfig = field(default_factory=SemsegOptimizerConfig)
+    scheduler: SemsegSchedulerConfig = field(default_factory=SemsegSchedulerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    dataset: SemsegDatasetConfig = field(default_factory=SemsegDatasetConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+#: ``dataset=<short>`` -> overrides (the original's per-dataset scripts, spec §4.1).
+DATASET_PRESETS: dict[str, dict[str, object]] = {
+    "scannet": {"dataset.name": "ScanNet", "dataset.path": "data/scannet_frames_25k"},
+    "nyuv2": {"dataset.name": "NYUv2", "dataset.path": "data/nyuv2"},
+    "kitti": {"dataset.name": "KITTI", "dataset.path": "data/kitti_semantics/training",
+              "dataset.augment": True, "dataset.random_crop": True, "finetune.eval_batch_size": 1},
+    "cityscapes": {"dataset.name": "Cityscapes", "dataset.path": "data/cityscapes",
+                   "dataset.size": [180, 360], "dataset.augment": True},
+}  # fmt: skip
+_SMP_COMMON = {"train.batch_size": 16, "optimizer.weight_decay": 1e-4, "optimizer.sgd_dampening": 0.0,
+               "finetune.bn_schedule": False, "dataset.augment": True, "dataset.color_interpolation": "bilinear"}  # fmt: skip
+#: ``model=<short>`` -> overrides (the original PSPNet / DeepLab recipes, spec §4.2–4.3).
+MODEL_PRESETS: dict[str, dict[str, object]] = {
+    "unet": {"finetune.model": "Semantic2D"},
+    "pspnet": {"finetune.model": "PSPNet", **_SMP_COMMON, "scheduler.max_epochs": 50,
+               "finetune.head_lr_mult": 10.0, "finetune.bn_momentum": 0.1, "train.report_epoch": 1},
+    # DeepLab: backbone at 0.1 × 0.01, head at 0.01; 50,000 iterations of 16 ≈ 41 ScanNet epochs
+    "deeplabv3": {"finetune.model": "DeepLabV3", **_SMP_COMMON, "optimizer.lr": 0.001,
+                  "finetune.head_lr_mult": 10.0, "scheduler.max_epochs": 41, "finetune.bn_momentum": 0.01},
+    "deeplabv3plus": {"finetune.model": "DeepLabV3Plus", **_SMP_COMMON, "optimizer.lr": 0.001,
+                      "finetune.head_lr_mult": 10.0, "scheduler.max_epochs": 41, "finetune.bn_momentum": 0.01},
+}  # fmt: skip
+
+
+def _value(value: object) -> str:
+    return json.dumps(value) if isinstance(value, list | bool) else str(value)
+
+
+def expand_short_forms(items: list[str], for_eval: bool = False) -> tuple[list[str], dict[str, str]]:
+    """Turn the CLI's short forms into config overrides; returns (overrides, other short forms).
+
+    ``dataset=`` and ``model=`` add their presets first, so explicit overrides in ``items`` win;
+    ``backbone=`` -> ``finetune.backbone``, ``init=`` -> ``finetune.pretrain``, ``dataset.split=`` ->
+    ``train.phase`` (``finetune.eval_phase`` when ``for_eval``). ``checkpoint=`` and ``out=`` are
+    returned in the second dict.
+    """
+    presets: list[str] = []
+    overrides: list[str] = []
+    extra: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"argument {item!r} must look like key=value (e.g. dataset=scannet)")
+        if key == "dataset":
+            if value.lower() not in DATASET_PRESETS:
+                raise ValueError(f"dataset={value!r}: expected one of {', '.join(DATASET_PRESETS)}")
+            preset = DATASET_PRESETS[value.lower()]
+            presets = [
+                f"{k}={_value(v)}" for k, v in preset.items() if not (for_eval and k == "dataset.path")
+            ] + presets
+        elif key == "model":
+            if value.lower() not in MODEL_PRESETS:
+                raise ValueError(f"model={value!r}: expected one of {', '.join(MODEL_PRESETS)}")
+            presets += [f"{k}={_value(v)}" for k, v in MODEL_PRESETS[value.lower()].items()]
+        elif key == "backbone":
+            overrides.append(f"finetune.backbone={value}")
+        elif key == "init":
+            overrides.append(f"finetune.pretrain={value}")
+        elif key == "dataset.split":
+            overrides.append(f"{'finetune.eval_phase' if for_eval else 'train.phase'}={value}")
+        elif key in ("checkpoint", "out"):
+            extra[key] = value
+        else:
+            overrides.append(item)
+    return presets + overrides, extra
+
+
+def semseg_config(items: list[str], base: dict | None = None) -> SemsegRunConfig:
+    """A :class:`SemsegRunConfig` from short forms and ``key=value`` overrides (see :func:`expand_short_forms`)."""
+    overrides, extra = expand_short_forms(items)
+    if extra:
+        raise ValueError(f"{', '.join(extra)}= is an argument of `pri3d eval semseg`, not of fine-tuning")
+    return load_config(SemsegRunConfig, overrides, base=base)
+
+
+# ------------------------------------------------------------------------------------------------
+# parts
+
+
+def build_dataset(config: SemsegRunConfig, phase: str, train: bool) -> SegmentationFrames:
+    d = config.dataset
+    options = SemsegOptions(size=tuple(d.size), augment=d.augment, random_crop=d.random_crop,
+                            color_interpolation=d.color_interpolation, seed=config.train.seed)  # fmt: skip
+    return build_semseg_dataset(d.name, d.path, phase, options, split_dir=d.split_dir or None, train=train)
+
+
+def _apply_head_recipe(trainer: Trainer, model: SegmentationModel, config: SemsegRunConfig) -> None:
+    """Per-group learning rates and a constant BN momentum for the PSPNet/DeepLab recipes."""
+    ft = config.finetune
+    if ft.head_lr_mult != 1.0:
+        encoder = model.backbone.encoder if not isinstance(model, SmpSegmenter) else model.encoder
+        encoder_ids = {id(p) for p in encoder.parameters()}
+        rest = [p for p in model.parameters() if id(p) not in encoder_ids]
+        groups = [{"params": list(encoder.parameters())},
+                  {"params": rest, "lr": config.optimizer.lr * ft.head_lr_mult}]  # fmt: skip
+        trainer.optimizer = build_optimizer(groups, config.optimizer)
+        trainer.scheduler = build_scheduler(trainer.optimizer, config.scheduler, trainer.steps_per_epoch)
+    if not ft.bn_schedule:
+        m = ft.bn_momentum
+        trainer.bn_scheduler = BNMomentumScheduler(trainer.model, initial=m, decay=1.0, every=1, minimum=m)
+
+
+@torch.no_grad()
+def evaluate_model(model: SegmentationModel, dataset: SegmentationFrames, device: torch.device | str = "cpu",
+                   batch_size: int = 8, env: DistEnv | None = None, workers: int = 0) -> dict:  # fmt: skip
+    """Confusion matrix over ``dataset`` and both mIoU definitions (:func:`pri3d.metrics.iou_report`).
+
+    Under DDP each rank evaluates every world_size-th frame and the matrices are summed. Frames that
+    fail to load are counted in ``frames_skipped``. Restores the model's train/eval mode.
+    """
+    device = torch.device(device)
+    rank, world = (env.rank, env.world_size) if env is not None else (0, 1)
+    if dataset.full_resolution:
+        batch_size = 1  # frames of different sizes
+    shard = Subset(dataset, list(range(rank, len(dataset), world)))
+    loader = DataLoader(
+        shard, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_semseg
+    )
+    confusion = ConfusionMatrix(dataset.num_classes, ignore_index=0)
+    was_training = model.training
+    model.eval()
+    skipped = 0
+    # evaluation must not move the training RNG streams (exact resume)
+    with torch.random.fork_rng(devices=[]):
+        for batch in loader:
+            skipped += len(batch["skipped"])
+            if not batch["batch_size"]:
+                continue
+            label = batch["label"].to(device)
+            logits = model.logits(batch["image"].to(device), label.shape[-2:])  # [B, K, H, W]
+            confusion.update(logits.argmax(1), label)
+    model.train(was_training)
+    matrix = confusion.matrix.to(device)
+    counts = torch.tensor([skipped, len(shard)], device=device)
+    if world > 1 and dist.is_initialized():
+        dist.all_reduce(matrix)
+        dist.all_reduce(counts)
+    report = iou_report(matrix.cpu(), dataset.class_names, ignore_index=0)
+    report.update({"frames": int(counts[1]) - int(counts[0]), "frames_skipped": int(counts[0]),
+                   "confusion_matrix": matrix.cpu().tolist()})  # fmt: skip
+    return report
+
+
+class _ScheduledEvaluation:
+    """The Trainer's epoch-end hook: evaluate at the original's epochs and record every result."""
+
+    def __init__(self, dataset: SegmentationFrames, config: SemsegRunConfig, env: DistEnv) -> None:
+        self.dataset, self.config, self.env = dataset, config, env
+        self.dir = Path(config.train.log_dir) / "eval"
+
+    def __call__(self, trainer: Trainer, epoch: int) -> None:
+        if (epoch - 1) % self.config.train.report_epoch == 0:  # 0-based epoch % report_epoch == 0
+            self.run(trainer.model, trainer.step, epoch, f"epoch{epoch:03d}", trainer.logger)
+
+    def run(self, model, step: int, epoch: float, name: str, logger=None) -> dict:
+        t0 = time.perf_counter()
+        report = evaluate_model(model, self.dataset, self.env.device, self.config.finetune.eval_batch_size,
+                                env=self.env, workers=self.config.train.workers)  # fmt: skip
+        report.update({"step": step, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1)})
+        if self.env.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+            values = {"val/miou": report["miou"], "val/miou_original": report["miou_original"],
+                      "val/pixel_accuracy": report["pixel_accuracy"], "epoch": epoch}  # fmt: skip
+            line = (f"eval {name} (step {step}): mIoU {100 * report['miou']:.2f} (standard), "
+                    f"{100 * report['miou_original']:.2f} (original definition), {report['frames']} frames")  # fmt: skip
+            if logger is not None:  # during Trainer.fit
+                logger.metrics(step, values)
+                logger.info(line)
+            else:  # after Trainer.fit, which closes its logger: append to the same files
+                with open(Path(self.config.train.log_dir) / "metrics.jsonl", "a") as handle:
+                    handle.write(json.dumps({"step": step, **values}) + "\n")
+                with open(Path(self.config.train.log_dir) / "train.log", "a") as handle:
+                    handle.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+                print(line, file=sys.stderr)
+        return report
+
+
+# ------------------------------------------------------------------------------------------------
+# fine-tuning
+
+
+def finetune_semseg(config: SemsegRunConfig) -> dict:
+    """Fine-tune (or resume) and evaluate; returns the summary also written to ``<log_dir>/results.json``.
+
+    Keys: ``final`` (the headline: the last step's model; ``miou`` standard, ``miou_original`` the
+    original's definition), ``schedule`` (results at the original's evaluation epochs),
+    ``best_on_val_model_selection`` (the best scheduled result: selected on the evaluation data,
+    which is what the original reported), ``checkpoint``, ``init`` (what was loaded from where).
+    """
+    env = distributed.setup(config.train.device)
+    try:
+        if config.train.threads > 0:
+            torch.set_num_threads(config.train.threads)
+        torch.manual_seed(config.train.seed)  # identical initialisation on every rank
+        log_dir = Path(config.train.log_dir)
+        train_set = build_dataset(config, config.train.phase, train=True)
+        eval_set = build_dataset(config, config.finetune.eval_phase, train=False)
+        model = build_segmentation_model(
+            config.finetune.model, config.finetune.backbone, train_set.num_classes
+        )
+        resuming = latest_checkpoint(log_dir / "checkpoints") is not None
+        init_report = (
+            None if resuming else initialise(model, config.finetune.pretrain, config.finetune.strict_init)
+        )
+        evaluation = _ScheduledEvaluation(eval_set, config, env)
+        trainer = Trainer(model, train_set, collate_semseg, config, env, on_epoch_end=evaluation)
+        _apply_head_recipe(trainer, model, config)
+        if env.is_main:
+            (log_dir / "config.yaml").write_text(to_yaml(config))
+            trainer.logger.info("config:\n" + to_yaml(config))
+            for note in train_set.notes + eval_set.notes:
+                trainer.logger.info(note)
+            if init_report is not None:
+                trainer.logger.info("initialisation: " + init_report.summary())
+                (log_dir / "init_report.json").write_text(json.dumps(init_report.to_dict(), indent=1) + "\n")
+        trainer.resume_if_possible()
+        trainer.fit()
+        checkpoint = latest_checkpoint(log_dir / "checkpoints")
+        epochs_done = round(trainer.step / trainer.steps_per_epoch, 3)
+        final = evaluation.run(trainer.model, trainer.step, epochs_done, "final")
+        summary = _summarise(log_dir, final, checkpoint, config)
+        if env.is_main:
+            (log_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+            print(format_iou_table(final), file=sys.stderr)
+        return summary
+    finally:
+        distributed.teardown()
+
+
+def _summarise(log_dir: Path, final: dict, checkpoint: Path | None, config: SemsegRunConfig) -> dict:
+    schedule = []
+    for path in sorted((log_dir / "eval").glob("epoch*.json")):
+        r = json.loads(path.read_text())
+        schedule.append({k: r[k] for k in ("epoch", "step", "miou", "miou_original")})
+    best = max(schedule, key=lambda r: r["miou_original"], default=None)
+    init_file = log_dir / "init_report.json"
+    return {
+        "final": {k: v for k, v in final.items() if k != "confusion_matrix"},
+        "schedule": schedule,
+        "best_on_val_model_selection": None if best is None else {
+            **best, "note": "best scheduled evaluation, chosen on the evaluation data (the original's reported "
+            "number; not a held-out estimate)"},
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "dataset": {"name": config.dataset.name, "train": config.train.phase, "eval": config.finetune.eval_phase},
+        "model": {"name": config.finetune.model, "backbone": config.finetune.backbone,
+                  "init": config.finetune.pretrain},
+        "init": json.loads(init_file.read_text()) if init_file.is_file() else None,
+        "reference": "spec §8.1: ScanNet R50 UNet Pri3D View+Geo 61.7 mIoU (original definition, best-on-val)",
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation of a saved checkpoint
+
+
+def _resolve_checkpoint(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"checkpoint={path}: a folder without checkpoints/last")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint={path}: file not found")
+    return path
+
+
+def evaluate_semseg(checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
+                    save_vis: int = 0, device: str = "auto") -> dict:  # fmt: skip
+    """Evaluate a fine-tuned checkpoint; writes and returns the report (per-class IoU, both mIoUs).
+
+    Args:
+        checkpoint: a `pri3d finetune semseg` checkpoint or run folder, or a plain segmentation state
+            dict (e.g. the original's `checkpoint_finetune.pth`; then say ``model=``/``backbone=``/``dataset=``).
+        overrides: short forms and ``key=value`` overrides on top of the checkpoint's config (e.g.
+            ``dataset.path=...``, ``dataset.split=val``).
+        out: JSON report path (default: ``<checkpoint>.eval-<dataset>-<phase>.json`` beside it).
+        save_vis: write this many image | ground truth | prediction PNGs into ``<out stem>-vis/``.
+
+    The weights load strictly: a checkpoint that does not fit the model is an error.
+    """
+    path = _resolve_checkpoint(checkpoint)
+    state, extra = load_weights_file(path)
+    items, _ = expand_short_forms(list(overrides or []), for_eval=True)
+    base = extra.get("config") if isinstance(extra.get("config"), dict) else None
+    config = load_config(SemsegRunConfig, items, base=base)
+    if device != "auto":
+        config.train.device = device
+    if config.train.device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {config.train.device!r}: expected auto, cpu or cuda")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if config.train.device == "auto" else config.train.device)
+    dataset = build_dataset(config, config.finetune.eval_phase, train=False)
+    model = build_segmentation_model(config.finetune.model, config.finetune.backbone, dataset.num_classes)
+    load_strict(model, state, str(path))
+    model.to(device)
+    t0 = time.perf_counter()
+    report = evaluate_model(
+        model, dataset, device, config.finetune.eval_batch_size, workers=config.train.workers
+    )
+    report.update({
+        "checkpoint": str(path), "step": extra.get("step"), "seconds": round(time.perf_counter() - t0, 1),
+        "dataset": {"name": config.dataset.name, "path": config.dataset.path, "phase": config.finetune.eval_phase},
+        "model": {"name": config.finetune.model, "backbone": config.finetune.backbone},
+    })  # fmt: skip
+    out = (
+        Path(out)
+        if out
+        else path.with_name(f"{path.name}.eval-{config.dataset.name}-{config.finetune.eval_phase}.json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if save_vis > 0:
+        report["figures"] = [str(p) for p in _save_figures(model, dataset, device, save_vis, out)]
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    report["report_path"] = str(out)
+    return report
+
+
+@torch.no_grad()
+def _save_figures(
+    model: SegmentationModel, dataset: SegmentationFrames, device, count: int, out: Path
+) -> list[Path]:
+    from pri3d.viz import save_segmentation_figure
+
+    folder = out.with_name(out.stem + "-vis")
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int))
+    model.eval()
+    written = []
+    for index in picks:
+        sample = dataset[int(index)]
+        if "skip" in sample:
+            continue
+        label = sample["label"]
+        logits = model.logits(sample["image"][None].to(device), label.shape[-2:])  # [1, K, H, W]
+        name = Path(dataset.name(int(index)))
+        title = (
+            f"{name.parent.parent.name}/{name.name}"
+            if dataset.__class__.__name__ == "ScanNetSemseg"
+            else name.name
+        )
+        written.append(save_segmentation_figure(folder / f"{int(index):05d}.png", sample["image"], label,
+                                                logits[0].argmax(0).cpu(), dataset.class_names, title=title))  # fmt: skip
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI (registered through pri3d.tasks.finetune_cli / eval_cli)
+
+
+def register_finetune(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "semseg",
+        help="fine-tune semantic segmentation (UNet, PSPNet, DeepLabV3/V3+)",
+        description="Fine-tune a segmentation network and evaluate it. Short forms: dataset=scannet|nyuv2|"
+        "kitti|cityscapes, model=unet|pspnet|deeplabv3|deeplabv3plus, backbone=Res50UNet|Res18UNet, "
+        "init=scratch|imagenet|PATH, dataset.split=train|train1…train80; any other key=value overrides "
+        "the config (train.batch_size=8, dataset.path=DIR, ...). Defaults are the original recipe. "
+        "Re-running with the same train.log_dir resumes.",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="short forms and config overrides")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(run=run_finetune)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    config = semseg_config(args.overrides)
+    if args.print_config:
+        print(to_yaml(config))
+        return 0
+    try:
+        summary = finetune_semseg(config)
+    except TrainingStopped as error:
+        print(f"pri3d finetune semseg: stopped: {error}", file=sys.stderr)
+        return 3
+    final = summary["final"]
+    print(f"final mIoU {100 * final['miou']:.2f} (standard) | {100 * final['miou_original']:.2f} (original "
+          f"definition); results in {Path(config.train.log_dir) / 'results.json'}")  # fmt: skip
+    return 0
+
+
+def register_eval(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "semseg",
+        help="evaluate a semantic-segmentation checkpoint (per-class IoU, mIoU)",
+        description="Evaluate checkpoint=PATH (a file or a run folder) on the eval split (dataset.split=val). "
+        "Other arguments are short forms or config overrides on top of the checkpoint's config, e.g. "
+        "dataset.path=DIR. Writes a JSON report with per-class IoU and both mIoU definitions.",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="checkpoint=PATH, out=FILE, overrides"
+    )
+    parser.add_argument("--save-vis", type=int, default=0, metavar="N",
+                        help="write N image | ground truth | prediction PNGs beside the report")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    _, extra = expand_short_forms(args.overrides, for_eval=True)
+    if "checkpoint" not in extra:
+        raise ValueError("checkpoint=PATH is required (a fine-tuned checkpoint file or run folder)")
+    rest = [a for a in args.overrides if a.partition("=")[0] not in ("checkpoint", "out")]
+    report = evaluate_semseg(extra["checkpoint"], rest, out=extra.get("out"), save_vis=args.save_vis,
+                             device=args.device)  # fmt: skip
+    print(format_iou_table(report))
+    print(f"report: {report['report_path']}")
+    for figure in report.get("figures", []):
+        print(f"figure: {figure}")
+    return 0

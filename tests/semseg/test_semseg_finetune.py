@@ -1,0 +1,155 @@
+"""Fine-tuning and evaluation end to end on a generated scannet_frames_25k, through the API and the CLI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pri3d.models.registry import build_backbone
+from pri3d.tasks import eval_cli, finetune_cli
+from pri3d.tasks.semseg import (
+    build_dataset,
+    evaluate_semseg,
+    expand_short_forms,
+    finetune_semseg,
+    semseg_config,
+)
+
+
+def _small(root, log_dir, *extra):
+    return [
+        "dataset=scannet", f"dataset.path={root}", f"dataset.split_dir={root}", "dataset.size=[30,40]",
+        "backbone=Res18UNet", "train.batch_size=4", "train.workers=0", "train.threads=2",
+        "logging.tensorboard=false", "train.report_batch=1", f"train.log_dir={log_dir}", *extra,
+    ]  # fmt: skip
+
+
+def _cli(argv):
+    parser = argparse.ArgumentParser(prog="pri3d")
+    sub = parser.add_subparsers(dest="command")
+    for module in (finetune_cli, eval_cli):
+        module.register(sub)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+@pytest.fixture(scope="module")
+def finetuned(semseg_root, tmp_path_factory):
+    """3 epochs × 4 steps of Res18-UNet from a Pri3D-layout checkpoint, evaluating after epoch 1 and at the end."""
+    base = tmp_path_factory.mktemp("finetune")
+    unet = build_backbone("Res18UNet", 32)
+    state = {f"backbone.{k}": v for k, v in unet.state_dict().items()}
+    state.update({"w2d.weight": torch.zeros(64, 32), "w2d.bias": torch.zeros(64)})
+    # a pre-training run folder: init= takes its newest checkpoint
+    save_checkpoint(base / "pretrain" / "checkpoints", "step0000010.pth", {"model": state, "step": 10})
+    config = semseg_config(_small(semseg_root, base / "run", f"init={base / 'pretrain'}",
+                                  "scheduler.max_epochs=3", "train.report_epoch=2", "optimizer.lr=0.05"))  # fmt: skip
+    return base, config, finetune_semseg(config)
+
+
+def test_finetune_reports_final_schedule_and_labelled_best(finetuned):
+    base, _, summary = finetuned
+    run = base / "run"
+    assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(summary))
+    assert [r["epoch"] for r in summary["schedule"]] == [1]  # the original's 0-based `epoch % 2 == 0`
+    assert summary["final"]["step"] == 12 and summary["final"]["epoch"] == 3
+    assert 0 <= summary["final"]["miou"] <= 1 and 0 <= summary["final"]["miou_original"] <= 1
+    assert "evaluation data" in summary["best_on_val_model_selection"]["note"]
+    init = summary["init"]
+    # conv0 re-initialised (other shape), pre-training heads skipped
+    assert len(init["missing"]) == 2 and "w2d.weight" in init["skipped"]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["train/total_loss"] for m in lines if "train/total_loss" in m]
+    assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
+    assert [m["step"] for m in lines if "val/miou" in m] == [4, 12]
+    assert "initialisation:" in (run / "train.log").read_text() and init["source"].endswith("step0000010.pth")
+
+
+def test_evaluating_the_checkpoint_reproduces_the_final_numbers_and_torchmetrics(
+    finetuned, semseg_root, tmp_path
+):
+    torchmetrics = pytest.importorskip("torchmetrics")
+    base, config, summary = finetuned
+    report = evaluate_semseg(base / "run", [f"dataset.path={semseg_root}"], out=tmp_path / "eval.json")
+    assert report["miou"] == pytest.approx(summary["final"]["miou"])
+    assert report["miou_original"] == pytest.approx(summary["final"]["miou_original"])
+    assert json.loads((tmp_path / "eval.json").read_text())["frames"] == 8
+
+    # the same predictions through torchmetrics
+    model_state = load_checkpoint(latest_checkpoint(base / "run" / "checkpoints"))["model"]
+    from pri3d.models.segmentation import Semantic2D
+
+    model = Semantic2D("Res18UNet", 21)
+    model.load_state_dict(model_state, strict=True)
+    model.eval()
+    dataset = build_dataset(config, "val", train=False)
+    metric = torchmetrics.classification.MulticlassJaccardIndex(21, average="macro", ignore_index=0)
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            metric.update(model.logits(sample["image"][None], (30, 40)).argmax(1), sample["label"][None])
+    assert report["miou"] == pytest.approx(float(metric.compute()), rel=1e-5)
+
+
+def test_eval_cli_writes_report_and_figures(finetuned, semseg_root, tmp_path, capsys):
+    base, _, _ = finetuned
+    out = tmp_path / "cli" / "eval.json"
+    code = _cli(["eval", "semseg", f"checkpoint={base / 'run'}", f"dataset.path={semseg_root}", f"out={out}",
+                 "--save-vis", "2"])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "mIoU" in printed and "standard | original Pri3D definition" in printed
+    report = json.loads(out.read_text())
+    assert len(report["classes"]) == 20 and "definitions" in report
+    figures = sorted((tmp_path / "cli").glob("eval-vis/*.png"))
+    assert len(figures) == 2 and figures[0].stat().st_size > 5000  # PNGs with three panels and a legend
+
+
+def test_eval_refuses_a_checkpoint_of_another_model(finetuned, semseg_root):
+    base, _, _ = finetuned
+    with pytest.raises(ValueError, match="does not match"):
+        evaluate_semseg(base / "run", [f"dataset.path={semseg_root}", "model=pspnet"])
+
+
+def test_short_forms_and_presets(capsys):
+    overrides, extra = expand_short_forms(["dataset=cityscapes", "model=pspnet", "train.batch_size=4",
+                                           "dataset.split=train20", "checkpoint=x.pth"])  # fmt: skip
+    config = semseg_config(overrides)
+    assert (config.dataset.name, config.dataset.size, config.finetune.model) == (
+        "Cityscapes",
+        [180, 360],
+        "PSPNet",
+    )
+    assert (
+        config.train.batch_size == 4 and config.train.phase == "train20" and extra == {"checkpoint": "x.pth"}
+    )
+    assert config.finetune.head_lr_mult == 10 and not config.finetune.bn_schedule
+    default = semseg_config([])
+    assert (default.optimizer.lr, default.scheduler.max_epochs, default.train.batch_size) == (0.01, 80, 8)
+    assert (default.optimizer.sgd_dampening, default.finetune.model, default.dataset.size) == (
+        0.1,
+        "Semantic2D",
+        [240, 320],
+    )
+    assert expand_short_forms(["dataset.split=val"], for_eval=True)[0] == ["finetune.eval_phase=val"]
+    with pytest.raises(ValueError, match="dataset='ade'"):
+        expand_short_forms(["dataset=ade"])
+    with pytest.raises(ValueError, match="did you mean"):
+        semseg_config(["finetune.pretrained=imagenet"])
+    assert _cli(["finetune", "semseg", "model=deeplabv3plus", "--print-config"]) == 0
+    assert "model: DeepLabV3Plus" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_smp_head_finetunes_and_evaluates(semseg_root, tmp_path):
+    config = semseg_config(_small(semseg_root, tmp_path / "run", "model=deeplabv3plus", "init=scratch",
+                                  "train.max_steps=2", "train.batch_size=2", "dataset.size=[32,48]"))  # fmt: skip
+    summary = finetune_semseg(config)
+    assert summary["final"]["step"] == 2 and summary["model"]["name"] == "DeepLabV3Plus"
+    report = evaluate_semseg(tmp_path / "run", [f"dataset.path={semseg_root}"])
+    assert report["miou"] == pytest.approx(summary["final"]["miou"])
