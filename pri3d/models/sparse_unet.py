@@ -24,6 +24,11 @@ spconv CPU facts handled here (spconv 2.3.8):
   CPU gather and scatter-add through torch instead.
 
 Both patches are applied once, at import, to ``spconv.pytorch.ops`` only.
+
+CPU path: by default, CPU tensors do not go through spconv at all but through
+:mod:`pri3d.models.sparse_conv_cpu` (multi-threaded torch ops on spconv's weights and offset
+convention, ~2× faster for forward + backward; see docs/benchmarks.md). ``cpu_backend="spconv"``
+selects spconv's native CPU path instead. CUDA tensors always use spconv.
 """
 
 from __future__ import annotations
@@ -36,6 +41,8 @@ import torch
 from spconv.core import ConvAlgo
 from spconv.pytorch.conv import SparseConvolution
 from torch import nn
+
+from pri3d.models.sparse_conv_cpu import TorchSparseTensor
 
 __all__ = ["MinkUNet34C", "SparseBasicBlock"]
 
@@ -107,6 +114,14 @@ def _patch_spconv_cpu_gather_scatter() -> None:
 _patch_spconv_stream_for_cpu()
 _patch_spconv_cpu_gather_scatter()
 
+SparseTensor = spconv.SparseConvTensor | TorchSparseTensor
+CPU_BACKENDS = ("torch", "spconv")
+
+
+def _conv(module: SparseConvolution, x: SparseTensor) -> SparseTensor:
+    """Apply a spconv convolution module on whichever path ``x`` belongs to."""
+    return x.conv(module) if isinstance(x, TorchSparseTensor) else module(x)
+
 
 class SparseBasicBlock(nn.Module):
     """conv3-BN-ReLU-conv3-BN plus identity (or linear+BN projection when channels change), ReLU.
@@ -133,11 +148,11 @@ class SparseBasicBlock(nn.Module):
                 nn.Linear(in_channels, out_channels, bias=False), nn.BatchNorm1d(out_channels)
             )
 
-    def forward(self, x: spconv.SparseConvTensor) -> spconv.SparseConvTensor:
+    def forward(self, x: SparseTensor) -> SparseTensor:
         """Features ``[N, C_in]`` -> ``[N, C_out]`` on the same voxels."""
-        out = self.conv1(x)
+        out = _conv(self.conv1, x)
         out = out.replace_feature(self.relu(self.norm1(out.features)))
-        out = self.conv2(out)
+        out = _conv(self.conv2, out)
         identity = x.features if self.downsample is None else self.downsample(x.features)
         return out.replace_feature(self.relu(self.norm2(out.features) + identity))
 
@@ -158,15 +173,22 @@ class MinkUNet34C(nn.Module):
         out_channels: output feature width (96).
         algo: spconv algorithm for every conv; ``None`` keeps spconv's default (Native on the CPU
             build, implicit GEMM on CUDA builds).
+        cpu_backend: how CPU tensors are convolved: ``"torch"`` (:mod:`pri3d.models.sparse_conv_cpu`,
+            the default) or ``"spconv"`` (spconv's native CPU path). CUDA tensors always use spconv.
+            Both paths share the parameters and give the same results up to float32 rounding.
 
     Module names follow ME's MinkUNet (``conv0p1s1``, ``bn0``, ``block1`` ... ``final``); the kernel
     layout is spconv's ``[C_out, kx, ky, kz, C_in]``, so ME checkpoints do not load as they are.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 96, algo: ConvAlgo | None = None) -> None:
+    def __init__(self, in_channels: int = 3, out_channels: int = 96, algo: ConvAlgo | None = None,
+                 cpu_backend: str = "torch") -> None:  # fmt: skip
         super().__init__()
+        if cpu_backend not in CPU_BACKENDS:
+            raise ValueError(f"cpu_backend={cpu_backend!r}: expected one of {CPU_BACKENDS}")
         self.in_channels = in_channels
         self.out_channels = out_channels
+        self.cpu_backend = cpu_backend
 
         def down(c_in: int, c_out: int, key: str) -> spconv.SparseConv3d:
             return spconv.SparseConv3d(c_in, c_out, 2, stride=2, bias=False, indice_key=key, algo=algo)
@@ -220,10 +242,10 @@ class MinkUNet34C(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def _bn_relu(self, x: spconv.SparseConvTensor, bn: nn.BatchNorm1d) -> spconv.SparseConvTensor:
+    def _bn_relu(self, x: SparseTensor, bn: nn.BatchNorm1d) -> SparseTensor:
         return x.replace_feature(self.relu(bn(x.features)))
 
-    def _to_sparse(self, coords: torch.Tensor, features: torch.Tensor) -> spconv.SparseConvTensor:
+    def _to_sparse(self, coords: torch.Tensor, features: torch.Tensor) -> SparseTensor:
         if coords.dim() != 2 or coords.shape[1] != 4 or coords.is_floating_point():
             raise ValueError(
                 f"coords must be an integer [N, 4] (batch, x, y, z) tensor, got {coords.dtype} "
@@ -255,25 +277,28 @@ class MinkUNet34C(nn.Module):
         if torch.unique(keys).numel() != keys.numel():
             raise ValueError("coords contain duplicate voxels; deduplicate (e.g. sparse_quantize) first")
         indices = torch.cat([batch[:, None], local], dim=1).to(torch.int32).contiguous()
+        if features.device.type == "cpu" and self.cpu_backend == "torch":
+            return TorchSparseTensor(features.contiguous(), indices, [sx, sy, sz], batch_size)
         return spconv.SparseConvTensor(features.contiguous(), indices, [sx, sy, sz], batch_size)
 
-    def forward_sparse(self, coords: torch.Tensor, features: torch.Tensor) -> spconv.SparseConvTensor:
-        """Like :meth:`forward`, but returns the output ``SparseConvTensor``.
+    def forward_sparse(self, coords: torch.Tensor, features: torch.Tensor) -> SparseTensor:
+        """Like :meth:`forward`, but returns the output sparse tensor (spconv's ``SparseConvTensor``,
+        or :class:`~pri3d.models.sparse_conv_cpu.TorchSparseTensor` on the torch CPU path).
 
         Its ``indices`` ``[N, 4]`` int32 equal ``coords`` row for row, except that x, y, z are
         shifted by ``-floor(min / 16) * 16`` per axis (spconv needs non-negative coordinates).
         """
         with torch.autocast("cpu", enabled=False):
             x = self._to_sparse(coords, features)
-            p1 = self._bn_relu(self.conv0p1s1(x), self.bn0)
+            p1 = self._bn_relu(_conv(self.conv0p1s1, x), self.bn0)
 
-            out = self._bn_relu(self.conv1p1s2(p1), self.bn1)
+            out = self._bn_relu(_conv(self.conv1p1s2, p1), self.bn1)
             b1p2 = self.block1(out)
-            out = self._bn_relu(self.conv2p2s2(b1p2), self.bn2)
+            out = self._bn_relu(_conv(self.conv2p2s2, b1p2), self.bn2)
             b2p4 = self.block2(out)
-            out = self._bn_relu(self.conv3p4s2(b2p4), self.bn3)
+            out = self._bn_relu(_conv(self.conv3p4s2, b2p4), self.bn3)
             b3p8 = self.block3(out)
-            out = self._bn_relu(self.conv4p8s2(b3p8), self.bn4)
+            out = self._bn_relu(_conv(self.conv4p8s2, b3p8), self.bn4)
             out = self.block4(out)
 
             for convtr, bn, skip, block in (
@@ -282,7 +307,7 @@ class MinkUNet34C(nn.Module):
                 (self.convtr6p4s2, self.bntr6, b1p2, self.block7),
                 (self.convtr7p2s2, self.bntr7, p1, self.block8),
             ):
-                out = convtr(out)
+                out = _conv(convtr, out)
                 # The inverse conv restores the skip level's voxels in the skip's row order.
                 out = out.replace_feature(torch.cat([self.relu(bn(out.features)), skip.features], dim=1))
                 out = block(out)

@@ -1,0 +1,107 @@
+"""The 3D network alone: MinkUNet34C forward + backward on CPU, pri3d's torch path vs spconv's.
+
+Voxels come from `synthetic_batch.py` (room surfaces at 2 cm, ``--voxels`` per view, ``--batch``
+views in one sparse tensor). For each CPU path it reports the minimum over ``--repeat`` runs (after
+a warm-up) of forward, backward and their sum, and how much of the forward is spent building
+neighbour tables (spconv's ``get_indice_pairs`` or pri3d's ``submanifold_map``/``downsample_map``);
+``--profile`` adds the top operators of one run (torch profiler, self CPU time).
+
+    PYTHONPATH=. python benchmarks/sparse_unet.py --batch 2 --voxels 35000 --backend spconv torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import spconv.pytorch.ops as spconv_ops
+import torch
+from synthetic_batch import pair_batch
+
+from pri3d.models import sparse_conv_cpu
+from pri3d.models.sparse_unet import MinkUNet34C
+
+
+class _Timed:
+    """Wraps a function and sums the seconds spent in it."""
+
+    def __init__(self, fn: Callable) -> None:
+        self.fn = fn
+        self.seconds = 0.0
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+
+def _patch(module: object, names: list[str]) -> list[_Timed]:
+    timers = []
+    for name in names:
+        timer = _Timed(getattr(module, name))
+        setattr(module, name, timer)
+        timers.append(timer)
+    return timers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--batch", type=int, default=2, help="views in one sparse tensor")
+    parser.add_argument("--voxels", type=int, default=35000, help="voxels per view")
+    parser.add_argument("--backend", nargs="+", default=["spconv", "torch"], choices=["spconv", "torch"])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
+    parser.add_argument("--profile", action="store_true", help="print the top operators of one run")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = pair_batch((args.batch + 1) // 2, voxels=args.voxels)
+    # both views of ceil(B / 2) pairs, as B samples of one sparse tensor
+    coords = torch.cat([batch["voxels1"], batch["voxels2"]])
+    coords[batch["voxels1"].shape[0] :, 0] += batch["batch_size"]
+    features = torch.cat([batch["voxel_colors1"], batch["voxel_colors2"]])
+    keep = coords[:, 0] < args.batch
+    coords, features = coords[keep].contiguous(), features[keep].contiguous()
+    print(f"{coords.shape[0]:,} voxels in {args.batch} views, {torch.get_num_threads()} threads")
+
+    map_timers = _patch(spconv_ops, ["get_indice_pairs"]) + _patch(
+        sparse_conv_cpu, ["submanifold_map", "downsample_map"]
+    )
+    torch.manual_seed(0)
+    state = MinkUNet34C().state_dict()
+    print(
+        "| CPU path | forward (s) | of which neighbour tables (s) | backward (s) | forward + backward (s) |"
+    )
+    print("|---|---|---|---|---|")
+    for backend in args.backend:
+        net = MinkUNet34C(cpu_backend=backend)
+        net.load_state_dict(state)
+        best = None
+        for run in range(args.repeat + 1):
+            for timer in map_timers:
+                timer.seconds = 0.0
+            start = time.perf_counter()
+            out = net(coords, features)
+            middle = time.perf_counter()
+            out.square().mean().backward()
+            end = time.perf_counter()
+            net.zero_grad(set_to_none=True)
+            result = (middle - start, sum(t.seconds for t in map_timers), end - middle, end - start)
+            if run > 0 and (best is None or result[3] < best[3]):
+                best = result
+        print(f"| {backend} | {best[0]:.2f} | {best[1]:.2f} | {best[2]:.2f} | {best[3]:.2f} |", flush=True)
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                net(coords, features).square().mean().backward()
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""The torch CPU path of the 3D network: neighbour tables, each conv kind against dense convolutions,
+block boundaries, and the whole network against spconv's native CPU path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pri3d.models import sparse_conv_cpu
+from pri3d.models.sparse_conv_cpu import (
+    TorchSparseTensor,
+    downsample_map,
+    sparse_conv,
+    submanifold_map,
+)
+
+GRID = 8
+TOL = {"rtol": 1e-4, "atol": 1e-5}
+
+
+@pytest.fixture
+def grid():
+    """Random 30 % occupancy of an 8³ grid, batch 2, rows shuffled: coords [N, 4] int32, features [N, 3]."""
+    gen = torch.Generator().manual_seed(0)
+    occupied = torch.rand(2, GRID, GRID, GRID, generator=gen) < 0.3
+    coords = occupied.nonzero().int()
+    coords = coords[torch.randperm(coords.shape[0], generator=gen)].contiguous()
+    features = torch.randn(coords.shape[0], 3, generator=gen, requires_grad=True)
+    return coords, features
+
+
+@pytest.fixture(params=[64, sparse_conv_cpu.BLOCK_PAIRS], ids=["many-blocks", "default-blocks"])
+def block_pairs(request, monkeypatch):
+    """Run with tiny blocks (many blocks, some without pairs) and with the default size."""
+    monkeypatch.setattr(sparse_conv_cpu, "BLOCK_PAIRS", request.param)
+    return request.param
+
+
+@pytest.fixture(params=["pairs", "columns"])
+def submanifold_path(request, monkeypatch):
+    """Force per-offset GEMMs over pairs, or dense neighbourhood columns, for submanifold convs."""
+    monkeypatch.setattr(sparse_conv_cpu, "COLUMNS_MAX", 0 if request.param == "pairs" else 10**9)
+    return request.param
+
+
+def _to_dense(coords: torch.Tensor, features: torch.Tensor, size: int) -> torch.Tensor:
+    """Differentiable scatter of [N, C] features to a dense [B, C, X, Y, Z] grid (zeros elsewhere)."""
+    dense = features.new_zeros(2, size, size, size, features.shape[1])
+    return dense.index_put(tuple(coords.long().t()), features).permute(0, 4, 1, 2, 3)
+
+
+def _at(dense: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Features [N, C] of a dense [B, C, X, Y, Z] grid at coords [N, 4]."""
+    return dense.permute(0, 2, 3, 4, 1)[tuple(coords.long().t())]
+
+
+def _assert_same_grads(got: torch.Tensor, want: torch.Tensor, *inputs: torch.Tensor) -> None:
+    upstream = torch.randn_like(want)
+    for g, w in zip(
+        torch.autograd.grad((got * upstream).sum(), inputs),
+        torch.autograd.grad((want * upstream).sum(), inputs),
+    ):
+        torch.testing.assert_close(g, w, **TOL)
+
+
+def test_submanifold_map_lists_every_neighbour_pair_once(grid):
+    coords, _ = grid
+    kernel_map = submanifold_map(coords, [GRID] * 3, 3)
+    assert kernel_map.symmetric and kernel_map.centre == 13 and kernel_map.counts[13] == 0
+    # brute force: output i reads input j through kernel index d when coords[j] = coords[i] + d - 1
+    diff = coords[None, :, :].long() - coords[:, None, :].long()  # [N(out), N(in), 4]
+    near = (diff[..., 0] == 0) & (diff[..., 1:].abs() <= 1).all(-1)
+    kernel_index = ((diff[..., 1] + 1) * 3 + diff[..., 2] + 1) * 3 + diff[..., 3] + 1
+    out_rows, in_rows = (near & (kernel_index != 13)).nonzero(as_tuple=True)
+    expected = set(zip(kernel_index[out_rows, in_rows].tolist(), in_rows.tolist(), out_rows.tolist()))
+    listed = torch.repeat_interleave(torch.arange(27), torch.tensor(kernel_map.counts))
+    got = list(zip(listed.tolist(), kernel_map.in_rows.tolist(), kernel_map.out_rows.tolist()))
+    assert len(got) == len(set(got)) and set(got) == expected
+
+
+def test_downsample_map_sites_and_parents(grid):
+    coords, _ = grid
+    kernel_map, coarse, coarse_shape = downsample_map(coords, [GRID] * 3, 2)
+    assert coarse_shape == [GRID // 2] * 3 and coarse.dtype == torch.int32
+    occupied = _to_dense(coords, torch.ones(coords.shape[0], 1), GRID)
+    assert sorted(coarse.tolist()) == F.max_pool3d(occupied, 2)[:, 0].nonzero().tolist()
+    assert coarse.tolist() == sorted(coarse.tolist())  # rows in (b, x, y, z) order
+    assert sorted(kernel_map.in_rows.tolist()) == list(range(coords.shape[0]))  # every child once
+    parent = coarse[kernel_map.out_rows].long()
+    child = coords[kernel_map.in_rows].long()
+    assert torch.equal(parent[:, 0], child[:, 0]) and torch.equal(parent[:, 1:], child[:, 1:] // 2)
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_submanifold_conv_matches_dense(grid, block_pairs, submanifold_path, kernel):
+    coords, features = grid
+    weight = torch.randn(
+        4, kernel, kernel, kernel, 3, requires_grad=True
+    )  # spconv layout [C_out, k, k, k, C_in]
+    out = sparse_conv(features, weight, submanifold_map(coords, [GRID] * 3, kernel))
+    dense = F.conv3d(_to_dense(coords, features, GRID), weight.permute(0, 4, 1, 2, 3), padding=kernel // 2)
+    ref = _at(dense, coords)
+    torch.testing.assert_close(out, ref, **TOL)
+    _assert_same_grads(out, ref, features, weight)
+
+
+def test_strided_and_inverse_conv_match_dense(grid, block_pairs):
+    coords, features = grid
+    down_weight = torch.randn(4, 2, 2, 2, 3, requires_grad=True)
+    up_weight = torch.randn(5, 2, 2, 2, 4, requires_grad=True)  # inverse conv: [C_out, k, k, k, C_in]
+    bias = torch.randn(5, requires_grad=True)
+    kernel_map, coarse, _ = downsample_map(coords, [GRID] * 3, 2)
+    coarse_features = sparse_conv(features, down_weight, kernel_map)
+    fine = sparse_conv(coarse_features, up_weight, kernel_map.transposed(), bias)
+
+    dense_coarse = F.conv3d(_to_dense(coords, features, GRID), down_weight.permute(0, 4, 1, 2, 3), stride=2)
+    ref_coarse = _at(dense_coarse, coarse)
+    torch.testing.assert_close(coarse_features, ref_coarse, **TOL)
+    dense_fine = F.conv_transpose3d(
+        _to_dense(coarse, ref_coarse, GRID // 2), up_weight.permute(4, 0, 1, 2, 3), bias, stride=2
+    )
+    ref_fine = _at(dense_fine, coords)
+    torch.testing.assert_close(fine, ref_fine, **TOL)
+    _assert_same_grads(fine, ref_fine, features, down_weight, up_weight, bias)
+
+
+def test_float64_is_computed_in_float64(grid, submanifold_path):
+    coords, features = grid
+    weight = torch.randn(4, 3, 3, 3, 3, dtype=torch.float64)
+    out = sparse_conv(features.double(), weight, submanifold_map(coords, [GRID] * 3, 3))
+    ref = _at(
+        F.conv3d(_to_dense(coords, features.double(), GRID), weight.permute(0, 4, 1, 2, 3), padding=1), coords
+    )
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_sparse_conv_input_errors(grid):
+    coords, features = grid
+    kernel_map = submanifold_map(coords, [GRID] * 3, 3)
+    with pytest.raises(ValueError, match="27 offsets"):
+        sparse_conv(features, torch.randn(4, 5, 5, 5, 3), kernel_map)
+    with pytest.raises(ValueError, match="input voxels"):
+        sparse_conv(features[:-1], torch.randn(4, 3, 3, 3, 3), kernel_map)
+    with pytest.raises(ValueError, match="odd"):
+        submanifold_map(coords, [GRID] * 3, 2)
+
+
+spconv = pytest.importorskip("spconv.pytorch")
+
+from pri3d.models.sparse_unet import MinkUNet34C  # noqa: E402
+
+
+def test_spconv_modules_run_on_the_cpu_path(grid):
+    """The module adapter reads spconv's settings: same results as spconv for each conv kind."""
+    coords, features = grid
+    features = features.detach()
+    subm = spconv.SubMConv3d(3, 4, 3, bias=True, indice_key="s")
+    down = spconv.SparseConv3d(4, 6, 2, stride=2, bias=False, indice_key="d")
+    up = spconv.SparseInverseConv3d(6, 4, 2, indice_key="d", bias=False)
+    subm_again = spconv.SubMConv3d(4, 4, 3, bias=False, indice_key="s")  # reuses the table of "s"
+    ours = TorchSparseTensor(features, coords, [GRID] * 3, 2)
+    ref = spconv.SparseConvTensor(features, coords, [GRID] * 3, 2)
+    for module in (subm, down, up, subm_again):
+        ours, ref = ours.conv(module), module(ref)
+    assert torch.equal(ours.indices, coords)
+    torch.testing.assert_close(ours.features, ref.features, **TOL)
+    with pytest.raises(NotImplementedError, match="kernel = stride"):
+        TorchSparseTensor(features, coords, [GRID] * 3, 2).conv(spconv.SparseConv3d(3, 4, 3, stride=2))
+    with pytest.raises(ValueError, match="indice_key 'x'"):
+        TorchSparseTensor(features, coords, [GRID] * 3, 2).conv(
+            spconv.SparseInverseConv3d(3, 4, 2, indice_key="x")
+        )
+
+
+def _voxels(n_per_item: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique voxels, many on a floor plane, batch of 2, random row order; RGB features."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for b in range(2):
+        pts = torch.randint(-12, 12, (3 * n_per_item, 3), generator=gen)
+        pts[:n_per_item, 2] = torch.randint(-1, 1, (n_per_item,), generator=gen)
+        pts = torch.unique(pts, dim=0)
+        pts = pts[torch.randperm(pts.shape[0], generator=gen)[:n_per_item]]
+        rows.append(torch.cat([torch.full((pts.shape[0], 1), b), pts], dim=1))
+    coords = torch.cat(rows).int()
+    return coords, torch.rand(coords.shape[0], 3, generator=gen)
+
+
+def test_network_cpu_paths_agree():
+    """Same parameters: the torch CPU path and spconv's native path give the same outputs and grads."""
+    torch.manual_seed(0)
+    coords, features = _voxels(250)
+    net = MinkUNet34C()
+    reference = MinkUNet34C(cpu_backend="spconv")
+    reference.load_state_dict(net.state_dict())
+    out = net.forward_sparse(coords, features)
+    assert isinstance(out, TorchSparseTensor)
+    ref = reference.forward_sparse(coords, features)
+    assert torch.equal(out.indices, ref.indices)
+    scale = ref.features.abs().max()
+    torch.testing.assert_close(out.features / scale, ref.features / scale, rtol=0, atol=1e-5)
+    upstream = torch.randn_like(ref.features)
+    (out.features * upstream).sum().backward()
+    (ref.features * upstream).sum().backward()
+    for (name, p), q in zip(net.named_parameters(), reference.parameters()):
+        scale = q.grad.abs().max()
+        torch.testing.assert_close(p.grad / scale, q.grad / scale, rtol=0, atol=1e-4, msg=name)
+
+
+def test_network_cpu_path_is_deterministic_with_threads():
+    coords, features = _voxels(200, seed=3)
+    net = MinkUNet34C().eval()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    try:
+        with torch.no_grad():
+            outs = [net(coords, features) for _ in range(3)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+def test_cpu_backend_option():
+    with pytest.raises(ValueError, match="cpu_backend"):
+        MinkUNet34C(cpu_backend="minkowski")
+    coords, features = _voxels(20)
+    assert isinstance(
+        MinkUNet34C(cpu_backend="spconv").forward_sparse(coords, features), spconv.SparseConvTensor
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_tensors_use_spconv():
+    coords, features = _voxels(100)
+    net = MinkUNet34C().cuda()
+    out = net.forward_sparse(coords.cuda(), features.cuda())
+    assert isinstance(out, spconv.SparseConvTensor) and out.features.is_cuda
+    ref = net.cpu()(coords, features)
+    scale = ref.abs().max()
+    torch.testing.assert_close(out.features.cpu() / scale, ref / scale, rtol=0, atol=1e-3)
