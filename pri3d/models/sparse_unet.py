@@ -55,7 +55,7 @@ def _patch_spconv_stream_for_cpu() -> None:
     """Make spconv's ops use stream 0 when CUDA is unavailable (idempotent).
 
     ``spconv.pytorch.ops`` imported ``get_current_stream`` by name from ``spconv.pytorch.cppcore``;
-    it calls ``torch.cuda.current_stream()``, which raises without an NVIDIA driver, and is called
+    it asks torch for the current CUDA stream, which raises without an NVIDIA driver, and is called
     in the backward of strided/inverse convolutions even for CPU tensors.
     """
     if torch.cuda.is_available() or getattr(spconv_ops.get_current_stream, "_pri3d_cpu_stream", False):
