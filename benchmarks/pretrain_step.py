@@ -183,8 +183,10 @@ def main() -> None:
                 model = Pri3D(backbone, view_invariant=view, geometric_prior=geo, depth=depth)
                 if geo:
                     model.backbone3d.cpu_backend = args.cpu_backend
-                if args.channels_last:
-                    model = model.to(memory_format=torch.channels_last)
+                if args.channels_last:  # as the trainer: 4-D (2D conv) tensors only
+                    for tensor in [*model.parameters(), *model.buffers()]:
+                        if tensor.dim() == 4:
+                            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
                 batch = batches[key]
                 if args.channels_last:  # as the trainer moves a batch
                     batch = {k: _channels_last(v) for k, v in batch.items()}

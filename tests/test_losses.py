@@ -151,6 +151,33 @@ def test_depth_loss_gradients_and_empty_mask():
     assert empty.item() == 0.0 and empty.requires_grad
 
 
+def _reference_depth_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The loss as written in the original: [B, 3, H, W] normal maps and cosine_similarity."""
+    prediction = F.interpolate(prediction, size=target.shape[-2:], mode="bilinear", align_corners=True)
+    mask = target > 0
+    target = torch.where(mask, target, torch.zeros_like(target))
+    sobel = DepthLoss().sobel
+    grad_true, grad_pred = F.conv2d(target, sobel, padding=1), F.conv2d(prediction, sobel, padding=1)
+    ones = torch.ones_like(target)
+    cos = F.cosine_similarity(torch.cat([-grad_pred, ones], 1), torch.cat([-grad_true, ones], 1), dim=1)[
+        :, None
+    ]
+    terms = torch.log((grad_pred - grad_true).abs() + 0.5)
+    l_depth = torch.log((prediction - target).abs() + 0.5)[mask].mean()
+    l_grad = terms[:, :1][mask].mean() + terms[:, 1:][mask].mean()
+    return (l_depth + l_grad + (1 - cos)[mask].mean()) / 3
+
+
+def test_depth_loss_equals_the_formula_with_normal_maps():
+    gen = torch.Generator().manual_seed(0)
+    target = _depth() + 0.1 * torch.rand(2, 1, 24, 32, generator=gen)
+    target[0, :, 5:9] = 0  # holes
+    prediction = (target[:, :, ::2, ::2] + 0.3 * torch.randn(2, 1, 12, 16, generator=gen)).requires_grad_()
+    got, want = DepthLoss()(prediction, target), _reference_depth_loss(prediction, target)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(*(torch.autograd.grad(loss, prediction)[0] for loss in (got, want)))
+
+
 def test_depth_loss_has_no_state_dict_entries():
     assert DepthLoss().state_dict() == {}
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch import nn
@@ -56,7 +57,11 @@ class Trainer:
                                  collate_fn=collate_fn, pin_memory=env.device.type == "cuda")  # fmt: skip
         self.model = model.to(env.device)
         if train.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+            # 4-D (2D conv) tensors only: Module.to(memory_format=channels_last) raises on the 3D
+            # network's 5-D kernels
+            for tensor in [*self.model.parameters(), *self.model.buffers()]:
+                if tensor.dim() == 4:
+                    tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model.parameters(), config.optimizer)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.scheduler = build_scheduler(self.optimizer, config.scheduler, self.steps_per_epoch)
@@ -190,15 +195,18 @@ class Trainer:
             torch.autocast(device_type=self.env.device.type, dtype=torch.bfloat16)
             if self.config.train.bf16 else nullcontext()
         )  # fmt: skip
+        # the forward updates BatchNorm statistics: keep them to undo a forward that goes non-finite
+        buffers = [buffer.clone() for buffer in self.model.buffers()]
         with autocast:
             losses = self.ddp(batch)
         total = losses["total_loss"]
         if not all_ranks_true(bool(torch.isfinite(total).item()), self.env):
-            self.save(
-                f"nonfinite-step{self.step:07d}.pth"
-            )  # the weights are still those of the last good step
+            with torch.no_grad():
+                for buffer, before in zip(self.model.buffers(), buffers):
+                    buffer.copy_(before)
+            self.save(f"nonfinite-step{self.step:07d}.pth")  # weights and statistics of the last good step
             values = {k: float(v.detach()) for k, v in losses.items()}
-            raise TrainingStopped(
+            self._stop(
                 f"non-finite loss at step {self.step} ({values}); the last good state is saved in "
                 f"{self.checkpoint_dir}; lower optimizer.lr or check the data"
             )
@@ -220,11 +228,17 @@ class Trainer:
             self.logger.info(f"skipped sample: {reason}")
         consecutive = (consecutive + batch["skipped"]) if batch["batch_size"] == 0 else list(batch["skipped"])
         if len(consecutive) >= self.config.train.max_bad_samples:
-            raise TrainingStopped(
+            self._stop(
                 f"{len(consecutive)} samples in a row failed to load (train.max_bad_samples="
                 f"{self.config.train.max_bad_samples}):\n  " + "\n  ".join(consecutive)
             )
         return consecutive
+
+    def _stop(self, reason: str) -> NoReturn:
+        """Write the reason to the run's log too (stderr may be lost), close it, and stop."""
+        self.logger.info(f"stopped: {reason}")
+        self.logger.close()
+        raise TrainingStopped(reason)
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> dict:

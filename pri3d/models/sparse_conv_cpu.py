@@ -45,9 +45,12 @@ __all__ = [
 ]
 
 
-#: Largest grid (batch × padded x·y·z cells) searched through a dense int32 table (128 MB); larger
-#: grids use a binary search in the sorted voxel keys.
+#: Neighbours are looked up in a dense int32 table over the grid (batch × padded x·y·z cells) when
+#: it has at most max(TABLE_CELLS, TABLE_CELLS_PER_VOXEL × N) cells (1 KB per voxel: small next to
+#: the activations a voxel keeps for backward), else found by binary search in the sorted keys
+#: (~10× slower).
 TABLE_CELLS = 2**25
+TABLE_CELLS_PER_VOXEL = 256
 
 #: Largest C_in × K convolved as dense neighbourhood columns (see `_uses_columns`).
 COLUMNS_MAX = 512
@@ -211,24 +214,25 @@ def submanifold_map(indices: torch.Tensor, spatial_shape: list[int], kernel_size
     shifts = (offsets[:, 0] * dims[1] + offsets[:, 1]) * dims[2] + offsets[:, 2]  # [H] key offsets
     queries = keys[None, :] + shifts[:, None]  # [H, N]: key of v + o for every voxel v
     cells = (int(indices[:, 0].max()) + 1 if n else 0) * math.prod(dims)
-    if cells <= TABLE_CELLS:  # a dense key -> row table: one gather per query
+    if cells <= max(TABLE_CELLS, TABLE_CELLS_PER_VOXEL * n):  # dense key -> row table: one gather per query
         table = torch.full((cells,), -1, dtype=torch.int32)
         table[keys] = torch.arange(n, dtype=torch.int32)
         # [H, N] row of v + o, -1 where inactive (index_select is ~10x faster than table[queries])
-        neighbours = table.index_select(0, queries.flatten()).view(queries.shape).long()
+        neighbours = table.index_select(0, queries.flatten()).view(queries.shape)
     else:  # binary search in the sorted keys
         sorted_keys, order = torch.sort(keys)
         position = torch.searchsorted(sorted_keys, queries).clamp_(max=n - 1)
         neighbours = torch.where(sorted_keys[position] == queries, order[position], -1)
-    found = neighbours >= 0
-    half, row = found.nonzero(as_tuple=True)  # pairs in (kernel index, row) order
-    # Kernel index d < centre reads v + o_d; its mirror K - 1 - d (offset -o_d) is the same pair
-    # read the other way, listed (flipped) in reversed kernel order.
-    mirror_half, mirror_row = found.flip(0).nonzero(as_tuple=True)
+    half, row = (neighbours >= 0).nonzero(as_tuple=True)  # pairs in (kernel index, row) order
+    neighbour = neighbours[half, row].long()  # row + o
     counts = torch.bincount(half, minlength=centre).tolist()
+    # Kernel index d < centre reads v + o_d; its mirror K - 1 - d (offset -o_d) is the same pair
+    # read the other way: the same pairs, kernel indices in reverse order.
+    mirror_in = torch.cat(torch.split(row, counts)[::-1])
+    mirror_out = torch.cat(torch.split(neighbour, counts)[::-1])
     return KernelMap(
-        in_rows=torch.cat([neighbours[half, row], mirror_row]),
-        out_rows=torch.cat([row, neighbours.flip(0)[mirror_half, mirror_row]]),
+        in_rows=torch.cat([neighbour, mirror_in]),
+        out_rows=torch.cat([row, mirror_out]),
         counts=[*counts, 0, *counts[::-1]],
         n_in=n,
         n_out=n,

@@ -1,0 +1,117 @@
+"""Pre-training error paths: a non-finite loss, a run of unreadable samples, and bf16 + channels_last."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
+from pri3d.engine.config import PretrainRunConfig, load_config
+from pri3d.engine.trainer import TrainingStopped
+from pri3d.models.pri3d import Pri3D
+from pri3d.tasks import pretrain as pretrain_task
+from pri3d.tasks.pretrain import pretrain
+
+
+def _overrides(root: Path, log_dir: Path, *extra: str) -> list[str]:
+    return [
+        f"dataset.path={root}", f"train.log_dir={log_dir}", "dataset.size=[60,80]",
+        "pretrain.backbone=Res18UNet", "pretrain.pretrained=scratch", "pretrain.sample_points=64",
+        "pretrain.voxel_size=0.1", "train.batch_size=2", "train.workers=0", "train.threads=1",
+        "logging.tensorboard=false", "train.report_batch=1", *extra,
+    ]  # fmt: skip
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_step(pretrain_root, tmp_path, monkeypatch):
+    forward = Pri3D.forward
+    calls = []
+
+    def nan_at_third_step(self, batch):
+        losses = forward(self, batch)
+        calls.append(None)
+        if len(calls) == 3:  # one forward per step here (batch 2, no accumulation)
+            losses["total_loss"] = losses["total_loss"] * float("nan")
+        return losses
+
+    monkeypatch.setattr(Pri3D, "forward", nan_at_third_step)
+    log_dir = tmp_path / "run"
+    config = load_config(
+        PretrainRunConfig,
+        _overrides(pretrain_root, log_dir, "train.max_steps=5", "train.checkpoint_every=1"),
+    )
+    with pytest.raises(TrainingStopped, match=r"non-finite loss at step 2 .*total_loss.*nan") as stopped:
+        pretrain(config)
+    assert "lower optimizer.lr or check the data" in str(stopped.value)
+
+    checkpoints = log_dir / "checkpoints"
+    assert not (checkpoints / "step0000003.pth").exists()
+    kept = load_checkpoint(checkpoints / "nonfinite-step0000002.pth")
+    assert latest_checkpoint(checkpoints) == checkpoints / "nonfinite-step0000002.pth"
+    last_good = load_checkpoint(checkpoints / "step0000002.pth")  # the regular checkpoint of step 2
+    assert kept["step"] == last_good["step"] == 2
+    assert kept["model"].keys() == last_good["model"].keys()
+    for key, value in last_good["model"].items():
+        assert torch.equal(kept["model"][key], value), key
+        assert not value.is_floating_point() or torch.isfinite(value).all(), key
+    # the reason is in the run's own log, not only in the exception
+    assert "non-finite loss at step 2" in (log_dir / "train.log").read_text()
+
+
+def test_non_finite_loss_from_the_command_line(pretrain_root, tmp_path, capsys):
+    """A learning rate of 1e30 blows the weights up after the first step: exit code 3 and the reason."""
+    args = argparse.Namespace(
+        overrides=_overrides(pretrain_root, tmp_path / "run", "train.max_steps=4", "optimizer.lr=1e30"),
+        print_config=False,
+    )
+    assert pretrain_task.run(args) == 3
+    message = capsys.readouterr().err
+    assert "pri3d pretrain: stopped: non-finite loss at step 1" in message
+    assert (tmp_path / "run" / "checkpoints" / "nonfinite-step0000001.pth").is_file()
+
+
+def test_too_many_unreadable_samples_stop_with_their_reasons(pretrain_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(pretrain_root, root)
+    corrupted = sorted(root.glob("*/color/*.jpg"))
+    assert corrupted
+    for path in corrupted:
+        path.write_bytes(b"not a JPEG")
+    config = load_config(
+        PretrainRunConfig, _overrides(root, tmp_path / "run", "train.max_steps=5", "train.max_bad_samples=3")
+    )
+    with pytest.raises(
+        TrainingStopped, match=r"samples in a row failed to load \(train.max_bad_samples=3\)"
+    ) as stopped:
+        pretrain(config)
+    reasons = str(stopped.value).splitlines()[1:]
+    assert len(reasons) >= 3
+    for reason in reasons:
+        scene = reason.strip().split()[0]
+        assert (root / scene).is_dir(), reason  # each reason names the scene and the frames
+        assert "frames" in reason and "cannot identify image file" in reason, reason
+    assert not list((tmp_path / "run" / "checkpoints").glob("step*.pth"))  # no step was trained
+
+
+def test_bf16_and_channels_last_train_with_finite_losses(pretrain_root, tmp_path):
+    log_dir = tmp_path / "run"
+    config = load_config(
+        PretrainRunConfig,
+        _overrides(
+            pretrain_root, log_dir, "train.max_steps=3", "train.bf16=true", "train.channels_last=true"
+        ),
+    )
+    pretrain(config)
+    lines = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    for metrics in lines:
+        for key in ("train/total_loss", "train/view_loss", "train/geo_loss", "train/depth_loss"):
+            assert math.isfinite(metrics[key]), (key, metrics)
+    state = load_checkpoint(latest_checkpoint(log_dir / "checkpoints"))
+    assert state["step"] == 3 and state["config"]["train"]["bf16"] is True
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
