@@ -2,9 +2,9 @@
 
 Voxels come from `synthetic_batch.py` (room surfaces at 2 cm, ``--voxels`` per view, ``--batch``
 views in one sparse tensor). For each CPU path it reports the minimum over ``--repeat`` runs (after
-a warm-up) of forward, backward and their sum, and how much of the forward is spent building
-neighbour tables (spconv's ``get_indice_pairs`` or pri3d's ``submanifold_map``/``downsample_map``);
-``--profile`` adds the top operators of one run (torch profiler, self CPU time).
+a warm-up; the paths take turns) of forward, backward and their sum, and how much of the forward
+is spent building neighbour tables (spconv's ``get_indice_pairs`` or pri3d's ``submanifold_map`` /
+``downsample_map``); ``--profile`` adds the top operators of one run (torch profiler, self CPU time).
 
     PYTHONPATH=. python benchmarks/sparse_unet.py --batch 2 --voxels 35000 --backend spconv torch
 """
@@ -78,11 +78,12 @@ def main() -> None:
         "| CPU path | forward (s) | of which neighbour tables (s) | backward (s) | forward + backward (s) |"
     )
     print("|---|---|---|---|---|")
-    for backend in args.backend:
-        net = MinkUNet34C(cpu_backend=backend)
-        net.load_state_dict(state)
-        best = None
-        for run in range(args.repeat + 1):
+    nets = {backend: MinkUNet34C(cpu_backend=backend) for backend in args.backend}
+    best: dict[str, tuple[float, float, float, float]] = {}
+    # runs of the paths alternate, so that a slow spell of a shared machine hits both alike
+    for run in range(args.repeat + 1):
+        for backend, net in nets.items():
+            net.load_state_dict(state)
             for timer in map_timers:
                 timer.seconds = 0.0
             start = time.perf_counter()
@@ -92,14 +93,17 @@ def main() -> None:
             end = time.perf_counter()
             net.zero_grad(set_to_none=True)
             result = (middle - start, sum(t.seconds for t in map_timers), end - middle, end - start)
-            if run > 0 and (best is None or result[3] < best[3]):
-                best = result
-        print(f"| {backend} | {best[0]:.2f} | {best[1]:.2f} | {best[2]:.2f} | {best[3]:.2f} |", flush=True)
-        if args.profile:
-            from torch.profiler import ProfilerActivity, profile
+            if run > 0 and (backend not in best or result[3] < best[backend][3]):
+                best[backend] = result
+    for backend, (forward, tables, backward, total) in best.items():
+        print(f"| {backend} | {forward:.2f} | {tables:.2f} | {backward:.2f} | {total:.2f} |", flush=True)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
 
+        for backend, net in nets.items():
             with profile(activities=[ProfilerActivity.CPU]) as prof:
                 net(coords, features).square().mean().backward()
+            print(f"{backend}:")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
