@@ -12,11 +12,12 @@ from pri3d import __version__
 COMMAND_MODULES = (
     "pri3d.synth.cli",
     "pri3d.preprocess.cli",
+    "pri3d.coco.cli",
     "pri3d.tasks.pretrain",
     "pri3d.tasks.finetune_cli",
     "pri3d.tasks.eval_cli",
     "pri3d.tasks.export_cli",
-    "pri3d.demo",
+    "pri3d.demo.cli",
 )
 
 

@@ -1,0 +1,113 @@
+"""COCO evaluation through pycocotools: box and mask AP, AP50, AP75, APs/m/l and per-class AP / AP50.
+
+Numbers are fractions in [0, 1], as pycocotools computes them (and as `pri3d eval semseg` reports
+mIoU); Detectron2's ``COCOEvaluator`` and the original's README print them ×100 (the README's
+headline is AP50). A class without ground truth in the evaluated images has no AP
+(``None``), as in pycocotools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["STAT_NAMES", "evaluate_detections", "gt_as_detections", "load_coco"]
+
+#: The first six numbers of ``COCOeval.stats``, in its order.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def load_coco(path: str | Path):
+    """A ``pycocotools.coco.COCO`` of an instances JSON; errors name the file and what is wrong."""
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        document = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    missing = [k for k in ("images", "annotations", "categories") if k not in document]
+    if not isinstance(document, dict) or missing:
+        raise ValueError(
+            f"{path}: not a COCO instances file (missing {', '.join(missing) or 'a top-level dict'})"
+        )
+    coco = COCO()
+    coco.dataset = document
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def gt_as_detections(coco) -> list[dict]:
+    """The ground truth of ``coco`` as detections with score 1 (non-crowd only); masks as RLE.
+
+    Evaluated against itself this gives AP = 1 for every class with ground truth.
+    """
+    detections = []
+    for annotation in coco.dataset["annotations"]:
+        if annotation.get("iscrowd", 0):
+            continue
+        rle = coco.annToRLE(annotation)
+        counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
+        detections.append({"image_id": annotation["image_id"], "category_id": annotation["category_id"],
+                           "bbox": list(annotation["bbox"]), "score": 1.0,
+                           "segmentation": {"size": list(rle["size"]), "counts": counts}})  # fmt: skip
+    return detections
+
+
+def _mean_valid(values: np.ndarray) -> float | None:
+    values = values[values > -1]
+    return float(values.mean()) if values.size else None
+
+
+def evaluate_detections(coco_gt, detections: list[dict], iou_types: tuple[str, ...] = ("bbox", "segm"),
+                        max_detections: int = 100) -> dict:  # fmt: skip
+    """COCO metrics of ``detections`` (COCO results format) against ``coco_gt``, per IoU type.
+
+    Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {name: {"AP",
+    "AP50", "instances"}}, "summary": pycocotools' text table}}``. Only the ground truth's images are
+    evaluated; without any detection every AP of a class with ground truth is 0.
+    """
+    from pycocotools.cocoeval import COCOeval
+
+    categories = sorted(coco_gt.cats)
+    names = {c: coco_gt.cats[c]["name"] for c in categories}
+    instances = {c: 0 for c in categories}
+    for annotation in coco_gt.dataset["annotations"]:
+        if not annotation.get("iscrowd", 0):
+            instances[annotation["category_id"]] += 1
+    results = {}
+    for iou_type in iou_types:
+        if iou_type not in ("bbox", "segm"):
+            raise ValueError(f"IoU type {iou_type!r}: expected bbox or segm")
+        if not detections:
+            per_class = {names[c]: {"AP": 0.0 if instances[c] else None, "AP50": 0.0 if instances[c] else None,
+                                    "instances": instances[c]} for c in categories}  # fmt: skip
+            results[iou_type] = {**dict.fromkeys(STAT_NAMES, 0.0), "per_class": per_class,
+                                 "summary": "no detections"}  # fmt: skip
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            # segm: without the box, loadRes takes each detection's area from its mask (as Detectron2)
+            drop = "bbox" if iou_type == "segm" else ""
+            coco_dt = coco_gt.loadRes([{k: v for k, v in d.items() if k != drop} for d in detections])
+            evaluator = COCOeval(coco_gt, coco_dt, iou_type)
+            evaluator.params.maxDets = [1, 10, max_detections]
+            evaluator.evaluate()
+            evaluator.accumulate()
+        with contextlib.redirect_stdout(io.StringIO()) as text:
+            evaluator.summarize()
+        precision = evaluator.eval["precision"]  # [T IoUs, R recalls, K classes, A areas, M maxDets]
+        per_class = {}
+        for k, category in enumerate(evaluator.params.catIds):
+            per_class[names[category]] = {"AP": _mean_valid(precision[:, :, k, 0, -1]),
+                                          "AP50": _mean_valid(precision[0, :, k, 0, -1]),
+                                          "instances": instances[category]}  # fmt: skip
+        stats = {name: (float(v) if v > -1 else None) for name, v in zip(STAT_NAMES, evaluator.stats)}
+        results[iou_type] = {**stats, "per_class": per_class, "summary": text.getvalue().strip()}
+    return results
