@@ -150,7 +150,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per figure (the minimum is kept)")
     parser.add_argument("--size", nargs=2, type=int, default=[240, 320], metavar=("H", "W"))
     parser.add_argument("--voxels", type=int, default=35000, help="voxels per view")
-    parser.add_argument("--cpu-backend", default="torch", choices=["torch", "spconv"],
+    parser.add_argument("--cpu-backend", default="auto", choices=["auto", "torch", "spconv"],
                         help="3D network's CPU path: pri3d's torch ops or spconv's native path")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
     args = parser.parse_args()
@@ -182,7 +182,7 @@ def main() -> None:
                     )
                 model = Pri3D(backbone, view_invariant=view, geometric_prior=geo, depth=depth)
                 if geo:
-                    model.backbone3d.cpu_backend = args.cpu_backend
+                    model.backbone3d.backend = args.cpu_backend
                 if args.channels_last:  # as the trainer: 4-D (2D conv) tensors only
                     for tensor in [*model.parameters(), *model.buffers()]:
                         if tensor.dim() == 4:

@@ -19,7 +19,7 @@ import spconv.pytorch.ops as spconv_ops
 import torch
 from synthetic_batch import pair_batch
 
-from pri3d.models import sparse_conv_cpu
+from pri3d.models import sparse_conv_torch
 from pri3d.models.sparse_unet import MinkUNet34C
 
 
@@ -70,7 +70,7 @@ def main() -> None:
     print(f"{coords.shape[0]:,} voxels in {args.batch} views, {torch.get_num_threads()} threads")
 
     map_timers = _patch(spconv_ops, ["get_indice_pairs"]) + _patch(
-        sparse_conv_cpu, ["submanifold_map", "downsample_map"]
+        sparse_conv_torch, ["submanifold_map", "downsample_map"]
     )
     torch.manual_seed(0)
     state = MinkUNet34C().state_dict()
@@ -78,7 +78,7 @@ def main() -> None:
         "| CPU path | forward (s) | of which neighbour tables (s) | backward (s) | forward + backward (s) |"
     )
     print("|---|---|---|---|---|")
-    nets = {backend: MinkUNet34C(cpu_backend=backend) for backend in args.backend}
+    nets = {backend: MinkUNet34C(backend=backend) for backend in args.backend}
     best: dict[str, tuple[float, float, float, float]] = {}
     # runs of the paths alternate, so that a slow spell of a shared machine hits both alike
     for run in range(args.repeat + 1):

@@ -25,16 +25,20 @@ spconv CPU facts handled here (spconv 2.3.8):
 
 Both patches are applied once, at import, to ``spconv.pytorch.ops`` only.
 
-CPU path: by default, CPU tensors do not go through spconv at all but through
-:mod:`pri3d.models.sparse_conv_cpu` (multi-threaded torch ops on spconv's weights and offset
-convention, ~2× faster for forward + backward; see docs/benchmarks.md). ``cpu_backend="spconv"``
-selects spconv's native CPU path instead. CUDA tensors always use spconv.
+Backends: the network's parameters are spconv modules, but the convolutions run either through
+spconv or through :mod:`pri3d.models.sparse_conv_torch` (torch ops on spconv's weights and offset
+convention, for CPU and CUDA tensors). With ``backend="auto"`` (the default) CPU tensors take the
+torch path (multi-threaded, ~2× faster than spconv's native CPU path for forward + backward; see
+docs/benchmarks.md), CUDA tensors take spconv when the installed spconv is a CUDA build and the
+torch path otherwise: spconv's CUDA wheels stop at CUDA 12.6, and the CPU-only ``spconv`` wheel
+that pri3d installs cannot convolve CUDA tensors. ``backend="torch"`` / ``"spconv"`` force a path.
 """
 
 from __future__ import annotations
 
 import math
 
+import spconv.cppconstants as spconv_constants
 import spconv.pytorch as spconv
 import spconv.pytorch.ops as spconv_ops
 import torch
@@ -42,7 +46,7 @@ from spconv.core import ConvAlgo
 from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
-from pri3d.models.sparse_conv_cpu import TorchSparseTensor
+from pri3d.models.sparse_conv_torch import TorchSparseTensor
 
 __all__ = ["MinkUNet34C", "SparseBasicBlock"]
 
@@ -115,7 +119,35 @@ _patch_spconv_stream_for_cpu()
 _patch_spconv_cpu_gather_scatter()
 
 SparseTensor = spconv.SparseConvTensor | TorchSparseTensor
-CPU_BACKENDS = ("torch", "spconv")
+BACKENDS = ("auto", "torch", "spconv")
+
+
+def spconv_has_cuda() -> bool:
+    """Whether the installed spconv is a CUDA build (the ``spconv`` wheel on PyPI is CPU-only)."""
+    return not spconv_constants.CPU_ONLY_BUILD
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The path (``"torch"`` or ``"spconv"``) that tensors on ``device`` take with option ``backend``.
+
+    ``"auto"``: the torch path on CPU; on CUDA spconv when it is a CUDA build, else the torch path;
+    the torch path on any other device. Raises ValueError for ``"spconv"`` where spconv cannot run.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+    device = torch.device(device)
+    spconv_runs = device.type == "cpu" or (device.type == "cuda" and spconv_has_cuda())
+    if backend == "auto":
+        return "spconv" if device.type == "cuda" and spconv_runs else "torch"
+    if backend == "spconv" and not spconv_runs:
+        if device.type == "cuda":
+            raise ValueError(
+                f"backend='spconv' on {device} tensors needs a CUDA build of spconv, but the installed "
+                "spconv is CPU-only: install the build for your CUDA (e.g. `pip install spconv-cu126`; "
+                "spconv has none past CUDA 12.6) or use backend='auto' or 'torch' (pri3d's torch path)"
+            )
+        raise ValueError(f"backend='spconv': spconv does not run on {device.type} tensors; use 'torch'")
+    return backend
 
 
 def _conv(module: SparseConvolution, x: SparseTensor) -> SparseTensor:
@@ -173,22 +205,23 @@ class MinkUNet34C(nn.Module):
         out_channels: output feature width (96).
         algo: spconv algorithm for every conv; ``None`` keeps spconv's default (Native on the CPU
             build, implicit GEMM on CUDA builds).
-        cpu_backend: how CPU tensors are convolved: ``"torch"`` (:mod:`pri3d.models.sparse_conv_cpu`,
-            the default) or ``"spconv"`` (spconv's native CPU path). CUDA tensors always use spconv.
-            Both paths share the parameters and give the same results up to float32 rounding.
+        backend: which path convolves: ``"auto"`` (the default: :mod:`pri3d.models.sparse_conv_torch`
+            for CPU tensors; for CUDA tensors spconv if it is a CUDA build, else the torch path),
+            ``"torch"`` (the torch path on any device) or ``"spconv"`` (spconv on CPU and CUDA; a
+            ValueError at forward time for CUDA tensors when spconv is a CPU-only build). See
+            :func:`resolve_backend`. All paths share the parameters and give the same results up to
+            float32 rounding. Can be changed after construction (``net.backend = "spconv"``).
 
     Module names follow ME's MinkUNet (``conv0p1s1``, ``bn0``, ``block1`` ... ``final``); the kernel
     layout is spconv's ``[C_out, kx, ky, kz, C_in]``, so ME checkpoints do not load as they are.
     """
 
     def __init__(self, in_channels: int = 3, out_channels: int = 96, algo: ConvAlgo | None = None,
-                 cpu_backend: str = "torch") -> None:  # fmt: skip
+                 backend: str = "auto") -> None:  # fmt: skip
         super().__init__()
-        if cpu_backend not in CPU_BACKENDS:
-            raise ValueError(f"cpu_backend={cpu_backend!r}: expected one of {CPU_BACKENDS}")
         self.in_channels = in_channels
         self.out_channels = out_channels
-        self.cpu_backend = cpu_backend
+        self.backend = backend
 
         def down(c_in: int, c_out: int, key: str) -> spconv.SparseConv3d:
             return spconv.SparseConv3d(c_in, c_out, 2, stride=2, bias=False, indice_key=key, algo=algo)
@@ -227,6 +260,17 @@ class MinkUNet34C(nn.Module):
         self.final = nn.Linear(96, out_channels, bias=True)
         self.reset_parameters()
 
+    @property
+    def backend(self) -> str:
+        """``"auto"``, ``"torch"`` or ``"spconv"``; see the class docstring."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        if value not in BACKENDS:
+            raise ValueError(f"backend={value!r}: expected one of {BACKENDS}")
+        self._backend = value
+
     def reset_parameters(self) -> None:
         """Kaiming normal (fan_out, ReLU) on all kernels, BN γ=1 β=0, as the original."""
         for m in self.modules():
@@ -260,8 +304,14 @@ class MinkUNet34C(nn.Module):
             raise ValueError("the 3D network needs at least one voxel, got N = 0")
         if features.dtype != torch.float32:
             raise TypeError(
-                f"features must be float32 (spconv computes float64 wrongly on CPU), got {features.dtype}"
+                "features must be float32 (the network computes in float32; spconv computes float64 "
+                f"wrongly on CPU), got {features.dtype}"
             )
+        if coords.device != features.device:
+            raise ValueError(
+                f"coords ({coords.device}) and features ({features.device}) must be on one device"
+            )
+        path = resolve_backend(self.backend, features.device)
         coords = coords.long()
         batch = coords[:, 0]
         if int(batch.min()) < 0:
@@ -277,18 +327,20 @@ class MinkUNet34C(nn.Module):
         if torch.unique(keys).numel() != keys.numel():
             raise ValueError("coords contain duplicate voxels; deduplicate (e.g. sparse_quantize) first")
         indices = torch.cat([batch[:, None], local], dim=1).to(torch.int32).contiguous()
-        if features.device.type == "cpu" and self.cpu_backend == "torch":
+        if path == "torch":
             return TorchSparseTensor(features.contiguous(), indices, [sx, sy, sz], batch_size)
         return spconv.SparseConvTensor(features.contiguous(), indices, [sx, sy, sz], batch_size)
 
     def forward_sparse(self, coords: torch.Tensor, features: torch.Tensor) -> SparseTensor:
         """Like :meth:`forward`, but returns the output sparse tensor (spconv's ``SparseConvTensor``,
-        or :class:`~pri3d.models.sparse_conv_cpu.TorchSparseTensor` on the torch CPU path).
+        or :class:`~pri3d.models.sparse_conv_torch.TorchSparseTensor` on the torch path).
 
         Its ``indices`` ``[N, 4]`` int32 equal ``coords`` row for row, except that x, y, z are
         shifted by ``-floor(min / 16) * 16`` per axis (spconv needs non-negative coordinates).
         """
-        with torch.autocast("cpu", enabled=False):
+        # float32 throughout: spconv's CPU kernels only compute float32 correctly, and the torch
+        # path keeps the features' dtype (autocast would hand it float16 / bfloat16 GEMMs)
+        with torch.autocast(features.device.type, enabled=False):
             x = self._to_sparse(coords, features)
             p1 = self._bn_relu(_conv(self.conv0p1s1, x), self.bn0)
 
@@ -322,8 +374,7 @@ class MinkUNet34C(nn.Module):
             features: ``[N, in_channels]`` float32 input features.
 
         Returns:
-            ``[N, out_channels]`` features, row i belonging to ``coords[i]``. CPU autocast is
-            disabled inside (spconv CPU computes in float32 only); on CUDA an enclosing autocast
-            applies as spconv implements it.
+            ``[N, out_channels]`` features, row i belonging to ``coords[i]``, float32: autocast of
+            the features' device type (CPU or CUDA) is disabled inside, on every backend.
         """
         return self.forward_sparse(coords, features).features

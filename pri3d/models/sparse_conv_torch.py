@@ -1,9 +1,11 @@
-"""Sparse 3D convolutions on CPU tensors in plain torch ops: the CPU path of the 3D network.
+"""Sparse 3D convolutions in plain torch ops: the torch path of the 3D network, for CPU and CUDA tensors.
 
 spconv's CPU build only has its native algorithm: neighbour tables built by single-threaded C++,
 then per kernel offset one gather, one small GEMM and one scatter-add (the last one serial, and
-racy in spconv's own code, see :mod:`pri3d.models.sparse_unet`). Here every step is a
-multi-threaded torch op:
+racy in spconv's own code, see :mod:`pri3d.models.sparse_unet`); and spconv's CUDA builds stop at
+CUDA 12.6, so with a CUDA 13 PyTorch (or the CPU-only ``spconv`` wheel) spconv cannot convolve
+CUDA tensors at all. Here every step is a torch op (multi-threaded on CPU, a kernel on CUDA), and
+every tensor it creates lives on the device of the features and voxel indices:
 
 * **Neighbour tables** come from linear voxel keys: sort them once, then ``searchsorted`` the keys
   shifted by each kernel offset. A submanifold kernel's pairs for offsets ``o`` and ``-o`` are the
@@ -21,7 +23,8 @@ multi-threaded torch op:
   two gathers and one GEMM per offset for the weight gradient. Gathered inputs are recomputed, not
   kept, which saves ~200 MB per convolution at 60k voxels.
 
-Everything stays in the features' dtype (float32 in the network). Kernels use spconv's layout and
+Everything stays in the features' dtype (float32 in the network; autocast is disabled inside
+the convolution, forward and backward). Kernels use spconv's layout and
 offset convention, so the same parameters give the same results on both paths: a weight
 ``[C_out, kx, ky, kz, C_in]``; a submanifold or strided convolution reads input voxel
 ``stride * q + d - r`` for kernel index ``d`` (``r = k // 2`` for submanifold, 0 for strided), as
@@ -55,9 +58,17 @@ TABLE_CELLS_PER_VOXEL = 256
 #: Largest C_in × K convolved as dense neighbourhood columns (see `_uses_columns`).
 COLUMNS_MAX = 512
 
-#: Pairs per block of output rows: a block's gathered inputs and products (~4 MB each at 32 channels,
-#: ~16 MB at 128) stay in the last-level cache between the gather, the GEMMs and the sum.
+#: Pairs per block of output rows on CPU: a block's gathered inputs and products (~4 MB each at 32
+#: channels, ~16 MB at 128) stay in the last-level cache between the gather, the GEMMs and the sum.
 BLOCK_PAIRS = 32768
+
+#: Pairs per block on other devices (CUDA): no cache to fit, but every block costs a few kernel
+#: launches per kernel offset, so blocks are larger (buffers of ~128 MB at 32 channels).
+DEVICE_BLOCK_PAIRS = 2**20
+
+
+def _block_pairs(device: torch.device) -> int:
+    return BLOCK_PAIRS if device.type == "cpu" else DEVICE_BLOCK_PAIRS
 
 
 @dataclass(eq=False)
@@ -77,8 +88,10 @@ class _Block:
             shape = (self.rows[1] - self.rows[0], self.pairs[1] - self.pairs[0])
             with warnings.catch_warnings():  # "sparse CSR support is in beta"
                 warnings.simplefilter("ignore", UserWarning)
+                device = self.crow.device  # explicit: a default device must not move it
+                ones = torch.ones(shape[1], dtype=dtype, device=device)
                 self.sum_matrices[dtype] = torch.sparse_csr_tensor(
-                    self.crow, self.columns, torch.ones(shape[1], dtype=dtype), shape, check_invariants=False
+                    self.crow, self.columns, ones, shape, device=device, check_invariants=False
                 )
         return self.sum_matrices[dtype]
 
@@ -143,20 +156,28 @@ class KernelMap:
         """``[n_out, K]`` int64 input row of every (output, kernel index), ``n_in`` where there is
         none (the centre column is the output row itself), built once; for submanifold maps."""
         if self._table is None:
-            table = torch.full((self.n_out, self.volume), self.n_in, dtype=torch.int64)
-            kernel_index = torch.repeat_interleave(torch.arange(self.volume), torch.tensor(self.counts))
-            table[self.out_rows, kernel_index] = self.in_rows
-            table[:, self.centre] = torch.arange(self.n_out)
+            device = self.in_rows.device
+            table = torch.full((self.n_out, self.volume), self.n_in, dtype=torch.int64, device=device)
+            table[self.out_rows, _kernel_indices(self.counts, device)] = self.in_rows
+            table[:, self.centre] = torch.arange(self.n_out, device=device)
             self._table = table
         return self._table
 
 
+def _kernel_indices(counts: list[int], device: torch.device) -> torch.Tensor:
+    """``[sum(counts)]`` int64: the kernel index of every pair, pairs grouped by kernel index."""
+    return torch.repeat_interleave(
+        torch.arange(len(counts), device=device), torch.tensor(counts, dtype=torch.int64, device=device)
+    )
+
+
 def _block_layout(kernel_map: KernelMap) -> _Layout:
     volume, n_out = kernel_map.volume, kernel_map.n_out
+    device = kernel_map.in_rows.device
     total = kernel_map.in_rows.numel()
-    rows_per_block = max(1, BLOCK_PAIRS * n_out // max(total, 1))
+    rows_per_block = max(1, _block_pairs(device) * n_out // max(total, 1))
     n_blocks = -(-n_out // rows_per_block)
-    kernel_index = torch.repeat_interleave(torch.arange(volume), torch.tensor(kernel_map.counts))  # [P]
+    kernel_index = _kernel_indices(kernel_map.counts, device)  # [P]
     block = kernel_map.out_rows // rows_per_block  # [P]
     order = torch.argsort(block * volume + kernel_index, stable=True)
     in_rows, out_rows = kernel_map.in_rows[order], kernel_map.out_rows[order]
@@ -169,7 +190,7 @@ def _block_layout(kernel_map: KernelMap) -> _Layout:
         end = start + pair_counts[b]
         r0, r1 = b * rows_per_block, min(n_out, (b + 1) * rows_per_block)
         local = out_rows[start:end] - r0
-        crow = torch.zeros(r1 - r0 + 1, dtype=torch.int64)
+        crow = torch.zeros(r1 - r0 + 1, dtype=torch.int64, device=device)
         torch.cumsum(torch.bincount(local, minlength=r1 - r0), 0, out=crow[1:])
         blocks.append(
             _Block(
@@ -208,15 +229,16 @@ def submanifold_map(indices: torch.Tensor, spatial_shape: list[int], kernel_size
     n = indices.shape[0]
     volume = kernel_size**3
     centre = volume // 2
+    device = indices.device
     keys, dims = _padded_keys(indices, spatial_shape, r)
-    grid = torch.arange(kernel_size) - r
+    grid = torch.arange(kernel_size, device=device) - r
     offsets = torch.cartesian_prod(grid, grid, grid)[:centre]  # [H, 3]: kernel indices 0 .. centre-1
     shifts = (offsets[:, 0] * dims[1] + offsets[:, 1]) * dims[2] + offsets[:, 2]  # [H] key offsets
     queries = keys[None, :] + shifts[:, None]  # [H, N]: key of v + o for every voxel v
     cells = (int(indices[:, 0].max()) + 1 if n else 0) * math.prod(dims)
     if cells <= max(TABLE_CELLS, TABLE_CELLS_PER_VOXEL * n):  # dense key -> row table: one gather per query
-        table = torch.full((cells,), -1, dtype=torch.int32)
-        table[keys] = torch.arange(n, dtype=torch.int32)
+        table = torch.full((cells,), -1, dtype=torch.int32, device=device)
+        table[keys] = torch.arange(n, dtype=torch.int32, device=device)
         # [H, N] row of v + o, -1 where inactive (index_select is ~10x faster than table[queries])
         neighbours = table.index_select(0, queries.flatten()).view(queries.shape)
     else:  # binary search in the sorted keys
@@ -355,7 +377,7 @@ def _convolve_columns(features: torch.Tensor, weight: torch.Tensor, kernel_map: 
     padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
     out = features.new_empty(kernel_map.n_out, weight.shape[2])
     flat = weight.view(-1, weight.shape[2])  # [K * C_in, C_out]
-    rows = max(1, BLOCK_PAIRS // kernel_map.volume)
+    rows = max(1, _block_pairs(features.device) // kernel_map.volume)
     for r0 in range(0, kernel_map.n_out, rows):
         torch.mm(_columns(padded, table[r0 : r0 + rows]), flat, out=out[r0 : r0 + rows])
     return out
@@ -367,7 +389,7 @@ def _weight_gradient_columns(
     table = kernel_map.neighbour_table()
     padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
     grad = features.new_zeros(kernel_map.volume * features.shape[1], grad_out.shape[1])
-    rows = max(1, BLOCK_PAIRS // kernel_map.volume)
+    rows = max(1, _block_pairs(features.device) // kernel_map.volume)
     for r0 in range(0, kernel_map.n_out, rows):
         grad.addmm_(_columns(padded, table[r0 : r0 + rows]).t(), grad_out[r0 : r0 + rows])
     return grad.view(kernel_map.volume, features.shape[1], grad_out.shape[1])
@@ -381,15 +403,21 @@ class _SparseConv(torch.autograd.Function):
         features, weight = features.contiguous(), weight.contiguous()  # weight: [K, C_in, C_out]
         ctx.save_for_backward(features, weight)
         ctx.kernel_map = kernel_map
-        if _uses_columns(features, kernel_map):
-            return _convolve_columns(features, weight, kernel_map)
-        return _convolve(features, weight, kernel_map)
+        with torch.autocast(features.device.type, enabled=False):  # products in the features' dtype
+            if _uses_columns(features, kernel_map):
+                return _convolve_columns(features, weight, kernel_map)
+            return _convolve(features, weight, kernel_map)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _SparseConv._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: torch.Tensor):
         features, weight = ctx.saved_tensors
         kernel_map: KernelMap = ctx.kernel_map
-        grad_out = grad_out.contiguous()
+        grad_out = grad_out.to(features.dtype).contiguous()
         grad_features = grad_weight = None
         if ctx.needs_input_grad[1]:
             if _uses_columns(features, kernel_map):
@@ -412,7 +440,8 @@ def sparse_conv(
     """Sparse convolution of ``[n_in, C_in]`` features with a spconv-layout kernel.
 
     Args:
-        features: ``[n_in, C_in]`` rows in the order of the map's input voxels.
+        features: ``[n_in, C_in]`` rows in the order of the map's input voxels, on the device of
+            the map (built from voxel indices on that device).
         weight: ``[C_out, kx, ky, kz, C_in]`` (spconv's layout), K = kx·ky·kz = ``kernel_map.volume``;
             for an inverse convolution the inverse module's own weight with the transposed map.
         kernel_map: from :func:`submanifold_map`, :func:`downsample_map` or ``.transposed()``.
@@ -428,17 +457,23 @@ def sparse_conv(
             f"kernel {tuple(weight.shape)} and features {tuple(features.shape)} do not fit a map with "
             f"{kernel_map.volume} offsets and {kernel_map.n_in} input voxels"
         )
+    if features.device != kernel_map.in_rows.device or weight.device != features.device:
+        raise ValueError(
+            f"features ({features.device}), kernel ({weight.device}) and the map's voxel indices "
+            f"({kernel_map.in_rows.device}) must be on one device"
+        )
     out = _SparseConv.apply(features, weight.reshape(c_out, volume, c_in).permute(1, 2, 0), kernel_map)
     return out if bias is None else out + bias
 
 
 @dataclass
 class TorchSparseTensor:
-    """Voxel features plus the kernel maps built so far, the CPU path's ``SparseConvTensor``.
+    """Voxel features plus the kernel maps built so far, the torch path's ``SparseConvTensor``.
 
     Attributes:
         features: ``[N, C]``.
-        indices: ``[N, 4]`` int32 (b, x, y, z), non-negative, inside ``spatial_shape``.
+        indices: ``[N, 4]`` int32 (b, x, y, z), non-negative, inside ``spatial_shape``; on the
+            features' device (CPU or CUDA).
         spatial_shape: grid extent (x, y, z).
         batch_size: B.
         maps: kernel maps by spconv ``indice_key``, shared by every tensor derived from one input
@@ -457,14 +492,14 @@ class TorchSparseTensor:
         return TorchSparseTensor(features, self.indices, self.spatial_shape, self.batch_size, self.maps)
 
     def conv(self, module) -> TorchSparseTensor:
-        """Apply a spconv convolution module (its weights and settings) on the CPU path.
+        """Apply a spconv convolution module (its weights and settings) on the torch path.
 
         Supported: ``SubMConv3d`` with an odd cubic kernel, ``SparseConv3d`` with kernel = stride and
         no padding, ``SparseInverseConv3d`` of such a convolution (same ``indice_key``); dilation 1.
         """
         kernel = _cubic(module.kernel_size, "kernel_size", module)
         if any(d != 1 for d in module.dilation):
-            raise NotImplementedError(f"{module}: the CPU path supports dilation 1 only")
+            raise NotImplementedError(f"{module}: the torch path supports dilation 1 only")
         key = module.indice_key
         if module.subm:
             kernel_map = self.maps.get(key) if key is not None else None
@@ -488,7 +523,7 @@ class TorchSparseTensor:
         stride = _cubic(module.stride, "stride", module)
         if stride != kernel or any(p != 0 for p in module.padding) or module.transposed:
             raise NotImplementedError(
-                f"{module}: the CPU path supports strided convolutions with kernel = stride and no padding only"
+                f"{module}: the torch path supports strided convolutions with kernel = stride and no padding only"
             )
         kernel_map, coarse, coarse_shape = downsample_map(self.indices, self.spatial_shape, stride)
         if key is not None:
@@ -500,5 +535,5 @@ class TorchSparseTensor:
 def _cubic(values, name: str, module) -> int:
     values = list(values)
     if len(set(values)) != 1:
-        raise NotImplementedError(f"{module}: the CPU path supports cubic {name} only, got {values}")
+        raise NotImplementedError(f"{module}: the torch path supports cubic {name} only, got {values}")
     return int(values[0])
