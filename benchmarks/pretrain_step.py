@@ -1,4 +1,4 @@
-"""Pre-training throughput: pairs/s of a full training step (forward, backward, SGD step) on CPU.
+"""Pre-training throughput: pairs/s of a full training step (forward, backward, SGD step), CPU or GPU.
 
 For each backbone × batch × mode it builds a synthetic batch (`synthetic_batch.py`: a ray-cast box
 room, 1024 sampled matches, ~35k voxels per view shaped like surfaces), then times
@@ -14,6 +14,7 @@ The original's step times (2 cores, 240×320, fp32, from the issue) give the spe
 
     PYTHONPATH=. python benchmarks/pretrain_step.py --backbone Res18UNet Res50UNet --batch 2 8
     PYTHONPATH=. python benchmarks/pretrain_step.py --bf16 --channels-last
+    PYTHONPATH=. python benchmarks/pretrain_step.py --device cuda --bf16 --channels-last
 """
 
 from __future__ import annotations
@@ -59,12 +60,19 @@ class _Replay(nn.Module):
         return out
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _min_time(fn, repeat: int) -> float:
-    fn()  # warm-up: allocator, oneDNN kernels, lazily built tables
+    fn()  # warm-up: allocator, oneDNN/cuDNN kernels, lazily built tables
     best = float("inf")
     for _ in range(repeat):
+        _sync()
         start = time.perf_counter()
         fn()
+        _sync()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -74,8 +82,11 @@ def _channels_last(value: object) -> object:
     return value.contiguous(memory_format=torch.channels_last) if is_image else value
 
 
+_DEVICE_TYPE = "cpu"
+
+
 def _autocast(enabled: bool):
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else nullcontext()
+    return torch.autocast(_DEVICE_TYPE, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
 def measure(model: Pri3D, batch: dict, bf16: bool, repeat: int) -> dict[str, float]:
@@ -150,18 +161,28 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per figure (the minimum is kept)")
     parser.add_argument("--size", nargs=2, type=int, default=[240, 320], metavar=("H", "W"))
     parser.add_argument("--voxels", type=int, default=35000, help="voxels per view")
-    parser.add_argument("--cpu-backend", default="auto", choices=["auto", "torch", "spconv"],
-                        help="3D network's CPU path: pri3d's torch ops or spconv's native path")  # fmt: skip
+    parser.add_argument("--backend3d", default="auto", choices=["auto", "torch", "spconv"],
+                        help="3D network's sparse convolutions: pri3d's torch ops, spconv, or auto "
+                        "(torch on the CPU and where spconv has no CUDA build)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
+    global _DEVICE_TYPE
+    device = torch.device(args.device)
+    _DEVICE_TYPE = device.type
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     precision = ("bf16" if args.bf16 else "fp32") + (" + channels_last" if args.channels_last else "")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.machine()}, {torch.get_num_threads()} threads"
+    )
     print(
-        f"# {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"{args.size[0]}×{args.size[1]}, {precision}, 3D CPU path: {args.cpu_backend}"
+        f"# {where}, torch {torch.__version__}, "
+        f"{args.size[0]}×{args.size[1]}, {precision}, 3D network: {args.backend3d}"
     )
     print(
         "| backbone | batch | mode | step (s) | pairs/s | original step (s) | speed-up | 3D network | corr. + loss |"
@@ -180,18 +201,20 @@ def main() -> None:
                     print(
                         f"<!-- batch {batch_size}{' with voxels' if geo else ''}: {batch_summary(batches[key])} -->"
                     )
-                model = Pri3D(backbone, view_invariant=view, geometric_prior=geo, depth=depth)
+                model = Pri3D(backbone, view_invariant=view, geometric_prior=geo, depth=depth).to(device)
                 if geo:
-                    model.backbone3d.backend = args.cpu_backend
+                    model.backbone3d.backend = args.backend3d
                 if args.channels_last:  # as the trainer: 4-D (2D conv) tensors only
                     for tensor in [*model.parameters(), *model.buffers()]:
                         if tensor.dim() == 4:
                             tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
-                batch = batches[key]
+                batch = {
+                    k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batches[key].items()
+                }
                 if args.channels_last:  # as the trainer moves a batch
                     batch = {k: _channels_last(v) for k, v in batch.items()}
                 times = measure(model, batch, args.bf16, args.repeat)
-                original = ORIGINAL_STEP_S.get((backbone, batch_size, mode))
+                original = ORIGINAL_STEP_S.get((backbone, batch_size, mode)) if device.type == "cpu" else None
                 speedup = f"{original / times['step']:.1f}×" if original else "n/a"
                 share_3d = f"{times['3d'] / times['step']:.0%}" if "3d" in times else "–"
                 print(
