@@ -15,7 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["STAT_NAMES", "evaluate_detections", "gt_as_detections", "load_coco"]
+__all__ = [
+    "STAT_NAMES",
+    "evaluate_detections",
+    "format_coco_table",
+    "gt_as_detections",
+    "load_coco",
+    "to_coco_results",
+]
 
 #: The first six numbers of ``COCOeval.stats``, in its order.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -66,13 +73,15 @@ def _mean_valid(values: np.ndarray) -> float | None:
     return float(values.mean()) if values.size else None
 
 
-def evaluate_detections(coco_gt, detections: list[dict], iou_types: tuple[str, ...] = ("bbox", "segm"),
-                        max_detections: int = 100) -> dict:  # fmt: skip
+def evaluate_detections(
+    coco_gt, detections: list[dict], iou_types: tuple[str, ...] = ("bbox", "segm")
+) -> dict:
     """COCO metrics of ``detections`` (COCO results format) against ``coco_gt``, per IoU type.
 
     Returns ``{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "per_class": {name: {"AP",
-    "AP50", "instances"}}, "summary": pycocotools' text table}}``. Only the ground truth's images are
-    evaluated; without any detection every AP of a class with ground truth is 0.
+    "AP50", "instances"}}, "summary": pycocotools' text table}}`` with COCO's standard limit of 100
+    detections per image. Only the ground truth's images are evaluated; without any detection every AP
+    of a class with ground truth is 0.
     """
     from pycocotools.cocoeval import COCOeval
 
@@ -97,7 +106,6 @@ def evaluate_detections(coco_gt, detections: list[dict], iou_types: tuple[str, .
             drop = "bbox" if iou_type == "segm" else ""
             coco_dt = coco_gt.loadRes([{k: v for k, v in d.items() if k != drop} for d in detections])
             evaluator = COCOeval(coco_gt, coco_dt, iou_type)
-            evaluator.params.maxDets = [1, 10, max_detections]
             evaluator.evaluate()
             evaluator.accumulate()
         with contextlib.redirect_stdout(io.StringIO()) as text:
@@ -111,3 +119,44 @@ def evaluate_detections(coco_gt, detections: list[dict], iou_types: tuple[str, .
         stats = {name: (float(v) if v > -1 else None) for name, v in zip(STAT_NAMES, evaluator.stats)}
         results[iou_type] = {**stats, "per_class": per_class, "summary": text.getvalue().strip()}
     return results
+
+
+def to_coco_results(outputs: list[dict], image_ids: list[int], category_ids: list[int]) -> list[dict]:
+    """torchvision detector outputs -> COCO results (boxes x, y, w, h; masks thresholded at 0.5, as RLE).
+
+    ``outputs``: per image ``boxes`` [N, 4] (x1, y1, x2, y2), ``labels`` [N] in 1..K, ``scores`` [N],
+    ``masks`` [N, 1, H, W] probabilities; label l is ``category_ids[l - 1]``.
+    """
+    from pycocotools import mask as mask_utils
+
+    results = []
+    for output, image_id in zip(outputs, image_ids):
+        boxes = output["boxes"].cpu().numpy()  # [N, 4] x1, y1, x2, y2
+        if not len(boxes):
+            continue
+        masks = (output["masks"][:, 0] > 0.5).cpu().numpy()  # [N, H, W]
+        rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
+        for box, label, score, rle in zip(boxes, output["labels"].tolist(), output["scores"].tolist(), rles):
+            results.append({
+                "image_id": int(image_id), "category_id": category_ids[label - 1], "score": float(score),
+                "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+                "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
+            })  # fmt: skip
+    return results
+
+
+def percent(value: float | None) -> str:
+    """A metric ×100 in five characters; ``-`` where pycocotools has none."""
+    return "  -  " if value is None else f"{100 * value:5.1f}"
+
+
+def format_coco_table(report: dict) -> str:
+    """The headline numbers ×100 (as the original's README) and per-class AP50."""
+    lines = ["       " + " ".join(f"{n:>5}" for n in STAT_NAMES)]
+    for kind in ("bbox", "segm"):
+        lines.append(f"{kind:<6} " + " ".join(percent(report[kind][n]) for n in STAT_NAMES))
+    lines.append(f"{'class':<16} {'AP50 bbox':>9} {'AP50 mask':>9} {'instances':>9}")
+    for name, box in report["bbox"]["per_class"].items():
+        mask = report["segm"]["per_class"][name]
+        lines.append(f"{name:<16} {percent(box['AP50']):>9} {percent(mask['AP50']):>9} {box['instances']:>9}")
+    return "\n".join(lines)

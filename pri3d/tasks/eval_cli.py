@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 #: Modules with `register_eval(subparsers)`.
-TASK_MODULES = ("pri3d.tasks.semseg",)
+TASK_MODULES = ("pri3d.tasks.semseg", "pri3d.tasks.insseg")
 
 
 def register(subparsers) -> None:

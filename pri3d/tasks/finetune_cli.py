@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 
-#: Modules with `register_finetune(subparsers)`; instance segmentation can join this list.
-TASK_MODULES = ("pri3d.tasks.semseg",)
+#: Modules with `register_finetune(subparsers)`.
+TASK_MODULES = ("pri3d.tasks.semseg", "pri3d.tasks.insseg")
 
 
 def register(subparsers) -> None:

@@ -1,0 +1,788 @@
+"""`pri3d finetune insseg` and `pri3d eval insseg`: Mask R-CNN R50-FPN detection and instance segmentation.
+
+    pri3d coco scannet --frames data/scannet_frames_25k --split train --out data/scannet_coco/scannet_train.coco.json
+    pri3d finetune insseg dataset=scannet init=runs/pretrain dataset.path=data/scannet_frames_25k \\
+        dataset.annotations=data/scannet_coco
+    pri3d eval insseg checkpoint=runs/insseg --save-vis 8
+
+The detector is torchvision's ``maskrcnn_resnet50_fpn`` built without weights; its ResNet-50 body is
+loaded (strictly) from ``init=``: a Pri3D/pri3d checkpoint, a torchvision-layout export, MoCo, or
+``imagenet`` (torchvision's ``IMAGENET1K_V1`` through torchvision's own loader). Images are
+normalised with the ImageNet RGB mean/std the backbone was trained with; the original fine-tuned
+torchvision-layout weights under Detectron2's caffe/BGR settings (spec §5.2), which is not repeated.
+
+Defaults are the original's Detectron2 ScanNet config (spec §5.2): global batch 16, SGD lr 0.0025
+(momentum 0.9, weight decay 1e-4), 1000 warm-up steps, ×0.1 at 60k and 80k, 90k steps, FrozenBN,
+stem + res2 frozen, 32 RoIs per image, test score threshold 0.5, evaluation every 10k steps. Input
+sizes follow the data: tests at the images' own shorter side, training at 0.8–1.0 × that (the
+original's 640–800 range around its 800 test size). A different ``train.batch_size`` scales the
+learning rate linearly and the step counts inversely (Detectron2's rule for other GPU counts).
+Detectron2 keys of the original's scripts (``SOLVER.BASE_LR=…``, ``MODEL.WEIGHTS=…``) are accepted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from pri3d.coco.evaluate import evaluate_detections, format_coco_table, percent, to_coco_results
+from pri3d.data.insseg import CocoInstances, build_insseg_dataset, collate_insseg
+from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
+from pri3d.engine import distributed
+from pri3d.engine.checkpoint import latest_checkpoint
+from pri3d.engine.config import (
+    DistributedConfig,
+    LoggingConfig,
+    OptimizerConfig,
+    SchedulerConfig,
+    TrainConfig,
+    load_config,
+    to_yaml,
+)
+from pri3d.engine.distributed import DistEnv
+from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer
+from pri3d.engine.trainer import Trainer, TrainingStopped
+from pri3d.export import LoadReport, load_weights_file, to_torchvision
+from pri3d.models.segmentation import load_strict
+
+__all__ = [
+    "DATASET_PRESETS",
+    "DETECTRON2_KEYS",
+    "InssegFinetuneConfig",
+    "InssegRunConfig",
+    "InstanceSegmenter",
+    "build_detector",
+    "evaluate_insseg",
+    "evaluate_model",
+    "finalise_backbone",
+    "finetune_insseg",
+    "initialise_body",
+    "input_sizes",
+    "insseg_config",
+    "scale_to_batch",
+    "warmup_multistep",
+]
+
+REFERENCE = ("spec §8.1, Mask R-CNN R50-FPN AP50 bbox / mask, Pri3D View+Geo: ScanNet 44.5 / 35.8 "
+             "(MoCoV2-supIN→SN 43.5 / 33.9), NYUv2 34.0 / 29.5 (31.1 / 27.2); COCO 60.6 / 57.5 (Pri3D View)")  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+
+
+@dataclass
+class InssegTrainConfig(TrainConfig):
+    exp_name: str = "insseg"
+    log_dir: str = "runs/insseg"  # OUTPUT_DIR
+    batch_size: int = 16  # SOLVER.IMS_PER_BATCH: global, split over ranks and accumulation steps
+    report_batch: int = 20
+    report_epoch: int = 1_000_000  # epoch-end checkpoints off: checkpoints every checkpoint_every steps
+    max_steps: int = 90_000  # SOLVER.MAX_ITER (scaled with train.batch_size, see scheduler.auto_scale)
+    checkpoint_every: int = 5000  # SOLVER.CHECKPOINT_PERIOD
+
+
+@dataclass
+class InssegOptimizerConfig(OptimizerConfig):
+    lr: float = 0.0025  # SOLVER.BASE_LR of the ScanNet/NYU configs (COCO: 0.02)
+    sgd_dampening: float = 0.0
+    weight_decay: float = 1e-4  # not applied to normalisation layers (Detectron2's WEIGHT_DECAY_NORM 0)
+    bn_momentum: float = 0.1  # momentum of trainable BatchNorm (finetune.norm=bn)
+
+
+@dataclass
+class InssegSchedulerConfig(SchedulerConfig):
+    scheduler: str = "MultiStepLR"  # Detectron2's WarmupMultiStepLR (the only schedule here)
+    max_epochs: int = 0  # unused: train.max_steps sets the length
+    decay_steps: list[int] = field(default_factory=lambda: [60_000, 80_000])  # SOLVER.STEPS
+    lr_decay: float = 0.1  # SOLVER.GAMMA
+    warmup_steps: int = 1000  # SOLVER.WARMUP_ITERS: lr rises linearly from warmup_factor × lr
+    warmup_factor: float = 0.001
+    reference_batch_size: int = 16  # the recipe's global batch
+    # train.batch_size b ≠ reference_batch_size r: lr × b/r; max, decay, warm-up, checkpoint, eval steps × r/b
+    auto_scale: bool = True
+
+
+@dataclass
+class InssegFinetuneConfig:
+    pretrain: str = "imagenet"  # MODEL.WEIGHTS: scratch, imagenet, or a weights file / run folder
+    norm: str = "frozen"  # frozen: FrozenBN (ScanNet/NYU configs); bn: trainable (SyncBN under DDP on CUDA)
+    freeze_at: int = 2  # MODEL.BACKBONE.FREEZE_AT: 0 none, 1 stem, 2 stem + res2, … 5 whole ResNet
+    batch_size_per_image: int = 32  # MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
+    proposals_train: int = 1000  # MODEL.RPN.POST_NMS_TOPK_TRAIN (Base-RCNN-FPN; torchvision's default: 2000)
+    proposals_test: int = 1000  # MODEL.RPN.POST_NMS_TOPK_TEST: boxes the RoI heads score per test image
+    score_thresh_test: float = 0.5  # MODEL.ROI_HEADS.SCORE_THRESH_TEST (Detectron2's default: 0.05)
+    detections_per_image: int = 100  # TEST.DETECTIONS_PER_IMAGE
+    min_size_train: list[int] = field(default_factory=list)  # empty: the data's shorter side × 0.8 … 1.0
+    min_size_test: int = 0  # 0: the data's shorter side (no resizing)
+    max_size: int = 0  # 0: the data's longer side
+    flip: bool = True  # horizontal flip in training
+    eval_phase: str = "val"
+    eval_period: int = 10_000  # TEST.EVAL_PERIOD in steps (at the next epoch end); 0: only at the end
+    eval_batch_size: int = 2
+
+
+@dataclass
+class InssegDatasetConfig:
+    name: str = "ScanNet"  # ScanNet, NYUv2, COCO
+    path: str = "data/scannet_frames_25k"  # DATASETS.IMAGE_PATH: the image root
+    # DATASETS.ANNOTATION_PATH: a folder of the original's <name>_<phase> JSON files, or one file
+    annotations: str = "data/scannet_coco"
+
+
+@dataclass
+class InssegRunConfig:
+    train: InssegTrainConfig = field(default_factory=InssegTrainConfig)
+    optimizer: InssegOptimizerConfig = field(default_factory=InssegOptimizerConfig)
+    scheduler: InssegSchedulerConfig = field(default_factory=InssegSchedulerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    finetune: InssegFinetuneConfig = field(default_factory=InssegFinetuneConfig)
+    dataset: InssegDatasetConfig = field(default_factory=InssegDatasetConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+_COCO_SIZES = list(range(640, 801, 32))
+#: ``dataset=<short>`` -> overrides: the original's per-dataset configs (spec §5.2).
+DATASET_PRESETS: dict[str, dict[str, object]] = {
+    "scannet": {"dataset.name": "ScanNet", "dataset.path": "data/scannet_frames_25k",
+                "dataset.annotations": "data/scannet_coco"},
+    # the NYU config's IMS_PER_BATCH 2 (its 8-GPU script cannot run it; one GPU with 2 images can)
+    "nyuv2": {"dataset.name": "NYUv2", "dataset.path": "data/nyuv2", "dataset.annotations": "data/nyuv2_coco",
+              "train.batch_size": 2, "scheduler.reference_batch_size": 2, "finetune.eval_period": 5000},
+    "coco": {"dataset.name": "COCO", "dataset.path": "data/coco", "dataset.annotations": "",
+             "train.phase": "train2017", "finetune.eval_phase": "val2017", "optimizer.lr": 0.02,
+             "finetune.norm": "bn", "finetune.freeze_at": 0, "finetune.batch_size_per_image": 512,
+             "finetune.score_thresh_test": 0.05, "finetune.min_size_train": _COCO_SIZES,
+             "finetune.min_size_test": 800, "finetune.max_size": 1333},
+}  # fmt: skip
+
+#: Detectron2 keys of the original's configs and scripts -> pri3d keys.
+DETECTRON2_KEYS = {
+    "MODEL.WEIGHTS": "finetune.pretrain", "OUTPUT_DIR": "train.log_dir",
+    "DATASETS.ANNOTATION_PATH": "dataset.annotations", "DATASETS.IMAGE_PATH": "dataset.path",
+    "SOLVER.IMS_PER_BATCH": "train.batch_size", "SOLVER.BASE_LR": "optimizer.lr",
+    "SOLVER.MAX_ITER": "train.max_steps", "SOLVER.STEPS": "scheduler.decay_steps",
+    "SOLVER.GAMMA": "scheduler.lr_decay", "SOLVER.WARMUP_ITERS": "scheduler.warmup_steps",
+    "SOLVER.WARMUP_FACTOR": "scheduler.warmup_factor", "SOLVER.MOMENTUM": "optimizer.sgd_momentum",
+    "SOLVER.WEIGHT_DECAY": "optimizer.weight_decay", "SOLVER.CHECKPOINT_PERIOD": "train.checkpoint_every",
+    "TEST.EVAL_PERIOD": "finetune.eval_period", "TEST.DETECTIONS_PER_IMAGE": "finetune.detections_per_image",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": "finetune.batch_size_per_image",
+    "MODEL.ROI_HEADS.SCORE_THRESH_TEST": "finetune.score_thresh_test",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN": "finetune.proposals_train", "MODEL.RPN.POST_NMS_TOPK_TEST": "finetune.proposals_test",
+    "MODEL.BACKBONE.FREEZE_AT": "finetune.freeze_at", "INPUT.MIN_SIZE_TRAIN": "finetune.min_size_train",
+    "INPUT.MIN_SIZE_TEST": "finetune.min_size_test", "INPUT.MAX_SIZE_TEST": "finetune.max_size",
+    "SEED": "train.seed", "DATALOADER.NUM_WORKERS": "train.workers",
+}  # fmt: skip
+
+
+def _value(value: object) -> str:
+    return json.dumps(value) if isinstance(value, list | bool) or value == "" else str(value)
+
+
+def expand_short_forms(items: list[str], for_eval: bool = False) -> tuple[list[str], dict[str, str]]:
+    """CLI short forms and Detectron2 keys -> config overrides; returns (overrides, ``checkpoint=``/``out=``).
+
+    ``dataset=`` adds its preset first (explicit overrides win); ``init=`` -> ``finetune.pretrain``;
+    ``dataset.split=`` -> ``train.phase`` (``finetune.eval_phase`` when ``for_eval``); Detectron2 keys
+    map through :data:`DETECTRON2_KEYS` (``SOLVER.STEPS=(60000,80000)`` is read as a list).
+    """
+    presets: list[str] = []
+    overrides: list[str] = []
+    extra: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"argument {item!r} must look like key=value (e.g. dataset=scannet)")
+        if key == "dataset":
+            if value.lower() not in DATASET_PRESETS:
+                raise ValueError(f"dataset={value!r}: expected one of {', '.join(DATASET_PRESETS)}")
+            preset = DATASET_PRESETS[value.lower()]
+            presets += [f"{k}={_value(v)}" for k, v in preset.items()
+                        if not (for_eval and k in ("dataset.path", "dataset.annotations"))]  # fmt: skip
+        elif key == "init":
+            overrides.append(f"finetune.pretrain={value}")
+        elif key == "dataset.split":
+            overrides.append(f"{'finetune.eval_phase' if for_eval else 'train.phase'}={value}")
+        elif key in ("checkpoint", "out"):
+            extra[key] = value
+        elif key in DETECTRON2_KEYS:
+            value = value.replace("(", "[").replace(")", "]").replace(",]", "]")
+            overrides.append(f"{DETECTRON2_KEYS[key]}={value}")
+        else:
+            overrides.append(item)
+    return presets + overrides, extra
+
+
+def insseg_config(items: list[str], base: dict | None = None) -> InssegRunConfig:
+    """An :class:`InssegRunConfig` from short forms, Detectron2 keys and ``key=value`` overrides."""
+    overrides, extra = expand_short_forms(items)
+    if extra:
+        raise ValueError(f"{', '.join(extra)}= is an argument of `pri3d eval insseg`, not of fine-tuning")
+    config = load_config(InssegRunConfig, overrides, base=base)
+    _check(config)
+    return config
+
+
+def _check(config: InssegRunConfig) -> None:
+    ft, sched = config.finetune, config.scheduler
+    checks = (
+        ("finetune.norm", ft.norm, ft.norm in ("frozen", "bn"), "frozen or bn"),
+        ("finetune.freeze_at", ft.freeze_at, 0 <= ft.freeze_at <= 5, "0 … 5"),
+        ("scheduler.scheduler", sched.scheduler, sched.scheduler == "MultiStepLR",
+         "MultiStepLR (Detectron2's warm-up + steps)"),
+        ("scheduler.decay_steps", sched.decay_steps, sched.decay_steps == sorted(sched.decay_steps),
+         "increasing step numbers"),
+        ("train.max_steps", config.train.max_steps, config.train.max_steps > 0, "a positive number of steps"),
+        ("finetune.min_size_train", ft.min_size_train, all(s > 0 for s in ft.min_size_train),
+         "positive sizes (or [] for the data's)"),
+    )  # fmt: skip
+    for key, value, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"{key}={_value(value)}: expected {expected}")
+    if ft.pretrain == "scratch" and ft.norm == "frozen":
+        raise ValueError("finetune.pretrain=scratch with finetune.norm=frozen would freeze the identity statistics "
+                         "of untrained BatchNorm layers (nothing normalises, training diverges); add "
+                         "finetune.norm=bn finetune.freeze_at=0")  # fmt: skip
+
+
+def scale_to_batch(config: InssegRunConfig) -> tuple[InssegRunConfig, str | None]:
+    """Apply the linear scaling rule when ``train.batch_size`` differs from the recipe's; returns the
+    config to run and a line describing what changed (None when nothing did)."""
+    batch, reference = config.train.batch_size, config.scheduler.reference_batch_size
+    if not config.scheduler.auto_scale or batch == reference:
+        return config, None
+    factor = batch / reference
+
+    def steps(value: int) -> int:
+        return max(1, round(value / factor)) if value > 0 else value
+
+    train = replace(config.train, max_steps=steps(config.train.max_steps),
+                    checkpoint_every=steps(config.train.checkpoint_every))  # fmt: skip
+    scheduler = replace(config.scheduler, decay_steps=[steps(s) for s in config.scheduler.decay_steps],
+                        warmup_steps=steps(config.scheduler.warmup_steps), auto_scale=False,
+                        reference_batch_size=batch)  # fmt: skip
+    optimizer = replace(config.optimizer, lr=config.optimizer.lr * factor)
+    finetune = replace(config.finetune, eval_period=steps(config.finetune.eval_period))
+    scaled = replace(config, train=train, scheduler=scheduler, optimizer=optimizer, finetune=finetune)
+    note = (f"batch {batch} instead of the recipe's {reference} (scheduler.auto_scale): lr {config.optimizer.lr:g} "
+            f"-> {optimizer.lr:g}, steps {config.train.max_steps} -> {train.max_steps}, decay at "
+            f"{scheduler.decay_steps}, warm-up {scheduler.warmup_steps}, eval every {finetune.eval_period}")  # fmt: skip
+    return scaled, note
+
+
+def input_sizes(finetune: InssegFinetuneConfig, data_size: tuple[int, int]) -> dict[str, object]:
+    """min_size_train (tuple), min_size_test, max_size: the configured ones, or from the data's (H, W)."""
+    short, long = min(data_size), max(data_size)
+    test = finetune.min_size_test or short
+    train = tuple(finetune.min_size_train) or tuple(
+        sorted({round(test * s / 800) for s in range(640, 801, 32)})
+    )
+    largest = max(*train, test)
+    max_size = finetune.max_size or math.ceil(long * largest / short)
+    return {"min_size_train": train, "min_size_test": test, "max_size": max_size}
+
+
+# ------------------------------------------------------------------------------------------------
+# model
+
+
+class InstanceSegmenter(nn.Module):
+    """A torchvision Mask R-CNN behind the Trainer's interface (a collated batch in, losses out).
+
+    ``detector`` keeps torchvision's key names: ``state_dict`` minus the ``detector.`` prefix loads into
+    ``maskrcnn_resnet50_fpn(num_classes=K + 1)`` (``strict=False`` only for the BatchNorm counters
+    ``num_batches_tracked``, which FrozenBN layers do not have).
+    """
+
+    def __init__(self, detector: nn.Module, min_size_train: tuple[int, ...], min_size_test: int) -> None:
+        super().__init__()
+        self.detector = detector
+        self.min_size_train, self.min_size_test = tuple(min_size_train), min_size_test
+
+    def _device(self) -> torch.device:
+        return next(self.detector.parameters()).device
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Training losses of ``batch`` (``images``: list of [3, H, W] in [0, 1]; ``targets``)."""
+        device = self._device()
+        images = [image.to(device) for image in batch["images"]]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
+        self.detector.transform.min_size = self.min_size_train  # one drawn per batch
+        losses = self.detector(images, targets)
+        losses["total_loss"] = sum(losses.values())
+        return losses
+
+    @torch.no_grad()
+    def predict(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+        """Detections per image at its own resolution: boxes [N, 4] xyxy, labels, scores, masks [N, 1, H, W]."""
+        was_training = self.training
+        self.eval()
+        self.detector.transform.min_size = (self.min_size_test,)
+        device = self._device()
+        outputs = self.detector([image.to(device) for image in images])
+        self.train(was_training)
+        return outputs
+
+
+def build_detector(num_classes: int, finetune: InssegFinetuneConfig, sizes: dict) -> nn.Module:
+    """torchvision's ``maskrcnn_resnet50_fpn`` without weights, K + 1 outputs (background), ImageNet RGB
+    normalisation, the recipe's RPN proposals, RoI sampling and test thresholds. Normalisation layers
+    are trainable BatchNorm here; :func:`finalise_backbone` freezes them once the body is initialised."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+    return maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=num_classes + 1,
+        min_size=sizes["min_size_train"], max_size=sizes["max_size"],
+        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
+        box_batch_size_per_image=finetune.batch_size_per_image, box_score_thresh=finetune.score_thresh_test,
+        box_detections_per_img=finetune.detections_per_image,
+        rpn_post_nms_top_n_train=finetune.proposals_train, rpn_post_nms_top_n_test=finetune.proposals_test,
+    )  # fmt: skip
+
+
+_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
+
+
+def _freeze_batchnorm(module: nn.Module) -> nn.Module:
+    """``module`` with every BatchNorm2d inside replaced by a FrozenBatchNorm2d of the same statistics."""
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(frozen, name).copy_(getattr(module, name).detach())
+        return frozen
+    for name, child in module.named_children():
+        setattr(module, name, _freeze_batchnorm(child))
+    return module
+
+
+def finalise_backbone(
+    detector: nn.Module, finetune: InssegFinetuneConfig, env: DistEnv | None = None
+) -> None:
+    """Frozen stages (``freeze_at``: no gradients, FrozenBN) and the normalisation of the rest."""
+    body = detector.backbone.body
+    for stage in _STAGES[: finetune.freeze_at]:
+        for name in stage:
+            module = getattr(body, name)
+            setattr(body, name, _freeze_batchnorm(module))
+            for parameter in getattr(body, name).parameters():
+                parameter.requires_grad_(False)
+    if finetune.norm == "frozen":
+        _freeze_batchnorm(body)
+    elif env is not None and env.distributed and env.device.type == "cuda":
+        detector.backbone.body = nn.SyncBatchNorm.convert_sync_batchnorm(body)
+
+
+def initialise_body(detector: nn.Module, init: str) -> LoadReport:
+    """Load the ResNet-50 body from ``scratch``, ``imagenet`` or a weights file / run folder, strictly."""
+    body = detector.backbone.body
+    others = {f"detector.{k}": "FPN, RPN and RoI heads: initialised from scratch"
+              for k in detector.state_dict() if not k.startswith("backbone.body.")}  # fmt: skip
+    if init == "scratch":
+        missing = {f"detector.backbone.body.{k}": "scratch initialisation" for k in body.state_dict()}
+        return LoadReport("scratch", "none", missing={**missing, **others})
+    if init == "imagenet":
+        from torchvision.models import ResNet50_Weights
+
+        weights = ResNet50_Weights.IMAGENET1K_V1
+        try:  # torchvision's loader: downloads into, or reads from, the torch hub cache
+            state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
+        except Exception as error:  # no network and no cached file
+            raise FileNotFoundError(
+                f"finetune.pretrain=imagenet: cannot get torchvision's ResNet-50 ImageNet weights ({error}); put "
+                f"{weights.url.rsplit('/', 1)[-1]} in $TORCH_HOME/hub/checkpoints or pass a weights file"
+            ) from None
+        source = weights.url
+    else:
+        path = Path(init)
+        if path.is_dir():  # a run folder: its newest checkpoint
+            found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+            if found is None:
+                raise FileNotFoundError(f"finetune.pretrain={path}: a folder without checkpoints/last")
+            path = found
+        state, _ = load_weights_file(path)
+        source = str(path)
+    tv, report = to_torchvision(state, source)
+    own = body.state_dict()
+    for key, value in own.items():  # pre-0.4.1 torchvision files lack these counters
+        if key.endswith("num_batches_tracked") and key not in tv:
+            tv[key] = value
+    load_strict(body, tv, f"{source} (the Mask R-CNN ResNet-50 body)")
+    report.taken = [f"detector.backbone.body.{k}" for k in report.taken]
+    report.missing = others
+    return report
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+
+
+@torch.no_grad()
+def evaluate_model(model: InstanceSegmenter, dataset: CocoInstances, batch_size: int = 2,
+                   env: DistEnv | None = None, workers: int = 0) -> dict:  # fmt: skip
+    """COCO box and mask metrics of ``model`` on ``dataset`` (:func:`pri3d.coco.evaluate.evaluate_detections`).
+
+    Under DDP each rank predicts every world_size-th image, and the detections are gathered on every rank.
+    Images that fail to load are counted in ``images_skipped``.
+    """
+    rank, world = (env.rank, env.world_size) if env is not None else (0, 1)
+    shard = Subset(dataset, list(range(rank, len(dataset), world)))
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers, collate_fn=collate_insseg)
+    detections, skipped = [], []
+    progress = tqdm(loader, desc="eval", unit="batch", leave=False, disable=rank != 0, dynamic_ncols=True)
+    with torch.random.fork_rng(devices=[]):  # evaluation must not move the training RNG streams
+        for batch in progress:
+            skipped += batch["skipped"]
+            if batch["batch_size"]:
+                outputs = model.predict(batch["images"])
+                detections += to_coco_results(outputs, batch["image_id"], dataset.category_ids)
+    if world > 1 and dist.is_initialized():
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, (detections, skipped))
+        detections = [d for part, _ in gathered for d in part]
+        skipped = [s for _, part in gathered for s in part]
+    report = evaluate_detections(dataset.coco, detections)
+    report.update({"images": len(dataset) - len(skipped), "images_skipped": len(skipped),
+                   "skipped": skipped[:20], "detections": len(detections)})  # fmt: skip
+    return report
+
+
+class _PeriodicEvaluation:
+    """The Trainer's epoch-end hook: evaluate at the first epoch end after each ``eval_period`` steps."""
+
+    def __init__(self, dataset: CocoInstances, config: InssegRunConfig, env: DistEnv) -> None:
+        self.dataset, self.config, self.env = dataset, config, env
+        self.dir = Path(config.train.log_dir) / "eval"
+        self.last_step = 0
+
+    def __call__(self, trainer: Trainer, epoch: int) -> None:
+        period = self.config.finetune.eval_period
+        if (
+            period > 0
+            and trainer.step // period > self.last_step // period
+            and trainer.step < trainer.total_steps
+        ):
+            self.run(trainer.model, trainer.step, f"step{trainer.step:07d}", trainer.logger)
+
+    def run(self, model: InstanceSegmenter, step: int, name: str, logger=None) -> dict:
+        self.last_step = step
+        t0 = time.perf_counter()
+        report = evaluate_model(model, self.dataset, self.config.finetune.eval_batch_size, self.env,
+                                self.config.train.workers)  # fmt: skip
+        report.update({"step": step, "seconds": round(time.perf_counter() - t0, 1)})
+        if self.env.is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+            values = {
+                f"val/{kind}_{n}": report[kind][n]
+                for kind in ("bbox", "segm")
+                for n in ("AP", "AP50", "AP75")
+            }
+            box, mask = report["bbox"], report["segm"]
+            line = (f"eval {name} (step {step}): AP50 bbox {percent(box['AP50'])}, mask {percent(mask['AP50'])}; "
+                    f"AP bbox {percent(box['AP'])}, mask {percent(mask['AP'])}; {report['detections']} "
+                    f"detections on {report['images']} images")  # fmt: skip
+            if logger is not None:  # during Trainer.fit
+                logger.metrics(step, values)
+                logger.info(line)
+            else:  # after Trainer.fit, which closes its logger: append to the same files
+                log_dir = Path(self.config.train.log_dir)
+                with open(log_dir / "metrics.jsonl", "a") as handle:
+                    handle.write(json.dumps({"step": step, **values}) + "\n")
+                with open(log_dir / "train.log", "a") as handle:
+                    handle.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
+                print(line, file=sys.stderr)
+        return report
+
+
+# ------------------------------------------------------------------------------------------------
+# fine-tuning
+
+
+def build_dataset(config: InssegRunConfig, phase: str, train: bool) -> CocoInstances:
+    d = config.dataset
+    return build_insseg_dataset(d.name, d.path, d.annotations, phase, train=train,
+                                flip=config.finetune.flip, seed=config.train.seed)  # fmt: skip
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Trainable parameters, normalisation layers without weight decay (Detectron2's WEIGHT_DECAY_NORM 0)."""
+    norm, rest = [], []
+    for module in model.modules():
+        for parameter in module.parameters(recurse=False):
+            if parameter.requires_grad:
+                (norm if isinstance(module, nn.modules.batchnorm._BatchNorm) else rest).append(parameter)
+    groups = [{"params": rest, "weight_decay": weight_decay}]
+    return groups + ([{"params": norm, "weight_decay": 0.0}] if norm else [])
+
+
+def warmup_multistep(optimizer: torch.optim.Optimizer, scheduler: InssegSchedulerConfig):
+    """Detectron2's WarmupMultiStepLR as a per-step LambdaLR: linear warm-up, ×lr_decay at each decay step."""
+    warmup, factor = scheduler.warmup_steps, scheduler.warmup_factor
+    milestones, gamma = list(scheduler.decay_steps), scheduler.lr_decay
+
+    def multiplier(step: int) -> float:
+        warm = factor + (1 - factor) * step / warmup if step < warmup else 1.0
+        return warm * gamma ** bisect.bisect_right(milestones, step)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+
+
+def finetune_insseg(config: InssegRunConfig) -> dict:
+    """Fine-tune (or resume) Mask R-CNN and evaluate; returns the summary written to ``<log_dir>/results.json``.
+
+    Keys: ``final`` (the last step's box/mask metrics, per-class AP50), ``schedule`` (the periodic
+    evaluations), ``checkpoint``, ``init`` (what was loaded from where), ``input_sizes``, ``reference``.
+    """
+    env = distributed.setup(config.train.device)
+    try:
+        if config.train.threads > 0:
+            torch.set_num_threads(config.train.threads)
+        torch.manual_seed(config.train.seed)  # identical initialisation on every rank
+        config, scale_note = scale_to_batch(config)
+        log_dir = Path(config.train.log_dir)
+        train_set = build_dataset(config, config.train.phase, train=True)
+        eval_set = build_dataset(config, config.finetune.eval_phase, train=False)
+        if train_set.category_ids != eval_set.category_ids or train_set.class_names != eval_set.class_names:
+            raise ValueError(
+                f"{train_set.annotation_path} and {eval_set.annotation_path} have different categories"
+            )
+        sizes = input_sizes(config.finetune, train_set.image_size())
+        steps_per_epoch = len(train_set) // config.train.batch_size
+        if steps_per_epoch == 0:
+            raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the {len(train_set)} "
+                             f"training images of {train_set.annotation_path}")  # fmt: skip
+        # the resolved sizes go into the saved config, so evaluation resizes exactly as training did
+        finetune = replace(config.finetune, min_size_train=list(sizes["min_size_train"]),
+                           min_size_test=sizes["min_size_test"], max_size=sizes["max_size"])  # fmt: skip
+        scheduler = replace(config.scheduler, max_epochs=math.ceil(config.train.max_steps / steps_per_epoch))
+        config = replace(config, finetune=finetune, scheduler=scheduler)
+        detector = build_detector(train_set.num_classes, config.finetune, sizes)
+        resuming = latest_checkpoint(log_dir / "checkpoints") is not None
+        init_report = None if resuming else initialise_body(detector, config.finetune.pretrain)
+        finalise_backbone(detector, config.finetune, env)
+        model = InstanceSegmenter(detector, sizes["min_size_train"], sizes["min_size_test"])
+        evaluation = _PeriodicEvaluation(eval_set, config, env)
+        trainer = Trainer(model, train_set, collate_insseg, config, env, on_epoch_end=evaluation)
+        trainer.optimizer = build_optimizer(
+            _param_groups(model, config.optimizer.weight_decay), config.optimizer
+        )
+        trainer.scheduler = warmup_multistep(trainer.optimizer, config.scheduler)
+        m = config.optimizer.bn_momentum  # constant: the Trainer's default decays it as pre-training does
+        trainer.bn_scheduler = BNMomentumScheduler(model, initial=m, decay=1.0, every=1, minimum=m)
+        if env.is_main:
+            (log_dir / "config.yaml").write_text(to_yaml(config))
+            trainer.logger.info("config:\n" + to_yaml(config))
+            for note in [*train_set.notes, *eval_set.notes, scale_note]:
+                if note:
+                    trainer.logger.info(note)
+            trainer.logger.info(
+                f"input sizes: {sizes} (the training images are mostly {train_set.image_size()} H×W)"
+            )
+            if init_report is not None:
+                trainer.logger.info("initialisation: " + init_report.summary())
+                (log_dir / "init_report.json").write_text(json.dumps(init_report.to_dict(), indent=1) + "\n")
+        if trainer.resume_if_possible():
+            evaluation.last_step = trainer.step
+        trainer.fit()
+        final = evaluation.run(trainer.model, trainer.step, "final")
+        summary = _summarise(log_dir, final, config, sizes)
+        if env.is_main:
+            (log_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+            print(format_coco_table(final), file=sys.stderr)
+        return summary
+    finally:
+        distributed.teardown()
+
+
+def _summarise(log_dir: Path, final: dict, config: InssegRunConfig, sizes: dict) -> dict:
+    schedule = []
+    for path in sorted((log_dir / "eval").glob("step*.json")):
+        r = json.loads(path.read_text())
+        schedule.append({"step": r["step"], **{f"{kind}_{n}": r[kind][n] for kind in ("bbox", "segm")
+                                               for n in ("AP", "AP50", "AP75")}})  # fmt: skip
+    init_file = log_dir / "init_report.json"
+    checkpoint = latest_checkpoint(log_dir / "checkpoints")
+    return {
+        "final": final,
+        "schedule": schedule,
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "dataset": {"name": config.dataset.name, "train": config.train.phase, "eval": config.finetune.eval_phase},
+        "model": {"name": "maskrcnn_resnet50_fpn", "init": config.finetune.pretrain, "norm": config.finetune.norm},
+        "input_sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
+        "init": json.loads(init_file.read_text()) if init_file.is_file() else None,
+        "reference": REFERENCE,
+    }  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation of a saved checkpoint
+
+
+def _resolve_checkpoint(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"checkpoint={path}: a folder without checkpoints/last")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint={path}: file not found")
+    return path
+
+
+def evaluate_insseg(checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
+                    save_vis: int = 0, device: str = "auto") -> dict:  # fmt: skip
+    """Evaluate a fine-tuned checkpoint; writes and returns the report (box/mask AP, per-class AP50).
+
+    Args:
+        checkpoint: a `pri3d finetune insseg` checkpoint or run folder, or a torchvision Mask R-CNN
+            state dict (then say ``dataset=`` and ``dataset.path=``/``dataset.annotations=``).
+        overrides: short forms and ``key=value`` overrides on top of the checkpoint's config.
+        out: JSON report path (default: ``<checkpoint>.eval-<dataset>-<phase>.json`` beside it).
+        save_vis: draw ground truth | prediction for this many images into ``<out stem>-vis/``.
+
+    The weights load strictly: a checkpoint that does not fit the model (e.g. another class count)
+    is an error.
+    """
+    path = _resolve_checkpoint(checkpoint)
+    state, extra = load_weights_file(path)
+    state = {k.removeprefix("detector."): v for k, v in state.items()}
+    items, _ = expand_short_forms(list(overrides or []), for_eval=True)
+    base = extra.get("config") if isinstance(extra.get("config"), dict) else None
+    config = load_config(InssegRunConfig, items, base=base)
+    _check(config)
+    if config.train.threads > 0:
+        torch.set_num_threads(config.train.threads)
+    chosen = config.train.device if device == "auto" else device
+    if chosen not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {chosen!r}: expected auto, cpu or cuda")
+    run_device = torch.device(
+        ("cuda" if torch.cuda.is_available() else "cpu") if chosen == "auto" else chosen
+    )
+    dataset = build_dataset(config, config.finetune.eval_phase, train=False)
+    sizes = input_sizes(config.finetune, dataset.image_size())
+    detector = build_detector(dataset.num_classes, config.finetune, sizes)
+    finalise_backbone(detector, config.finetune)
+    load_strict(detector, state, str(path))
+    model = InstanceSegmenter(detector, sizes["min_size_train"], sizes["min_size_test"]).to(run_device)
+    t0 = time.perf_counter()
+    report = evaluate_model(model, dataset, config.finetune.eval_batch_size, workers=config.train.workers)
+    report.update({
+        "checkpoint": str(path), "step": extra.get("step"), "seconds": round(time.perf_counter() - t0, 1),
+        "dataset": {"name": config.dataset.name, "annotations": str(dataset.annotation_path),
+                    "phase": config.finetune.eval_phase},
+        "input_sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
+        "reference": REFERENCE,
+    })  # fmt: skip
+    out = (
+        Path(out)
+        if out
+        else path.with_name(f"{path.name}.eval-{config.dataset.name}-{config.finetune.eval_phase}.json")
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if save_vis > 0:
+        report["figures"] = [
+            str(p) for p in _save_figures(model, dataset, save_vis, out.with_name(out.stem + "-vis"))
+        ]
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    report["report_path"] = str(out)
+    return report
+
+
+def _save_figures(model: InstanceSegmenter, dataset: CocoInstances, count: int, folder: Path) -> list[Path]:
+    from pri3d.coco.draw import save_instance_figure
+
+    picks = np.unique(np.linspace(0, len(dataset) - 1, min(count, len(dataset))).round().astype(int))
+    written = []
+    for index in picks.tolist():
+        sample = dataset[index]
+        if "skip" in sample:
+            continue
+        output = model.predict([sample["image"]])[0]
+        prediction = {"masks": output["masks"][:, 0].cpu() > 0.5, "boxes": output["boxes"].cpu(),
+                      "labels": output["labels"].cpu(), "scores": output["scores"].cpu()}  # fmt: skip
+        written.append(save_instance_figure(folder / f"{index:05d}.png", sample["image"], sample["target"],
+                                            prediction, dataset.class_names, title=dataset.name(index)))  # fmt: skip
+    return written
+
+
+# ------------------------------------------------------------------------------------------------
+# CLI (registered through pri3d.tasks.finetune_cli / eval_cli)
+
+
+def register_finetune(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "insseg",
+        help="fine-tune Mask R-CNN R50-FPN (detection + instance segmentation)",
+        description="Fine-tune torchvision's Mask R-CNN R50-FPN, its ResNet-50 from init=, and evaluate it "
+        "(COCO AP). Short forms: dataset=scannet|nyuv2|coco, init=scratch|imagenet|PATH, "
+        "dataset.split=train|train20|…; any other key=value overrides the config (train.batch_size=4, "
+        "dataset.annotations=DIR, ...), and the original's Detectron2 keys work (SOLVER.BASE_LR=0.0025, "
+        "MODEL.WEIGHTS=PATH, ...). Defaults are the original recipe. Re-running with the same "
+        "train.log_dir resumes.",
+    )
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="short forms and config overrides")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.set_defaults(run=run_finetune)
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    config = insseg_config(args.overrides)
+    if args.print_config:
+        print(to_yaml(config))
+        return 0
+    try:
+        summary = finetune_insseg(config)
+    except TrainingStopped as error:
+        print(f"pri3d finetune insseg: stopped: {error}", file=sys.stderr)
+        return 3
+    final = summary["final"]
+    print(f"final AP50 bbox {percent(final['bbox']['AP50'])} | mask {percent(final['segm']['AP50'])}; "
+          f"results in {Path(config.train.log_dir) / 'results.json'}")  # fmt: skip
+    return 0
+
+
+def register_eval(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "insseg",
+        help="evaluate a Mask R-CNN checkpoint (COCO box/mask AP, AP50, AP75, per-class AP50)",
+        description="Evaluate checkpoint=PATH (a file or a run folder) on the eval split (dataset.split=val) "
+        "with pycocotools. Other arguments are short forms or overrides on top of the checkpoint's config, "
+        "e.g. dataset.path=DIR dataset.annotations=DIR. Writes a JSON report (fractions; the table prints ×100).",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="checkpoint=PATH, out=FILE, overrides"
+    )
+    parser.add_argument("--save-vis", type=int, default=0, metavar="N",
+                        help="draw ground truth | predicted masks and boxes for N images beside the report")  # fmt: skip
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    _, extra = expand_short_forms(args.overrides, for_eval=True)
+    if "checkpoint" not in extra:
+        raise ValueError("checkpoint=PATH is required (a fine-tuned checkpoint file or run folder)")
+    rest = [a for a in args.overrides if a.partition("=")[0] not in ("checkpoint", "out")]
+    report = evaluate_insseg(extra["checkpoint"], rest, out=extra.get("out"), save_vis=args.save_vis,
+                             device=args.device)  # fmt: skip
+    print(format_coco_table(report))
+    print(f"report: {report['report_path']}")
+    for figure in report.get("figures", []):
+        print(f"figure: {figure}")
+    return 0
