@@ -14,7 +14,7 @@ torchvision-layout weights under Detectron2's caffe/BGR settings (spec §5.2), w
 Defaults are the original's Detectron2 ScanNet config (spec §5.2): global batch 16, SGD lr 0.0025
 (momentum 0.9, weight decay 1e-4), 1000 warm-up steps, ×0.1 at 60k and 80k, 90k steps, FrozenBN,
 stem + res2 frozen, 32 RoIs per image, test score threshold 0.5, evaluation every 10k steps. Input
-sizes follow the data: tests at the images' own shorter side, training at 0.8–1.0 × that (the
+sizes follow the data: evaluation at the images' own shorter side, training at 0.8–1.0 × that (the
 original's 640–800 range around its 800 test size). A different ``train.batch_size`` scales the
 learning rate linearly and the step counts inversely (Detectron2's rule for other GPU counts).
 Detectron2 keys of the original's scripts (``SOLVER.BASE_LR=…``, ``MODEL.WEIGHTS=…``) are accepted.
@@ -320,7 +320,7 @@ class InstanceSegmenter(nn.Module):
         device = self._device()
         images = [image.to(device) for image in batch["images"]]
         targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
-        self.detector.transform.min_size = self.min_size_train  # one drawn per batch
+        self.detector.transform.min_size = self.min_size_train  # one drawn per image
         losses = self.detector(images, targets)
         losses["total_loss"] = sum(losses.values())
         return losses
