@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -158,3 +159,14 @@ def test_cli_errors_and_help(insseg_root, tmp_path, capsys):
             main(argv)
         assert exit_info.value.code == 0
     assert "--save-vis" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_rerunning_resumes_from_the_last_checkpoint(finetuned, insseg_root, tmp_path):
+    base, summary = finetuned
+    shutil.copytree(base / "run", tmp_path / "run")
+    config = insseg_config(_run(insseg_root, base / "two.coco.json", tmp_path / "run", "init=imagenet",
+                                "train.max_steps=9", "finetune.flip=false", "finetune.min_size_train=[60]"))  # fmt: skip
+    resumed = finetune_insseg(config)  # init=imagenet is not needed (nor fetched) when resuming
+    assert resumed["final"]["step"] == 9 and "resumed from" in (tmp_path / "run" / "train.log").read_text()
+    assert resumed["init"] == summary["init"]  # the first run's report stays
