@@ -1,9 +1,12 @@
-"""`pri3d demo`: the pipeline end to end on the embedded default data.
+"""`pri3d demo`: does the 3D prior help? The paper's question end to end on generated data.
 
-Stages run today: generate synthetic ScanNet-format scans, preprocess them with the real
-`pri3d preprocess scannet`, draw a preview, and check the data's geometry the way pre-training uses
-it (pixel correspondences between views of the same scan).
-Each stage prints its progress; results go to OUT/report.json and OUT/report.md.
+Stages: generate synthetic ScanNet-format scans (train and held-out val scenes); preprocess the
+train scenes with the real `pri3d preprocess scannet`; check their geometry as pre-training uses
+it; pre-train Res18UNet from scratch three ways (view-invariant, geometric prior, both; depth loss
+in all); fine-tune semantic segmentation on a small labelled share of the train frames from scratch
+and from each pre-trained model with the same budget and several seeds; evaluate on the held-out
+scenes; write OUT/report.json, OUT/report.md and figures. Re-running with the same --out resumes:
+finished stages and runs are read back.
 """
 
 from __future__ import annotations
@@ -11,121 +14,175 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import statistics
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pri3d.demo import figures
+from pri3d.demo.study import (
+    ARMS,
+    StudyConfig,
+    finetune_jobs,
+    labelled_frames,
+    pretrain_jobs,
+    pretrain_lr,
+    run_jobs,
+)
 from pri3d.geometry import invert_rigid, pixel_correspondences
 from pri3d.io.sens import SensReader
 from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet
 from pri3d.synth.generate import SynthConfig, generate, split_scenes
 from pri3d.synth.preview import write_preview
 
-FULL = SynthConfig(
-    scenes=6, frames=150, seed=0, color_size=(96, 128), depth_size=(96, 128), frames_25k_every=10
+
+@dataclass(frozen=True)
+class DemoPlan:
+    synth: SynthConfig
+    study: StudyConfig
+
+
+#: 15 rooms (10 train, 5 held-out val: every room type in both), 150 frames each at 60×80.
+FULL = DemoPlan(
+    SynthConfig(
+        scenes=15,
+        frames=150,
+        seed=0,
+        color_size=(60, 80),
+        depth_size=(60, 80),
+        frames_25k_every=5,
+        val_fraction=1 / 3,
+    ),
+    StudyConfig(size=(60, 80), pretrain_steps=80, finetune_epochs=10, seeds=(0, 1, 2)),
 )
-QUICK = SynthConfig(
-    scenes=3, frames=60, seed=0, color_size=(60, 80), depth_size=(60, 80), frames_25k_every=10
+QUICK = DemoPlan(
+    SynthConfig(
+        scenes=4,
+        frames=40,
+        seed=0,
+        color_size=(60, 80),
+        depth_size=(60, 80),
+        frames_25k_every=5,
+        val_fraction=0.25,
+    ),
+    StudyConfig(
+        size=(60, 80),
+        pretrain_steps=3,
+        pretrain_batch=4,
+        sample_points=256,
+        finetune_epochs=2,
+        finetune_batch=4,
+        labelled_share=0.5,
+        seeds=(0, 1),
+    ),
 )
-# Pre-training on the CPU at demo scale: Res18UNet from scratch, all three losses, 5 cm voxels.
-PRETRAIN_FULL = ["train.max_steps=60", "train.batch_size=4"]
-PRETRAIN_QUICK = ["train.max_steps=4", "train.batch_size=2"]
+STAGES = ("generate scans", "preprocess", "check geometry", "pre-train and fine-tune", "figures")
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run the pipeline end to end on generated data (no download needed)",
-        description="Generate synthetic ScanNet-format scans, preprocess them, preview them, check their "
-        "geometry as pre-training uses it, and pre-train a small backbone on them. Writes OUT/report.json, "
-        "OUT/report.md and OUT/preview.png.",
+        help="does the 3D prior help? pre-train, fine-tune and compare on generated data (no download)",
+        description="Generate synthetic ScanNet-format scans, preprocess them, pre-train Res18UNet with the "
+        "view-invariant loss, the geometric prior and both, fine-tune semantic segmentation from scratch and "
+        "from each, and compare on held-out scenes over several seeds. Writes OUT/report.json, "
+        "OUT/report.md and OUT/figures/. Re-running with the same --out resumes.",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("out/demo"), help="output folder (default %(default)s)"
     )
-    parser.add_argument("--quick", action="store_true", help="a smaller run for smoke tests (~30 s)")
+    parser.add_argument("--quick", action="store_true", help="a small run for smoke tests (< 3 min)")
+    parser.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when present"
+    )
     parser.add_argument("--workers", type=int, default=2, help="parallel processes (default %(default)s)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = QUICK if args.quick else FULL
+    plan = QUICK if args.quick else FULL
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    if device == "auto":
+        device = "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("pri3d demo: --device cuda, but PyTorch sees no CUDA device")
+        return 2
+    # On the CPU, `workers` single-threaded runs side by side; on a GPU one run at a time.
+    study = StudyConfig(**{**asdict(plan.study), "device": device,
+                           "parallel": max(args.workers, 1) if device == "cpu" else 1})  # fmt: skip
     out: Path = args.out
     data = out / "data"
-    report: dict = {"config": {"quick": bool(args.quick), "scenes": config.scenes, "frames": config.frames}}
-    stages = [
-        ("generate scans", lambda: _generate(data, config, args.workers)),
-        ("preprocess", lambda: _preprocess(data, out / "pretrain_data", args.workers)),
-        ("preview", lambda: {"figure": str(write_preview(data, out / "preview.png"))}),
-        ("pixel correspondences", lambda: _correspondence_check(data, config)),
-        (
-            "pretrain",
-            lambda: _pretrain(out, config, PRETRAIN_QUICK if args.quick else PRETRAIN_FULL, args.workers),
-        ),
-    ]
+    report: dict = {
+        "config": {
+            "quick": bool(args.quick),
+            "device": device,
+            "synth": _plain(asdict(plan.synth)),
+            "study": _plain(asdict(study)),
+        },
+    }
+    stages = {
+        "generate scans": lambda: _generate(data, plan.synth, args.workers),
+        "preprocess": lambda: _preprocess(data, out, plan.synth, study, args.workers),
+        "check geometry": lambda: _check_geometry(data, out, plan.synth, study),
+        "pre-train and fine-tune": lambda: _study(out, data, study),
+        "figures": lambda: _figures(out, data, study, report),
+    }
     start = time.perf_counter()
-    for number, (name, stage) in enumerate(stages, start=1):
-        print(f"[{number}/{len(stages)}] {name} ...", flush=True)
+    for number, name in enumerate(STAGES, start=1):
+        print(f"[{number}/{len(STAGES)}] {name} ...", flush=True)
         t0 = time.perf_counter()
-        report[name] = stage()
+        report[name] = stages[name]()
         report[name]["seconds"] = round(time.perf_counter() - t0, 2)
-        print(f"[{number}/{len(stages)}] {name} done in {report[name]['seconds']:.1f} s", flush=True)
+        elapsed = time.perf_counter() - start
+        print(f"[{number}/{len(STAGES)}] {name} done in {report[name]['seconds']:.1f} s "
+              f"({elapsed:.0f} s so far)", flush=True)  # fmt: skip
     report["seconds"] = round(time.perf_counter() - start, 2)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(_markdown(report))
-    print(_markdown(report))
+    (out / "report.md").write_text(markdown(report))
+    print(markdown(report))
     return 0
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+# ------------------------------------------------------------------------------------------------
+# stages
 
 
 def _generate(root: Path, config: SynthConfig, workers: int) -> dict:
     summary = generate(root, config, workers=workers, progress=True)
-    return {
-        "root": str(root),
-        "generated": summary["generated"],
-        "train": summary["train"],
-        "val": summary["val"],
-    }
+    return {"root": str(root), "train": summary["train"], "val": summary["val"]}
 
 
-def _preprocess(raw: Path, target: Path, workers: int) -> dict:
-    report = preprocess_scannet(
-        raw / "scans", target, ScanNetOptions(frame_skip=5), workers=workers, progress=True
-    )
+def _preprocess(raw: Path, out: Path, config: SynthConfig, study: StudyConfig, workers: int) -> dict:
+    """Pre-training data from the train scenes only (pre-training never sees the held-out scenes),
+    and the fine-tuning frames: the labelled share of every train scene, all frames of the val scenes."""
+    train, val = split_scenes(config)
+    report = preprocess_scannet(raw / "scans", out / "pretrain_data", ScanNetOptions(frame_skip=5), scenes=train,
+                                workers=workers, progress=True)  # fmt: skip
     if report["failures"]:
         raise ValueError(f"preprocessing failed for {report['failures']}")
-    return {
-        "target": str(target),
-        "frames": report["frames"]["exported"],
-        "pairs": report["pair_list"]["pairs"],
-    }
+    labelled = labelled_frames(
+        raw / "scannet_frames_25k", out / "finetune_data", train, val, study.labelled_share
+    )
+    return {"target": str(out / "pretrain_data"), "frames": report["frames"]["exported"],
+            "pairs": report["pair_list"]["pairs"], "finetune_data": labelled}  # fmt: skip
 
 
-def _pretrain(out: Path, config: SynthConfig, budget: list[str], workers: int) -> dict:
-    from pri3d.engine.config import PretrainRunConfig, load_config
-    from pri3d.tasks.pretrain import pretrain
-
-    overrides = [
-        f"dataset.path={out / 'pretrain_data'}", f"train.log_dir={out / 'pretrain'}",
-        f"dataset.size=[{config.depth_size[0]},{config.depth_size[1]}]", "pretrain.backbone=Res18UNet",
-        "pretrain.pretrained=scratch", "pretrain.sample_points=256", "pretrain.voxel_size=0.05",
-        f"train.workers={min(workers, 2)}", "train.report_batch=2", "logging.tensorboard=false", *budget,
-    ]  # fmt: skip
-    metrics = pretrain(load_config(PretrainRunConfig, overrides))
-    lines = (out / "pretrain" / "metrics.jsonl").read_text().splitlines()
-    first = json.loads(lines[0])
-    return {
-        "log_dir": str(out / "pretrain"),
-        "steps": json.loads(lines[-1])["step"],
-        "first_total_loss": round(first["train/total_loss"], 4),
-        "last_total_loss": round(metrics["train/total_loss"], 4),
-        "pairs_per_s": round(metrics["train/pairs_per_s"], 2),
-    }
+def _check_geometry(root: Path, out: Path, config: SynthConfig, study: StudyConfig) -> dict:
+    """A preview, the matched share of frames 25 apart, and a figure of sampled correspondences."""
+    result = {"preview": str(write_preview(root, out / "figures" / "scenes.png"))}
+    result.update(_matched_share(root, config))
+    result["correspondence_figure"] = str(_correspondence_figure(out, study))
+    return result
 
 
-def _correspondence_check(root: Path, config: SynthConfig, gap: int = 25, threshold: float = 0.05) -> dict:
+def _matched_share(root: Path, config: SynthConfig, gap: int = 25, threshold: float = 0.05) -> dict:
     """For frames `gap` apart, the share of valid pixels that find a depth-consistent match."""
     train, _ = split_scenes(config)
     shares = []
@@ -146,25 +203,217 @@ def _correspondence_check(root: Path, config: SynthConfig, gap: int = 25, thresh
         "threshold_m": threshold,
         "matched_share_median": round(float(np.median(shares)), 3) if shares else None,
         "matched_share_min": round(float(np.min(shares)), 3) if shares else None,
-        "matched_share_max": round(float(np.max(shares)), 3) if shares else None,
     }
 
 
-def _markdown(report: dict) -> str:
-    gen = report["generate scans"]
-    corr = report["pixel correspondences"]
-    return (
-        "# pri3d demo\n\n"
-        f"- data: {len(gen['train'])} train + {len(gen['val'])} val scenes in `{gen['root']}` "
-        f"({report['config']['frames']} frames each)\n"
-        f"- preprocessed for pre-training: `{report['preprocess']['target']}` "
-        f"({report['preprocess']['frames']} frames, {report['preprocess']['pairs']} overlapping pairs)\n"
-        f"- preview: `{report['preview']['figure']}`\n"
-        f"- frames {corr['frame_gap']} apart: median {corr['matched_share_median']} of valid pixels match "
-        f"within {corr['threshold_m']} m (min {corr['matched_share_min']}, max {corr['matched_share_max']}, "
-        f"{corr['pairs']} pairs)\n"
-        f"- pre-training (Res18UNet, view + geometric prior + depth, from scratch): total loss "
-        f"{report['pretrain']['first_total_loss']} -> {report['pretrain']['last_total_loss']}, "
-        f"{report['pretrain']['pairs_per_s']} pairs/s, log in `{report['pretrain']['log_dir']}`\n"
-        f"- total time: {report['seconds']:.1f} s\n"
-    )
+def _correspondence_figure(out: Path, study: StudyConfig) -> Path:
+    """Matches exactly as pre-training samples them, drawn on the unaugmented frames."""
+    from PIL import Image
+
+    from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
+
+    data = out / "pretrain_data"
+    pairs = ScanNetPairs(data, "splits/overlap30.txt",
+                         PairOptions(size=study.size, num_matches=study.sample_points, geometric_prior=False))  # fmt: skip
+    # a pair of middling overlap: the views differ, the matches still cover much of the image
+    index = len(pairs) // 2
+    sample = pairs[index]
+    valid = sample["match_valid"].numpy()
+    h, w = study.size
+    images = [np.asarray(Image.open(data / sample["scene"] / "color" / f"{frame}.jpg").convert("RGB")
+                         .resize((w, h), Image.NEAREST)) for frame in sample["frames"]]  # fmt: skip
+    return figures.correspondence_figure(
+        images[0], images[1], sample["match1"].numpy()[valid][:, ::-1], sample["match2"].numpy()[valid][:, ::-1],
+        out / "figures" / "correspondences.png",
+        title=f"{sample['scene']} frames {sample['frames'][0]} and {sample['frames'][1]}: "
+        f"pixel matches from depth and camera poses (as pre-training samples them)",
+    )  # fmt: skip
+
+
+def _study(out: Path, data: Path, study: StudyConfig) -> dict:
+    runs = out / "runs"
+    frames = out / "finetune_data"
+    jobs = pretrain_jobs(runs, out / "pretrain_data", study) + finetune_jobs(runs, frames, frames, study)
+
+    def announce(job, result) -> None:
+        if job.kind == "pretrain":
+            print(f"  {job.name}: done in {result['seconds']:.0f} s", flush=True)
+        else:
+            print(f"  {job.name}: val mIoU {100 * result['final']['miou']:.1f} ({result['seconds']:.0f} s)",
+                  flush=True)  # fmt: skip
+
+    threads = 1 if study.device == "cpu" and study.parallel > 1 else 0
+    results = run_jobs(jobs, study.parallel, threads, on_done=announce)
+    table: dict[str, dict] = {}
+    for job in jobs:
+        if job.kind == "finetune":
+            entry = table.setdefault(job.meta["init"], {"miou": [], "miou_original": [], "seeds": []})
+            final = results[job.name]["final"]
+            entry["miou"].append(final["miou"])
+            entry["miou_original"].append(final["miou_original"])
+            entry["seeds"].append(job.meta["seed"])
+    return {
+        "runs": str(runs),
+        "table": summarise(table),
+        "pretrain_seconds": {j.meta["arm"]: results[j.name]["seconds"] for j in jobs if j.kind == "pretrain"},
+        "finetune_seconds_mean": round(
+            statistics.mean(results[j.name]["seconds"] for j in jobs if j.kind == "finetune"), 1
+        ),
+    }
+
+
+def summarise(table: dict[str, dict]) -> list[dict]:
+    """Rows init | mean ± std | Δ vs scratch, and whether every seed beats scratch's best seed."""
+    scratch = table["scratch"]["miou"]
+    rows = []
+    for init, entry in table.items():
+        values = entry["miou"]
+        row = {
+            "init": init,
+            "miou_mean": statistics.mean(values),
+            "miou_std": statistics.pstdev(values),
+            "miou_per_seed": values,
+            "miou_original_mean": statistics.mean(entry["miou_original"]),
+            "seeds": entry["seeds"],
+        }
+        if init != "scratch":
+            row["delta_vs_scratch"] = row["miou_mean"] - statistics.mean(scratch)
+            row["every_seed_beats_best_scratch"] = min(values) > max(scratch)
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------
+# figures
+
+
+def _figures(out: Path, data: Path, study: StudyConfig, report: dict) -> dict:
+    folder = out / "figures"
+    runs = out / "runs"
+    rows = report["pre-train and fine-tune"]["table"]
+    written = {
+        "training_curves": figures.training_curves_figure(
+            {arm.name: _curve(runs / f"pretrain_{arm.slug}", "train/total_loss") for arm in ARMS},
+            {
+                row["init"]: [
+                    _curve(runs / f"finetune_{_slug(row['init'])}_seed{s}", "train/total_loss")
+                    for s in row["seeds"]
+                ]
+                for row in rows
+            },
+            folder / "training_curves.png",
+        ),
+        "miou_bars": figures.miou_bar_figure(
+            {row["init"]: row["miou_per_seed"] for row in rows}, folder / "miou.png"
+        ),
+    }
+    written.update(_model_figures(out, data, study, rows, folder))
+    return {name: str(path) for name, path in written.items()}
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace("+", "_")
+
+
+def _curve(log_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
+    records = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if key in r]
+    return np.array([r["step"] for r in records]), np.array([r[key] for r in records])
+
+
+@torch.no_grad()
+def _model_figures(out: Path, data: Path, study: StudyConfig, rows: list[dict], folder: Path) -> dict:
+    """Feature PCA of each pre-trained backbone and segmentation overlays of each init (first seed)."""
+    from pri3d.data.semseg import SemsegOptions, build_semseg_dataset
+    from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from pri3d.export import load_backbone
+    from pri3d.models.segmentation import build_segmentation_model
+    from pri3d.viz import class_palette, colorize, denormalize
+
+    runs = out / "runs"
+    frames = out / "finetune_data"
+    val = build_semseg_dataset("ScanNet", frames, "val", SemsegOptions(size=study.size), split_dir=frames,
+                               train=False)  # fmt: skip
+    picks = np.linspace(0, len(val) - 1, min(4, len(val))).round().astype(int)
+    samples = [val[int(i)] for i in picks]
+    images = torch.stack([s["image"] for s in samples])
+    rgb = [denormalize(image) for image in images]
+
+    features = {"random init": [f.numpy() for f in _features(None, images)]}
+    for arm in ARMS:
+        checkpoint = latest_checkpoint(runs / f"pretrain_{arm.slug}" / "checkpoints")
+        features[arm.name] = [f.numpy() for f in _features(load_backbone(checkpoint, "Res18UNet"), images)]
+    pca = figures.feature_pca_figure(rgb, features, folder / "features_pca.png")
+
+    palette = class_palette(val.num_classes)
+    predictions = {}
+    for row in rows:
+        run = runs / f"finetune_{_slug(row['init'])}_seed{row['seeds'][0]}"
+        model = build_segmentation_model("Semantic2D", "Res18UNet", val.num_classes)
+        model.load_state_dict(load_checkpoint(latest_checkpoint(run / "checkpoints"))["model"])
+        model.eval()
+        logits = model.logits(images, images.shape[-2:])
+        predictions[f"{row['init']} ({100 * row['miou_per_seed'][0]:.0f}%)"] = [
+            colorize(p, palette) for p in logits.argmax(1)
+        ]
+    truth = [colorize(s["label"], palette) for s in samples]
+    overlays = figures.segmentation_figure(
+        rgb, truth, predictions, folder / "segmentation.png",
+        title=f"held-out scenes, seed {rows[0]['seeds'][0]} of each initialisation (val mIoU in brackets)",
+    )  # fmt: skip
+    return {"features_pca": pca, "segmentation": overlays}
+
+
+def _features(backbone, images: torch.Tensor) -> list[torch.Tensor]:
+    from pri3d.models.pri3d import PRETRAIN_CHANNELS
+    from pri3d.models.registry import build_backbone
+
+    if backbone is None:
+        torch.manual_seed(0)
+        backbone = build_backbone("Res18UNet", PRETRAIN_CHANNELS["Res18UNet"])
+    backbone.eval()
+    return list(backbone(images))
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+
+
+def markdown(report: dict) -> str:
+    gen, pre, geo = report["generate scans"], report["preprocess"], report["check geometry"]
+    study = report["pre-train and fine-tune"]
+    config = report["config"]["study"]
+    lines = [
+        "# pri3d demo: does the 3D prior help?",
+        "",
+        f"- data: {len(gen['train'])} train + {len(gen['val'])} held-out val scenes "
+        f"({report['config']['synth']['frames']} frames each, {config['size'][0]}×{config['size'][1]}) in `{gen['root']}`",
+        f"- pre-training data (train scenes only): {pre['frames']} frames, {pre['pairs']} overlapping pairs",
+        f"- frames {geo['frame_gap']} apart: median {geo['matched_share_median']} of valid pixels match "
+        f"within {geo['threshold_m']} m ({geo['pairs']} pairs)",
+        f"- pre-training: Res18UNet from scratch, {config['pretrain_steps']} steps of batch "
+        f"{config['pretrain_batch']} (lr {pretrain_lr(config['pretrain_batch'])}), {config['sample_points']} "
+        f"matches per pair, {config['voxel_size']} m voxels; depth loss in every arm",
+        f"- fine-tuning: {config['labelled_share']:.0%} of each train scene's labelled frames, "
+        f"{config['finetune_epochs']} epochs of batch "
+        f"{config['finetune_batch']}, same budget for every init; evaluated on the val scenes",
+        "",
+        "| init | val mIoU (mean ± std) | Δ vs scratch | per seed | every seed > best scratch seed |",
+        "|---|---|---|---|---|",
+    ]
+    for row in study["table"]:
+        delta = f"{100 * row['delta_vs_scratch']:+.1f}" if "delta_vs_scratch" in row else "–"
+        beats = {True: "yes", False: "no"}.get(row.get("every_seed_beats_best_scratch"), "–")
+        seeds = ", ".join(f"{100 * v:.1f}" for v in row["miou_per_seed"])
+        lines.append(f"| {row['init']} | {100 * row['miou_mean']:.1f} ± {100 * row['miou_std']:.1f} | {delta} | "
+                     f"{seeds} | {beats} |")  # fmt: skip
+    lines += [
+        "",
+        f"Figures in `{Path(report['figures']['miou_bars']).parent}`: "
+        + ", ".join(f"`{Path(p).name}`" for k, p in report["figures"].items() if k != "seconds")
+        + f", `{Path(geo['correspondence_figure']).name}`, `{Path(geo['preview']).name}`.",
+        "",
+        f"Total time {report['seconds']:.0f} s on {report['config']['device']}.",
+        "",
+    ]
+    return "\n".join(lines)

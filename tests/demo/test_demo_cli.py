@@ -1,21 +1,58 @@
-"""`pri3d demo --quick` runs end to end and reports what it did."""
+"""`pri3d demo --quick` runs the whole study end to end, reports it and resumes without rerunning."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from pri3d.cli import main
+from pri3d.demo.cli import QUICK, markdown, summarise
+from pri3d.demo.study import ARMS
+
+
+def test_summarise_table():
+    table = {
+        "scratch": {"miou": [0.10, 0.12], "miou_original": [0.2, 0.2], "seeds": [0, 1]},
+        "View": {"miou": [0.15, 0.13], "miou_original": [0.3, 0.3], "seeds": [0, 1]},
+        "Geo": {"miou": [0.11, 0.14], "miou_original": [0.3, 0.3], "seeds": [0, 1]},
+    }
+    rows = {row["init"]: row for row in summarise(table)}
+    assert rows["scratch"]["miou_mean"] == pytest.approx(0.11)
+    assert rows["scratch"]["miou_std"] == pytest.approx(0.01)
+    assert "delta_vs_scratch" not in rows["scratch"]
+    assert rows["View"]["delta_vs_scratch"] == pytest.approx(0.03)
+    assert rows["View"]["every_seed_beats_best_scratch"] is True
+    assert rows["Geo"]["every_seed_beats_best_scratch"] is False
 
 
 @pytest.mark.slow
-def test_quick_demo(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--quick", "--workers", "1"]) == 0
+def test_quick_demo(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--device", "cpu"]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["preprocess"]["pairs"] > 0 and report["preprocess"]["frames"] > 0
-    assert report["pixel correspondences"]["matched_share_median"] > 0.2
-    assert (tmp_path / "preview.png").stat().st_size > 10_000
-    assert report["pretrain"]["steps"] == 4
-    assert (tmp_path / "pretrain" / "checkpoints" / "last").is_file()
-    assert "# pri3d demo" in (tmp_path / "report.md").read_text()
+    assert report["check geometry"]["matched_share_median"] > 0.2
+    study = report["pre-train and fine-tune"]
+    inits = [row["init"] for row in study["table"]]
+    assert inits == ["scratch", *(arm.name for arm in ARMS)]
+    for row in study["table"]:
+        assert len(row["miou_per_seed"]) == len(QUICK.study.seeds)
+        assert all(0.0 <= v <= 1.0 for v in row["miou_per_seed"])
+    for arm in ARMS:  # every pre-training ran its steps and left a checkpoint
+        run = tmp_path / "runs" / f"pretrain_{arm.slug}"
+        assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == QUICK.study.pretrain_steps
+        assert (run / "checkpoints" / "last").is_file()
+    figures = {k: v for k, v in report["figures"].items() if k != "seconds"}
+    assert set(figures) == {"training_curves", "miou_bars", "features_pca", "segmentation"}
+    for path in [*figures.values(), report["check geometry"]["correspondence_figure"]]:
+        assert Path(path).parent == tmp_path / "figures" and Path(path).stat().st_size > 5_000
+    text = (tmp_path / "report.md").read_text()
+    assert text == markdown(report) and "| View |" in text
+
+    # a second run over the same folder reads every finished run back
+    capsys.readouterr()
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--device", "cpu"]) == 0
+    again = json.loads((tmp_path / "report.json").read_text())
+    assert again["pre-train and fine-tune"]["table"] == study["table"]
+    assert "running:" not in capsys.readouterr().out

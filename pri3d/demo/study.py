@@ -1,0 +1,262 @@
+"""The demo's experiment: pre-train Res18UNet three ways, fine-tune each and scratch, several seeds.
+
+Every run is a real `pri3d pretrain` / `pri3d finetune semseg` run with its own log folder under
+``OUT/runs``; they are scheduled on a pool of processes (on the CPU two single-threaded processes
+use two cores better than one two-threaded process at these image sizes). A run that finished
+before (its ``done.json`` exists) is not repeated, so an interrupted demo resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "ARMS",
+    "Arm",
+    "Job",
+    "StudyConfig",
+    "finetune_jobs",
+    "labelled_frames",
+    "pretrain_jobs",
+    "run_jobs",
+]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One pre-training variant (the paper's rows: View, Geo, View + Geo); depth loss in all."""
+
+    name: str
+    view_invariant: bool
+    geometric_prior: bool
+
+    @property
+    def slug(self) -> str:
+        return self.name.lower().replace("+", "_")
+
+
+ARMS = (Arm("View", True, False), Arm("Geo", False, True), Arm("View+Geo", True, True))
+
+
+@dataclass
+class StudyConfig:
+    """Budgets of the pre-training and fine-tuning runs (the same for every arm and seed)."""
+
+    size: tuple[int, int] = (60, 80)  # (H, W) of every image
+    pretrain_steps: int = 80  # optimizer steps of each pre-training (poly schedule over one epoch)
+    pretrain_batch: int = 8
+    sample_points: int = 1024  # matches per pair
+    voxel_size: float = 0.12  # metres: the 3D network's voxels
+    finetune_epochs: int = 10
+    finetune_batch: int = 8
+    labelled_share: float = 0.2  # share of each train scene's frames_25k frames with labels
+    seeds: tuple[int, ...] = (0, 1, 2)
+    device: str = "cpu"
+    parallel: int = 2  # processes running at once
+    extra_pretrain: list[str] = field(default_factory=list)  # further `key=value` overrides
+    extra_finetune: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    """One run: ``kind`` is pretrain or finetune; ``after`` names the job whose output it needs."""
+
+    name: str
+    kind: str
+    log_dir: Path
+    overrides: list[str]
+    after: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def done_file(self) -> Path:
+        return self.log_dir / "done.json"
+
+
+def pretrain_lr(batch: int) -> float:
+    """The released recipe's lr 0.1 is for a global batch of 64; smaller batches scale it linearly.
+
+    At the demo's batch of 8, lr 0.1 left the fine-tuned models clearly worse than with the scaled
+    0.0125 (see docs/benchmarks.md, "Does the 3D prior help?").
+    """
+    return 0.1 * batch / 64
+
+
+def pretrain_jobs(runs: Path, data: Path, config: StudyConfig) -> list[Job]:
+    h, w = config.size
+    jobs = []
+    for arm in ARMS:
+        overrides = [
+            f"dataset.path={data}", f"dataset.size=[{h},{w}]", "pretrain.backbone=Res18UNet",
+            "pretrain.pretrained=scratch", f"pretrain.view_invariant={str(arm.view_invariant).lower()}",
+            f"pretrain.geometric_prior={str(arm.geometric_prior).lower()}", "pretrain.depth=true",
+            f"pretrain.sample_points={config.sample_points}", f"pretrain.voxel_size={config.voxel_size}",
+            f"train.batch_size={config.pretrain_batch}", f"optimizer.lr={pretrain_lr(config.pretrain_batch)}",
+            "scheduler.max_epochs=1", f"train.max_steps={config.pretrain_steps}",
+            "train.checkpoint_every=0", "train.report_batch=5", "train.workers=1", f"train.device={config.device}",
+            "logging.tensorboard=false", *config.extra_pretrain,
+        ]  # fmt: skip
+        jobs.append(Job(f"pretrain {arm.name}", "pretrain", runs / f"pretrain_{arm.slug}", overrides,
+                        meta={"arm": arm.name}))  # fmt: skip
+    return jobs
+
+
+def labelled_frames(frames_root: Path, out: Path, train: list[str], val: list[str], share: float) -> dict:
+    """A ``scannet_frames_25k``-layout folder for fine-tuning: ``share`` of every train scene's frames
+    (evenly spaced) and all frames of the val scenes, with ``scannetv2_{train,val}.txt`` lists.
+
+    Taking the share from every train scene (rather than, as the original's ``train20`` list, the
+    first scenes holding 20 % of the images) keeps every room type, and so every class, in the
+    labelled set of a small generated dataset.
+    """
+    step = max(round(1 / share), 1)
+    counts = {}
+    for scene in [*train, *val]:
+        colors = sorted((frames_root / scene / "color").glob("*.jpg"), key=lambda p: int(p.stem))
+        keep = colors[step // 2 :: step] if scene in train else colors
+        for color in keep:
+            for kind, suffix in (("color", ".jpg"), ("label", ".png")):
+                target = out / scene / kind / f"{color.stem}{suffix}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(frames_root / scene / kind / f"{color.stem}{suffix}", target)
+        counts[scene] = len(keep)
+    (out / "scannetv2_train.txt").write_text("".join(f"{s}\n" for s in train))
+    (out / "scannetv2_val.txt").write_text("".join(f"{s}\n" for s in val))
+    return {"path": str(out), "train_frames": sum(counts[s] for s in train),
+            "val_frames": sum(counts[s] for s in val)}  # fmt: skip
+
+
+def finetune_jobs(runs: Path, frames: Path, split_dir: Path, config: StudyConfig) -> list[Job]:
+    h, w = config.size
+    inits: list[tuple[str, str, str | None]] = [("scratch", "scratch", None)]
+    inits += [(arm.name, str(runs / f"pretrain_{arm.slug}"), f"pretrain {arm.name}") for arm in ARMS]
+    jobs = []
+    for seed in config.seeds:
+        for name, init, after in inits:
+            slug = name.lower().replace("+", "_")
+            overrides = [
+                "dataset=scannet", "model=unet", "backbone=Res18UNet", f"init={init}",
+                f"dataset.path={frames}", f"dataset.split_dir={split_dir}", f"dataset.size=[{h},{w}]",
+                "train.phase=train", f"train.batch_size={config.finetune_batch}",
+                f"scheduler.max_epochs={config.finetune_epochs}", f"train.seed={seed}",
+                "train.report_batch=5", "train.report_epoch=100000", "train.checkpoint_every=0", "train.workers=0",
+                f"train.device={config.device}", "finetune.eval_batch_size=16", "logging.tensorboard=false",
+                *config.extra_finetune,
+            ]  # fmt: skip
+            jobs.append(Job(f"fine-tune {name} seed {seed}", "finetune", runs / f"finetune_{slug}_seed{seed}",
+                            overrides, after=after, meta={"init": name, "seed": seed}))  # fmt: skip
+    return jobs
+
+
+def _execute(kind: str, log_dir: str, overrides: list[str], threads: int) -> dict:
+    """Runs in a worker process: one pre-training or fine-tuning run, its console output to a file."""
+    import torch
+
+    log = Path(log_dir)
+    log.mkdir(parents=True, exist_ok=True)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    with open(log / "console.txt", "a", buffering=1) as console:
+        sys.stdout = sys.stderr = console
+        if kind == "pretrain":
+            from pri3d.engine.config import PretrainRunConfig, load_config
+            from pri3d.tasks.pretrain import pretrain
+
+            metrics = pretrain(load_config(PretrainRunConfig, [f"train.log_dir={log}", *overrides]))
+            result = {"last_metrics": metrics}
+        else:
+            from pri3d.tasks.semseg import finetune_semseg, semseg_config
+
+            result = finetune_semseg(semseg_config([f"train.log_dir={log}", *overrides]))
+    result["seconds"] = round(time.perf_counter() - start, 2)
+    (log / "done.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def run_jobs(jobs: list[Job], parallel: int, threads: int,
+             on_done: Callable[[Job, dict], None] | None = None, heartbeat_s: float = 30.0) -> dict[str, dict]:  # fmt: skip
+    """Run ``jobs`` (respecting ``after``) on ``parallel`` processes; results by job name.
+
+    Finished jobs (``done.json`` present) are read back, not rerun. Progress lines name what
+    finished, what runs (with its step) and an ETA from the measured time of each kind of job.
+    """
+    results: dict[str, dict] = {}
+    for job in jobs:
+        if job.done_file.is_file():
+            results[job.name] = json.loads(job.done_file.read_text())
+    pending = [job for job in jobs if job.name not in results]
+    if not pending:
+        return results
+    seconds: dict[str, list[float]] = {}
+    running: dict[Future, tuple[Job, float]] = {}
+    start = time.perf_counter()
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
+        try:
+            while pending or running:
+                for job in [j for j in pending if j.after is None or j.after in results]:
+                    if len(running) >= parallel:
+                        break
+                    pending.remove(job)
+                    future = pool.submit(_execute, job.kind, str(job.log_dir), job.overrides, threads)
+                    running[future] = (job, time.perf_counter())
+                if not running:
+                    missing = sorted({j.after for j in pending})
+                    raise RuntimeError(f"runs wait for runs that are not scheduled: {missing}")
+                status = ", ".join(_running_status(job) for job, _ in running.values())
+                print(
+                    f"  [{len(results)}/{len(jobs)} runs done, {time.perf_counter() - start:.0f} s] "
+                    f"running: {status} | ETA {_eta(pending, running, seconds, parallel)}",
+                    flush=True,
+                )
+                finished, _ = wait(running, timeout=heartbeat_s, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    job, began = running.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as error:
+                        raise RuntimeError(
+                            f"{job.name} failed (log: {job.log_dir / 'console.txt'}): {error}"
+                        ) from error
+                    results[job.name] = result
+                    seconds.setdefault(job.kind, []).append(time.perf_counter() - began)
+                    if on_done is not None:
+                        on_done(job, result)
+        except BaseException:
+            for future in running:
+                future.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return results
+
+
+def _running_status(job: Job) -> str:
+    metrics = job.log_dir / "metrics.jsonl"
+    step = "starting"
+    if metrics.is_file():
+        lines = metrics.read_text().splitlines()
+        if lines:
+            step = f"step {json.loads(lines[-1]).get('step', '?')}"
+    return f"{job.name} ({step})"
+
+
+def _eta(pending: list[Job], running: dict, seconds: dict[str, list[float]], parallel: int) -> str:
+    known = {kind: sum(v) / len(v) for kind, v in seconds.items()}
+    if not known:
+        return "after the first run"
+    fallback = max(known.values())
+    left = sum(known.get(job.kind, fallback) for job in pending)
+    for job, began in running.values():
+        left += max(known.get(job.kind, fallback) - (time.perf_counter() - began), 0.0)
+    minutes = left / max(parallel, 1) / 60
+    return f"~{math.ceil(minutes)} min" if minutes >= 1 else "< 1 min"
