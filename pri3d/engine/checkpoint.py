@@ -58,6 +58,21 @@ def save_checkpoint(directory: str | Path, name: str, state: dict) -> Path:
     return path
 
 
+def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` regular checkpoints (``step*.pth``, ``epoch*.pth``) in
+    ``directory``; the one ``last`` points to and ``nonfinite-*`` ones always stay. Returns the deleted."""
+    if keep < 1:
+        raise ValueError(f"keep={keep}: keep at least one checkpoint")
+    directory = Path(directory)
+    last = latest_checkpoint(directory)
+    regular = [p for pattern in ("step*.pth", "epoch*.pth") for p in directory.glob(pattern)]
+    regular.sort(key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
+    deleted = [p for p in regular[keep:] if p != last]
+    for path in deleted:
+        path.unlink()
+    return deleted
+
+
 def _fsync_replace(tmp: Path, final: Path) -> None:
     with open(tmp, "rb+") as handle:
         os.fsync(handle.fileno())

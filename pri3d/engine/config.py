@@ -32,6 +32,7 @@ class TrainConfig:
     write_result: bool = False  # unused
     max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs); for smoke tests
     checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = only at epoch ends)
+    keep_checkpoints: int = 0  # keep only the newest N step/epoch checkpoints (0 = keep all)
     seed: int = 0  # data sampling, augmentation and initialisation
     device: str = "auto"  # auto (cuda if present), cpu or cuda
     bf16: bool = False  # bf16 autocast for the 2D network

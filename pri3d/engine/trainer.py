@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from pri3d.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    prune_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -48,6 +49,10 @@ class Trainer:
         self.log_dir = Path(config.train.log_dir)
         self.checkpoint_dir = self.log_dir / "checkpoints"
         train = config.train
+        if train.keep_checkpoints < 0:
+            raise ValueError(
+                f"train.keep_checkpoints={train.keep_checkpoints}: expected 0 (keep all) or more"
+            )
         self.accumulate = config.optimizer.accumulate_step
         self.sampler = GlobalBatchSampler(
             len(dataset), train.batch_size, rank=env.rank, world_size=env.world_size,
@@ -116,6 +121,8 @@ class Trainer:
             "config": to_dict(self.config),
             "rng": rng_state(),
         })  # fmt: skip
+        if self.config.train.keep_checkpoints > 0:
+            prune_checkpoints(self.checkpoint_dir, self.config.train.keep_checkpoints)
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict:

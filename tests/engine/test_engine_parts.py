@@ -9,6 +9,7 @@ from torch import nn
 from pri3d.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
+    prune_checkpoints,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -110,3 +111,23 @@ def test_checkpoint_is_atomic_and_loads_safely(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"bad\.pth"):
         load_checkpoint(tmp_path / "bad.pth")
+
+
+def test_prune_checkpoints_keeps_the_newest_and_the_last(tmp_path):
+    import os
+
+    for i, name in enumerate(["step0000010.pth", "epoch001.pth", "step0000020.pth", "step0000030.pth"]):
+        save_checkpoint(tmp_path, name, {"step": i})
+        os.utime(tmp_path / name, ns=(i * 10**9, i * 10**9))  # distinct, ordered times
+    (tmp_path / "nonfinite-step0000031.pth").write_bytes(b"x")
+    (tmp_path / "last").write_text("step0000010.pth\n")  # `last` may point at an older file (resumed run)
+    deleted = prune_checkpoints(tmp_path, keep=2)
+    assert sorted(p.name for p in deleted) == ["epoch001.pth"]
+    assert sorted(p.name for p in tmp_path.glob("*.pth")) == [
+        "nonfinite-step0000031.pth",
+        "step0000010.pth",
+        "step0000020.pth",
+        "step0000030.pth",
+    ]
+    with pytest.raises(ValueError, match="keep=0"):
+        prune_checkpoints(tmp_path, keep=0)
