@@ -40,7 +40,6 @@ from tqdm import tqdm
 
 from pri3d.coco.evaluate import evaluate_detections, format_coco_table, percent, to_coco_results
 from pri3d.data.insseg import CocoInstances, build_insseg_dataset, collate_insseg
-from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.engine import distributed
 from pri3d.engine.checkpoint import latest_checkpoint
 from pri3d.engine.config import (
@@ -55,7 +54,8 @@ from pri3d.engine.config import (
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.export import LoadReport, load_weights_file, to_torchvision
+from pri3d.export import load_weights_file
+from pri3d.models.mask_rcnn import InstanceSegmenter, build_detector, finalise_backbone, initialise_body
 from pri3d.models.segmentation import load_strict
 
 __all__ = [
@@ -293,138 +293,6 @@ def input_sizes(finetune: InssegFinetuneConfig, data_size: tuple[int, int]) -> d
     largest = max(*train, test)
     max_size = finetune.max_size or math.ceil(long * largest / short)
     return {"min_size_train": train, "min_size_test": test, "max_size": max_size}
-
-
-# ------------------------------------------------------------------------------------------------
-# model
-
-
-class InstanceSegmenter(nn.Module):
-    """A torchvision Mask R-CNN behind the Trainer's interface (a collated batch in, losses out).
-
-    ``detector`` keeps torchvision's key names: ``state_dict`` minus the ``detector.`` prefix loads into
-    ``maskrcnn_resnet50_fpn(num_classes=K + 1)`` (``strict=False`` only for the BatchNorm counters
-    ``num_batches_tracked``, which FrozenBN layers do not have).
-    """
-
-    def __init__(self, detector: nn.Module, min_size_train: tuple[int, ...], min_size_test: int) -> None:
-        super().__init__()
-        self.detector = detector
-        self.min_size_train, self.min_size_test = tuple(min_size_train), min_size_test
-
-    def _device(self) -> torch.device:
-        return next(self.detector.parameters()).device
-
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Training losses of ``batch`` (``images``: list of [3, H, W] in [0, 1]; ``targets``)."""
-        device = self._device()
-        images = [image.to(device) for image in batch["images"]]
-        targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
-        self.detector.transform.min_size = self.min_size_train  # one drawn per image
-        losses = self.detector(images, targets)
-        losses["total_loss"] = sum(losses.values())
-        return losses
-
-    @torch.no_grad()
-    def predict(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        """Detections per image at its own resolution: boxes [N, 4] xyxy, labels, scores, masks [N, 1, H, W]."""
-        was_training = self.training
-        self.eval()
-        self.detector.transform.min_size = (self.min_size_test,)
-        device = self._device()
-        outputs = self.detector([image.to(device) for image in images])
-        self.train(was_training)
-        return outputs
-
-
-def build_detector(num_classes: int, finetune: InssegFinetuneConfig, sizes: dict) -> nn.Module:
-    """torchvision's ``maskrcnn_resnet50_fpn`` without weights, K + 1 outputs (background), ImageNet RGB
-    normalisation, the recipe's RPN proposals, RoI sampling and test thresholds. Normalisation layers
-    are trainable BatchNorm here; :func:`finalise_backbone` freezes them once the body is initialised."""
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
-
-    return maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes + 1,
-        min_size=sizes["min_size_train"], max_size=sizes["max_size"],
-        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-        box_batch_size_per_image=finetune.batch_size_per_image, box_score_thresh=finetune.score_thresh_test,
-        box_detections_per_img=finetune.detections_per_image,
-        rpn_post_nms_top_n_train=finetune.proposals_train, rpn_post_nms_top_n_test=finetune.proposals_test,
-    )  # fmt: skip
-
-
-_STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
-
-
-def _freeze_batchnorm(module: nn.Module) -> nn.Module:
-    """``module`` with every BatchNorm2d inside replaced by a FrozenBatchNorm2d of the same statistics."""
-    from torchvision.ops.misc import FrozenBatchNorm2d
-
-    if isinstance(module, nn.BatchNorm2d):
-        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(frozen, name).copy_(getattr(module, name).detach())
-        return frozen
-    for name, child in module.named_children():
-        setattr(module, name, _freeze_batchnorm(child))
-    return module
-
-
-def finalise_backbone(
-    detector: nn.Module, finetune: InssegFinetuneConfig, env: DistEnv | None = None
-) -> None:
-    """Frozen stages (``freeze_at``: no gradients, FrozenBN) and the normalisation of the rest."""
-    body = detector.backbone.body
-    for stage in _STAGES[: finetune.freeze_at]:
-        for name in stage:
-            module = getattr(body, name)
-            setattr(body, name, _freeze_batchnorm(module))
-            for parameter in getattr(body, name).parameters():
-                parameter.requires_grad_(False)
-    if finetune.norm == "frozen":
-        _freeze_batchnorm(body)
-    elif env is not None and env.distributed and env.device.type == "cuda":
-        detector.backbone.body = nn.SyncBatchNorm.convert_sync_batchnorm(body)
-
-
-def initialise_body(detector: nn.Module, init: str) -> LoadReport:
-    """Load the ResNet-50 body from ``scratch``, ``imagenet`` or a weights file / run folder, strictly."""
-    body = detector.backbone.body
-    others = {f"detector.{k}": "FPN, RPN and RoI heads: initialised from scratch"
-              for k in detector.state_dict() if not k.startswith("backbone.body.")}  # fmt: skip
-    if init == "scratch":
-        missing = {f"detector.backbone.body.{k}": "scratch initialisation" for k in body.state_dict()}
-        return LoadReport("scratch", "none", missing={**missing, **others})
-    if init == "imagenet":
-        from torchvision.models import ResNet50_Weights
-
-        weights = ResNet50_Weights.IMAGENET1K_V1
-        try:  # torchvision's loader: downloads into, or reads from, the torch hub cache
-            state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
-        except Exception as error:  # no network and no cached file
-            raise FileNotFoundError(
-                f"finetune.pretrain=imagenet: cannot get torchvision's ResNet-50 ImageNet weights ({error}); put "
-                f"{weights.url.rsplit('/', 1)[-1]} in $TORCH_HOME/hub/checkpoints or pass a weights file"
-            ) from None
-        source = weights.url
-    else:
-        path = Path(init)
-        if path.is_dir():  # a run folder: its newest checkpoint
-            found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-            if found is None:
-                raise FileNotFoundError(f"finetune.pretrain={path}: a folder without checkpoints/last")
-            path = found
-        state, _ = load_weights_file(path)
-        source = str(path)
-    tv, report = to_torchvision(state, source)
-    own = body.state_dict()
-    for key, value in own.items():  # pre-0.4.1 torchvision files lack these counters
-        if key.endswith("num_batches_tracked") and key not in tv:
-            tv[key] = value
-    load_strict(body, tv, f"{source} (the Mask R-CNN ResNet-50 body)")
-    report.taken = [f"detector.backbone.body.{k}" for k in report.taken]
-    report.missing = others
-    return report
 
 
 # ------------------------------------------------------------------------------------------------
