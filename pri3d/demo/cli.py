@@ -56,7 +56,7 @@ FULL = DemoPlan(
         frames_25k_every=5,
         val_fraction=1 / 3,
     ),
-    StudyConfig(size=(60, 80), pretrain_steps=80, finetune_epochs=10, seeds=(0, 1, 2)),
+    StudyConfig(size=(60, 80), pretrain_steps=60, sample_points=512, finetune_epochs=10, seeds=(0, 1, 2)),
 )
 QUICK = DemoPlan(
     SynthConfig(

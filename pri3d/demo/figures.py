@@ -41,14 +41,14 @@ def training_curves_figure(pretrain: dict[str, tuple[np.ndarray, np.ndarray]],
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, (steps, loss) in pretrain.items():
-        left.plot(steps, loss, label=name)
+        left.plot(steps, loss, marker=".", label=name)
     left.set(title="pre-training (contrastive + depth)", xlabel="step", ylabel="total loss")
     left.legend()
     for name, runs in finetune.items():
         length = min(len(steps) for steps, _ in runs)
         steps = runs[0][0][:length]
         losses = np.stack([loss[:length] for _, loss in runs])
-        (line,) = right.plot(steps, losses.mean(0), label=f"{name} (mean of {len(runs)} seeds)")
+        (line,) = right.plot(steps, losses.mean(0), marker=".", label=f"{name} (mean of {len(runs)} seeds)")
         right.fill_between(steps, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
     right.set(title="semantic segmentation fine-tuning", xlabel="step", ylabel="cross-entropy")
     right.legend()
@@ -133,15 +133,16 @@ def feature_pca_figure(images: list[np.ndarray], features: dict[str, list[np.nda
 
 
 def segmentation_figure(images: list[np.ndarray], truth: list[np.ndarray], predictions: dict[str, list[np.ndarray]],
-                        path: Path, title: str = "") -> Path:  # fmt: skip
-    """Rows: images; columns: image, ground truth, then each model's prediction (RGB label images)."""
+                        path: Path, title: str = "", alpha: float = 0.6) -> Path:  # fmt: skip
+    """Rows: images; columns: the image, then the ground truth and each model's prediction (RGB
+    label images) laid over it with opacity ``alpha``."""
     rows, cols = len(images), 2 + len(predictions)
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 1.9 * rows + 0.4), squeeze=False)
     for r in range(rows):
+        image = images[r].astype(np.float64)
         axes[r, 0].imshow(images[r])
-        axes[r, 1].imshow(truth[r])
-        for c, maps in enumerate(predictions.values(), start=2):
-            axes[r, c].imshow(maps[r])
+        for c, labels in enumerate([truth[r], *(maps[r] for maps in predictions.values())], start=1):
+            axes[r, c].imshow(((1 - alpha) * image + alpha * labels).round().astype(np.uint8))
     for c, name in enumerate(["image", "ground truth", *predictions]):
         axes[0, c].set_title(name)
     for ax in axes.ravel():
