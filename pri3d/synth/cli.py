@@ -80,6 +80,12 @@ def add_synth_options(parser: argparse.ArgumentParser) -> None:
         help="distance between mesh vertices (default %(default)s)",
     )
     parser.add_argument(
+        "--class-looks",
+        action="store_true",
+        help="give each furniture class its own pattern and colour, varied per instance, as real furniture "
+        "(default: every class draws from one pool, so colour never names the class)",
+    )
+    parser.add_argument(
         "--workers", type=int, default=2, help="scenes generated in parallel (default %(default)s)"
     )
 
@@ -90,7 +96,7 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
         color_size=args.color_size, depth_size=args.depth_size,
         frames_25k_every=args.frames_25k_every, depth_noise=args.depth_noise, depth_holes=args.depth_holes,
         invalid_pose_fraction=args.invalid_poses, val_fraction=args.val_fraction,
-        mesh_spacing=args.mesh_spacing,
+        mesh_spacing=args.mesh_spacing, class_looks=args.class_looks,
     )  # fmt: skip
 
 

@@ -72,6 +72,7 @@ class SynthConfig:
     mesh_spacing: float = 0.02  # metres between mesh vertices
     degrees_per_frame: float = 1.0  # how fast the camera turns
     jpeg_quality: int = 90
+    class_looks: bool = False  # each furniture class has its own look (default: one pool for all classes)
 
     def __post_init__(self) -> None:
         self.color_size = tuple(int(v) for v in self.color_size)  # type: ignore[assignment]
@@ -168,7 +169,7 @@ def room_type_of(config: SynthConfig, index: int) -> str:
 def build_scene(config: SynthConfig, index: int) -> tuple[Scene, np.ndarray, np.ndarray]:
     """The scene, its camera-to-world poses [M, 4, 4] and the invalid-pose flags [M] for scene `index`."""
     rng = np.random.default_rng([config.seed, index])
-    scene = build_room(scene_name(index), rng, room_type_of(config, index))
+    scene = build_room(scene_name(index), rng, room_type_of(config, index), class_looks=config.class_looks)
     poses = scan_trajectory(scene, config.frames, rng, degrees_per_frame=config.degrees_per_frame)
     invalid = _invalid_pose_runs(rng, config.frames, config.invalid_pose_fraction)
     return scene, poses, invalid
@@ -196,7 +197,8 @@ def _check_settings(out: Path, config: SynthConfig) -> None:
     settings = json.loads(json.dumps(asdict(config)))
     if path.exists():
         previous = json.loads(path.read_text())
-        changed = sorted(k for k in settings if previous.get(k) != settings[k] and k != "scenes")
+        defaults = json.loads(json.dumps(asdict(SynthConfig())))  # settings added since keep their default
+        changed = sorted(k for k in settings if previous.get(k, defaults[k]) != settings[k] and k != "scenes")
         if changed:
             raise ValueError(
                 f"{out} holds scenes generated with other settings "

@@ -53,7 +53,8 @@ EXTRA_WALL_FURNITURE = ("cabinet", "bookshelf", "trash can", "nightstand", "desk
 EXTRA_FREE_FURNITURE = ("ottoman", "chair", "trash can")
 
 
-def build_room(scene_id: str, rng: np.random.Generator, room_type: str | None = None) -> Scene:
+def build_room(scene_id: str, rng: np.random.Generator, room_type: str | None = None,
+               class_looks: bool = False) -> Scene:  # fmt: skip
     """Generate one furnished room. Deterministic for a given generator state."""
     if room_type is None:
         room_type = str(rng.choice(list(ROOM_TYPES)))
@@ -65,7 +66,7 @@ def build_room(scene_id: str, rng: np.random.Generator, room_type: str | None = 
             rng.uniform(2.45, 2.8),
         ]
     )
-    b = _Builder(scene_id, size, rng)
+    b = _Builder(scene_id, size, rng, class_looks)
     _add_structure(b)
     _add_door(b)
     for _ in range(int(rng.integers(1, 3))):
@@ -229,7 +230,7 @@ def _add_picture(b: _Builder) -> None:
 def _place_against_wall(b: _Builder, raw: str, parts, size, tries: int = 40) -> tuple[int, float] | None:
     width, depth = size
     height = max(c[2] + h[2] for c, h, _ in parts)
-    mats = [b.furniture_material(), b.furniture_material()]
+    mats = [b.furniture_material(raw, 0), b.furniture_material(raw, 1)]
     for _ in range(tries):
         wall = int(b.rng.integers(4))
         length = b.wall_frame(wall)[3]
@@ -265,7 +266,7 @@ def _add_counter_sink(b: _Builder) -> None:
     parts, _ = furniture.sink(b.rng, height=0.0)
     offset = rotation_z(yaw) @ np.array([b.rng.uniform(-0.4, 0.4) * half[0], 0.0, 0.0])
     position = center + offset + np.array([0.0, 0.0, half[2]])
-    mats = [b.furniture_material(), b.furniture_material()]
+    mats = [b.furniture_material("sink", 0), b.furniture_material("sink", 1)]
     b.add_object_parts("sink", [(c, h) for c, h, _ in parts], position, yaw, [mats[m] for _, _, m in parts])
 
 
@@ -297,7 +298,7 @@ def _add_free_group(b: _Builder, raw: str) -> None:
         box = _footprint(position, yaw, width, depth, margin=0.05)
         if not b.footprint_free(box):
             continue
-        mats = [b.furniture_material(), b.furniture_material()]
+        mats = [b.furniture_material(raw, 0), b.furniture_material(raw, 1)]
         b.add_object_parts(raw, [(c, h) for c, h, _ in parts], position, yaw, [mats[m] for _, _, m in parts])
         b.footprints.append(box)
         if raw == "table":
@@ -307,7 +308,7 @@ def _add_free_group(b: _Builder, raw: str) -> None:
 
 def _add_chairs_around(b: _Builder, center: np.ndarray, yaw: float, width: float, depth: float) -> None:
     parts, (cw, cd) = furniture.chair(b.rng)
-    mats = [b.furniture_material(), b.furniture_material()]
+    mats = [b.furniture_material("chair", 0), b.furniture_material("chair", 1)]
     rot = rotation_z(yaw)
     seats = [
         (0.0, -(depth / 2 + cd / 2 - 0.1), 0.0),

@@ -13,6 +13,7 @@ that faces the wall it stands against), +x its width.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -146,8 +147,9 @@ def distance_to_parts(points: np.ndarray, scene: Scene, parts: np.ndarray | None
 class _Builder:
     """Accumulates parts, objects and materials while a room is laid out."""
 
-    def __init__(self, scene_id: str, size: np.ndarray, rng: np.random.Generator):
+    def __init__(self, scene_id: str, size: np.ndarray, rng: np.random.Generator, class_looks: bool = False):
         self.scene_id = scene_id
+        self.class_looks = class_looks
         self.size = size
         self.rng = rng
         self.parts: list[tuple[np.ndarray, np.ndarray, float, int, int, np.ndarray, np.ndarray]] = []
@@ -173,10 +175,30 @@ class _Builder:
         )
         return len(self.materials) - 1
 
-    def furniture_material(self) -> int:
-        """Any furniture class draws from the same pool of looks, so colour never names the class."""
-        pattern = int(self.rng.choice([PLAIN, WOOD, FABRIC, STRIPES, TILES], p=[0.3, 0.3, 0.25, 0.1, 0.05]))
-        return self.material(pattern)
+    def furniture_material(self, raw_category: str, slot: int = 0) -> int:
+        """Material ``slot`` (0 main, 1 secondary) of a piece of furniture.
+
+        By default every furniture class draws from the same pool of looks, so colour never names the
+        class. With ``class_looks`` each class has its own pattern and colour (per slot), which
+        every instance varies a little, as real beds, sofas and tables look alike within a class.
+        """
+        if not self.class_looks:
+            pattern = int(
+                self.rng.choice([PLAIN, WOOD, FABRIC, STRIPES, TILES], p=[0.3, 0.3, 0.25, 0.1, 0.05])
+            )
+            return self.material(pattern)
+        look = np.random.default_rng(zlib.crc32(f"{raw_category}/{slot}".encode()))
+        pattern = int(look.choice([PLAIN, WOOD, FABRIC, STRIPES, TILES], p=[0.3, 0.3, 0.25, 0.1, 0.05]))
+        hue, sat, val = look.uniform(0, 1), look.uniform(0.2, 0.7), look.uniform(0.35, 0.9)
+        rng = self.rng
+        base = _hsv_to_rgb(
+            (hue + rng.normal(0, 0.03)) % 1.0,
+            float(np.clip(sat + rng.uniform(-0.08, 0.08), 0, 1)),
+            float(np.clip(val + rng.uniform(-0.08, 0.08), 0, 1)),
+        )
+        return self.material(
+            pattern, base=base, scale=float(look.uniform(0.05, 0.4) * rng.uniform(0.8, 1.25))
+        )
 
     # -- parts and objects --------------------------------------------------------------------
     def new_object(self, raw_category: str) -> int:

@@ -248,6 +248,39 @@ def test_furniture_has_parts_and_scenes_cover_the_benchmark_classes():
     assert set(SCANNET20_NYU40_IDS) <= classes
 
 
+def _main_looks(config: SynthConfig) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """(pattern, base colour) of each furniture object's main material, by raw category."""
+    looks: dict[str, list[tuple[int, np.ndarray]]] = {}
+    for i in range(config.scenes):
+        scene, _, _ = build_scene(config, i)
+        for obj in scene.objects:
+            if obj.raw_category in ("wall", "floor", "ceiling", "door", "window", "picture", "curtain",
+                                    "shower curtain"):  # fmt: skip
+                continue
+            part = int(np.flatnonzero(scene.object_ids == obj.object_id)[0])
+            material = scene.materials[scene.material_ids[part]]
+            looks.setdefault(obj.raw_category, []).append((material.pattern, material.base))
+    return looks
+
+
+def test_class_looks_make_colour_name_the_class():
+    pooled = _main_looks(SynthConfig(scenes=5))
+    looks = _main_looks(SynthConfig(scenes=5, class_looks=True))
+    assert pooled.keys() == looks.keys()
+    spread = {}
+    for raw, items in looks.items():
+        assert len({pattern for pattern, _ in items}) == 1  # one pattern per class
+        bases = np.stack([base for _, base in items])
+        spread[raw] = np.abs(bases - bases.mean(0)).max()
+        assert spread[raw] < 0.25  # instances vary a little around the class's colour
+    means = {raw: np.mean([base for _, base in items], 0) for raw, items in looks.items()}
+    names = sorted(means)
+    distances = [np.abs(means[a] - means[b]).max() for i, a in enumerate(names) for b in names[i + 1 :]]
+    assert np.median(distances) > 0.15  # classes look different
+    # the default pool: one class's instances take several patterns
+    assert max(len({pattern for pattern, _ in items}) for items in pooled.values()) > 1
+
+
 def test_deterministic_whatever_the_workers(tmp_path: Path):
     config = SynthConfig(
         scenes=2, frames=6, seed=11, depth_size=(30, 40), color_size=(30, 40), frames_25k_every=3
