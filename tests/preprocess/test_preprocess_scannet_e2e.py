@@ -28,7 +28,7 @@ from pri3d.synth.generate import SynthConfig, build_scene, generate
 from pri3d.synth.mesh import tessellate
 
 CONFIG = SynthConfig(
-    scenes=3, frames=50, seed=3, color_size=(60, 80), depth_size=(60, 80), depth_noise=0.0,
+    scenes=3, frames=150, seed=3, color_size=(60, 80), depth_size=(60, 80), depth_noise=0.0,
     depth_holes=0.0, invalid_pose_fraction=0.1, degrees_per_frame=3.0,
 )  # fmt: skip
 SKIP = 5
