@@ -39,15 +39,18 @@ __all__ = [
     "export_detectron2",
     "export_pri3d",
     "export_torchvision",
+    "imagenet_resnet_state",
     "import_original_pri3d",
     "load_backbone",
     "load_pri3d_2d",
     "load_weights_file",
     "mocov2_to_pri3d",
     "resnet_arch",
+    "resolve_weights_path",
     "skip_reason",
     "to_detectron2",
     "to_torchvision",
+    "torchvision_state_for",
 ]
 
 # blocks per layer -> torchvision name, for BasicBlock (2 convs) and Bottleneck (3 convs) ResNets
@@ -130,6 +133,52 @@ def _torch_load(path: Path):
     allowed = [core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in "fdilbB?"}]
     with torch.serialization.safe_globals(allowed):
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resolve_weights_path(path: str | Path, option: str) -> Path:
+    """A weights file, or a run folder's newest checkpoint (``checkpoints/last``, or ``last`` in it).
+
+    ``option`` names the setting in error messages (e.g. ``finetune.pretrain``).
+    """
+    from pri3d.engine.checkpoint import latest_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{option}={path}: a folder without checkpoints/last")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"{option}={path}: file not found")
+    return path
+
+
+def imagenet_resnet_state(arch: str) -> tuple[dict[str, torch.Tensor], str]:
+    """torchvision's ``IMAGENET1K_V1`` weights of ``resnet18``/``resnet50`` and their URL, through
+    torchvision's own loader (the torch hub cache, or a download where the internet is reachable)."""
+    from torchvision.models import resnet as tv_resnet
+
+    weights = getattr(
+        tv_resnet, {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}[arch]
+    ).IMAGENET1K_V1
+    try:
+        state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
+    except Exception as error:  # no network and no cached file
+        raise FileNotFoundError(
+            f"finetune.pretrain=imagenet: cannot get torchvision's {arch} ImageNet weights ({error}); put "
+            f"{weights.url.rsplit('/', 1)[-1]} in $TORCH_HOME/hub/checkpoints or pass a weights file"
+        ) from None
+    return state, weights.url
+
+
+def torchvision_state_for(module: nn.Module, state: dict[str, torch.Tensor], source: str):
+    """``state`` in torchvision's ResNet layout (:func:`to_torchvision`) for loading into ``module``;
+    BatchNorm counters that pre-0.4.1 torchvision files lack are taken from ``module``."""
+    tv, report = to_torchvision(state, source)
+    for key, value in module.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in tv:
+            tv[key] = value
+    return tv, report
 
 
 def load_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:

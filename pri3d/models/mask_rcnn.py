@@ -4,16 +4,20 @@ original's Detectron2 configs (see :mod:`pri3d.tasks.insseg` for the recipe)."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
-from pri3d.engine.checkpoint import latest_checkpoint
 from pri3d.engine.distributed import DistEnv
-from pri3d.export import LoadReport, load_weights_file, to_torchvision
+from pri3d.export import (
+    LoadReport,
+    imagenet_resnet_state,
+    load_weights_file,
+    resolve_weights_path,
+    torchvision_state_for,
+)
 from pri3d.models.segmentation import load_strict
 
 if TYPE_CHECKING:
@@ -119,31 +123,12 @@ def initialise_body(detector: nn.Module, init: str) -> LoadReport:
         missing = {f"detector.backbone.body.{k}": "scratch initialisation" for k in body.state_dict()}
         return LoadReport("scratch", "none", missing={**missing, **others})
     if init == "imagenet":
-        from torchvision.models import ResNet50_Weights
-
-        weights = ResNet50_Weights.IMAGENET1K_V1
-        try:  # torchvision's loader: downloads into, or reads from, the torch hub cache
-            state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
-        except Exception as error:  # no network and no cached file
-            raise FileNotFoundError(
-                f"finetune.pretrain=imagenet: cannot get torchvision's ResNet-50 ImageNet weights ({error}); put "
-                f"{weights.url.rsplit('/', 1)[-1]} in $TORCH_HOME/hub/checkpoints or pass a weights file"
-            ) from None
-        source = weights.url
+        state, source = imagenet_resnet_state("resnet50")
     else:
-        path = Path(init)
-        if path.is_dir():  # a run folder: its newest checkpoint
-            found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-            if found is None:
-                raise FileNotFoundError(f"finetune.pretrain={path}: a folder without checkpoints/last")
-            path = found
+        path = resolve_weights_path(init, "finetune.pretrain")
         state, _ = load_weights_file(path)
         source = str(path)
-    tv, report = to_torchvision(state, source)
-    own = body.state_dict()
-    for key, value in own.items():  # pre-0.4.1 torchvision files lack these counters
-        if key.endswith("num_batches_tracked") and key not in tv:
-            tv[key] = value
+    tv, report = torchvision_state_for(body, state, source)
     load_strict(body, tv, f"{source} (the Mask R-CNN ResNet-50 body)")
     report.taken = [f"detector.backbone.body.{k}" for k in report.taken]
     report.missing = others

@@ -12,20 +12,20 @@ so Pri3D checkpoints transfer by name; the smp heads keep smp's own names (``enc
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pri3d.data.semseg import IGNORE_INDEX
-from pri3d.engine.checkpoint import latest_checkpoint
 from pri3d.export import (
     LoadReport,
     detect_layout,
+    imagenet_resnet_state,
     load_weights_file,
+    resolve_weights_path,
     skip_reason,
-    to_torchvision,
+    torchvision_state_for,
 )
 from pri3d.models.registry import build_backbone
 
@@ -197,26 +197,10 @@ def initialise(model: SegmentationModel, init: str, strict: bool = False) -> Loa
         )
     encoder = _encoder_module(model)
     if init == "imagenet":
-        from torchvision.models import resnet as tv_resnet
-
         arch = "resnet50" if "layer1.0.conv3.weight" in encoder.state_dict() else "resnet18"
-        enum = getattr(
-            tv_resnet, "ResNet50_Weights" if arch == "resnet50" else "ResNet18_Weights"
-        ).IMAGENET1K_V1
-        try:
-            state = enum.get_state_dict(progress=False, weights_only=True, map_location="cpu")
-        except Exception as error:  # no network and no cached file
-            raise FileNotFoundError(
-                f"finetune.pretrain=imagenet: cannot get torchvision's {arch} ImageNet weights ({error}); put "
-                f"{enum.url.rsplit('/', 1)[-1]} in the torch hub cache or pass a weights file"
-            ) from None
-        return _load_encoder(model, encoder, state, enum.url)
-    path = Path(init)
-    if path.is_dir():  # a run folder: its newest checkpoint
-        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"finetune.pretrain={path}: a folder without checkpoints/last")
-        path = found
+        state, url = imagenet_resnet_state(arch)
+        return _load_encoder(model, encoder, state, url)
+    path = resolve_weights_path(init, "finetune.pretrain")
     state, _ = load_weights_file(path)
     layout = detect_layout(state, str(path))
     if isinstance(model, Semantic2D) and layout in ("pri3d", "unet"):
@@ -233,11 +217,8 @@ def initialise(model: SegmentationModel, init: str, strict: bool = False) -> Loa
 
 
 def _load_encoder(model: SegmentationModel, encoder: nn.Module, state: dict, source: str) -> LoadReport:
-    tv, report = to_torchvision(state, source)
+    tv, report = torchvision_state_for(encoder, state, source)
     own = encoder.state_dict()
-    for key, value in own.items():  # pre-0.4.1 torchvision files lack these counters
-        if key.endswith("num_batches_tracked") and key not in tv:
-            tv[key] = value
     prefix = "backbone.encoder." if isinstance(model, Semantic2D) else "encoder."
     _check_shapes(own, tv, source, "the encoder")
     encoder.load_state_dict(tv, strict=True)

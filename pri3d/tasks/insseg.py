@@ -54,7 +54,7 @@ from pri3d.engine.config import (
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.export import load_weights_file
+from pri3d.export import load_weights_file, resolve_weights_path
 from pri3d.models.mask_rcnn import InstanceSegmenter, build_detector, finalise_backbone, initialise_body
 from pri3d.models.segmentation import load_strict
 
@@ -501,18 +501,6 @@ def _summarise(log_dir: Path, final: dict, config: InssegRunConfig, sizes: dict)
 # evaluation of a saved checkpoint
 
 
-def _resolve_checkpoint(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"checkpoint={path}: a folder without checkpoints/last")
-        return found
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint={path}: file not found")
-    return path
-
-
 def evaluate_insseg(checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
                     save_vis: int = 0, device: str = "auto") -> dict:  # fmt: skip
     """Evaluate a fine-tuned checkpoint; writes and returns the report (box/mask AP, per-class AP50).
@@ -527,7 +515,7 @@ def evaluate_insseg(checkpoint: str | Path, overrides: list[str] | None = None, 
     The weights load strictly: a checkpoint that does not fit the model (e.g. another class count)
     is an error.
     """
-    path = _resolve_checkpoint(checkpoint)
+    path = resolve_weights_path(checkpoint, "checkpoint")
     state, extra = load_weights_file(path)
     state = {k.removeprefix("detector."): v for k, v in state.items()}
     items, _ = expand_short_forms(list(overrides or []), for_eval=True)

@@ -45,7 +45,7 @@ from pri3d.engine.config import (
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.export import load_weights_file
+from pri3d.export import load_weights_file, resolve_weights_path
 from pri3d.metrics import ConfusionMatrix, format_iou_table, iou_report
 from pri3d.models.segmentation import (
     SegmentationModel,
@@ -386,18 +386,6 @@ def _summarise(log_dir: Path, final: dict, checkpoint: Path | None, config: Sems
 # evaluation of a saved checkpoint
 
 
-def _resolve_checkpoint(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"checkpoint={path}: a folder without checkpoints/last")
-        return found
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint={path}: file not found")
-    return path
-
-
 def evaluate_semseg(checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
                     save_vis: int = 0, device: str = "auto") -> dict:  # fmt: skip
     """Evaluate a fine-tuned checkpoint; writes and returns the report (per-class IoU, both mIoUs).
@@ -412,7 +400,7 @@ def evaluate_semseg(checkpoint: str | Path, overrides: list[str] | None = None, 
 
     The weights load strictly: a checkpoint that does not fit the model is an error.
     """
-    path = _resolve_checkpoint(checkpoint)
+    path = resolve_weights_path(checkpoint, "checkpoint")
     state, extra = load_weights_file(path)
     items, _ = expand_short_forms(list(overrides or []), for_eval=True)
     base = extra.get("config") if isinstance(extra.get("config"), dict) else None

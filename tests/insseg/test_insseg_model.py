@@ -71,7 +71,7 @@ def test_body_loading_is_strict(detector, tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
     with pytest.raises(ValueError, match=r"r18\.pth .*does not match"):
         initialise_body(detector, str(tmp_path / "r18.pth"))
-    with pytest.raises(FileNotFoundError, match="weights file not found"):
+    with pytest.raises(FileNotFoundError, match=r"finetune\.pretrain=.*none\.pth: file not found"):
         initialise_body(detector, str(tmp_path / "none.pth"))
     scratch = initialise_body(detector, "scratch")
     assert not scratch.taken and len(scratch.missing) == len(detector.state_dict())
