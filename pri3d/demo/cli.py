@@ -15,6 +15,7 @@ import argparse
 import itertools
 import json
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,8 +27,10 @@ from pri3d.demo import figures
 from pri3d.demo.study import (
     ARMS,
     StudyConfig,
+    finetune_dir,
     finetune_jobs,
     labelled_frames,
+    pretrain_dir,
     pretrain_jobs,
     pretrain_lr,
     run_jobs,
@@ -104,12 +107,13 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    if device == "auto":
-        device = "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        print("pri3d demo: --device cuda, but PyTorch sees no CUDA device")
+    if args.device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif args.device == "cuda" and not torch.cuda.is_available():
+        print("pri3d demo: --device cuda, but PyTorch sees no CUDA device", file=sys.stderr)
         return 2
+    else:
+        device = args.device
     # On the CPU, `workers` single-threaded runs side by side; on a GPU one run at a time.
     study = StudyConfig(**{**asdict(plan.study), "device": device,
                            "parallel": max(args.workers, 1) if device == "cpu" else 1})  # fmt: skip
@@ -293,11 +297,10 @@ def _figures(out: Path, data: Path, study: StudyConfig, report: dict) -> dict:
     rows = report["pre-train and fine-tune"]["table"]
     written = {
         "training_curves": figures.training_curves_figure(
-            {arm.name: _curve(runs / f"pretrain_{arm.slug}", "train/total_loss") for arm in ARMS},
+            {arm.name: _curve(pretrain_dir(runs, arm.name), "train/total_loss") for arm in ARMS},
             {
                 row["init"]: [
-                    _curve(runs / f"finetune_{_slug(row['init'])}_seed{s}", "train/total_loss")
-                    for s in row["seeds"]
+                    _curve(finetune_dir(runs, row["init"], s), "train/total_loss") for s in row["seeds"]
                 ]
                 for row in rows
             },
@@ -309,10 +312,6 @@ def _figures(out: Path, data: Path, study: StudyConfig, report: dict) -> dict:
     }
     written.update(_model_figures(out, data, study, rows, folder))
     return {name: str(path) for name, path in written.items()}
-
-
-def _slug(name: str) -> str:
-    return name.lower().replace("+", "_")
 
 
 def _curve(log_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
@@ -341,14 +340,14 @@ def _model_figures(out: Path, data: Path, study: StudyConfig, rows: list[dict], 
 
     features = {"random init": [f.numpy() for f in _features(None, images)]}
     for arm in ARMS:
-        checkpoint = latest_checkpoint(runs / f"pretrain_{arm.slug}" / "checkpoints")
+        checkpoint = latest_checkpoint(pretrain_dir(runs, arm.name) / "checkpoints")
         features[arm.name] = [f.numpy() for f in _features(load_backbone(checkpoint, "Res18UNet"), images)]
     pca = figures.feature_pca_figure(rgb, features, folder / "features_pca.png")
 
     palette = class_palette(val.num_classes)
     predictions = {}
     for row in rows:
-        run = runs / f"finetune_{_slug(row['init'])}_seed{row['seeds'][0]}"
+        run = finetune_dir(runs, row["init"], row["seeds"][0])
         model = build_segmentation_model("Semantic2D", "Res18UNet", val.num_classes)
         model.load_state_dict(load_checkpoint(latest_checkpoint(run / "checkpoints"))["model"])
         model.eval()

@@ -39,10 +39,6 @@ class Arm:
     view_invariant: bool
     geometric_prior: bool
 
-    @property
-    def slug(self) -> str:
-        return self.name.lower().replace("+", "_")
-
 
 ARMS = (Arm("View", True, False), Arm("Geo", False, True), Arm("View+Geo", True, True))
 
@@ -82,6 +78,20 @@ class Job:
         return self.log_dir / "done.json"
 
 
+def pretrain_dir(runs: Path, arm: str) -> Path:
+    """Log folder of an arm's pre-training run."""
+    return runs / f"pretrain_{_slug(arm)}"
+
+
+def finetune_dir(runs: Path, init: str, seed: int) -> Path:
+    """Log folder of the fine-tuning run from ``init`` (scratch or an arm's name) with ``seed``."""
+    return runs / f"finetune_{_slug(init)}_seed{seed}"
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace("+", "_")
+
+
 def pretrain_lr(batch: int) -> float:
     """The released recipe's lr 0.1 is for a global batch of 64; smaller batches scale it linearly.
 
@@ -105,7 +115,7 @@ def pretrain_jobs(runs: Path, data: Path, config: StudyConfig) -> list[Job]:
             "train.checkpoint_every=0", "train.report_batch=5", "train.workers=1", f"train.device={config.device}",
             "logging.tensorboard=false", *config.extra_pretrain,
         ]  # fmt: skip
-        jobs.append(Job(f"pretrain {arm.name}", "pretrain", runs / f"pretrain_{arm.slug}", overrides,
+        jobs.append(Job(f"pretrain {arm.name}", "pretrain", pretrain_dir(runs, arm.name), overrides,
                         meta={"arm": arm.name}))  # fmt: skip
     return jobs
 
@@ -138,11 +148,10 @@ def labelled_frames(frames_root: Path, out: Path, train: list[str], val: list[st
 def finetune_jobs(runs: Path, frames: Path, split_dir: Path, config: StudyConfig) -> list[Job]:
     h, w = config.size
     inits: list[tuple[str, str, str | None]] = [("scratch", "scratch", None)]
-    inits += [(arm.name, str(runs / f"pretrain_{arm.slug}"), f"pretrain {arm.name}") for arm in ARMS]
+    inits += [(arm.name, str(pretrain_dir(runs, arm.name)), f"pretrain {arm.name}") for arm in ARMS]
     jobs = []
     for seed in config.seeds:
         for name, init, after in inits:
-            slug = name.lower().replace("+", "_")
             overrides = [
                 "dataset=scannet", "model=unet", "backbone=Res18UNet", f"init={init}",
                 f"dataset.path={frames}", f"dataset.split_dir={split_dir}", f"dataset.size=[{h},{w}]",
@@ -152,7 +161,7 @@ def finetune_jobs(runs: Path, frames: Path, split_dir: Path, config: StudyConfig
                 f"train.device={config.device}", "finetune.eval_batch_size=16", "logging.tensorboard=false",
                 *config.extra_finetune,
             ]  # fmt: skip
-            jobs.append(Job(f"fine-tune {name} seed {seed}", "finetune", runs / f"finetune_{slug}_seed{seed}",
+            jobs.append(Job(f"fine-tune {name} seed {seed}", "finetune", finetune_dir(runs, name, seed),
                             overrides, after=after, meta={"init": name, "seed": seed}))  # fmt: skip
     return jobs
 

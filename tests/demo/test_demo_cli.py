@@ -9,7 +9,7 @@ import pytest
 
 from pri3d.cli import main
 from pri3d.demo.cli import QUICK, markdown, summarise
-from pri3d.demo.study import ARMS
+from pri3d.demo.study import ARMS, pretrain_dir
 
 
 def test_summarise_table():
@@ -40,8 +40,11 @@ def test_quick_demo(tmp_path, capsys):
         assert len(row["miou_per_seed"]) == len(QUICK.study.seeds)
         assert all(0.0 <= v <= 1.0 for v in row["miou_per_seed"])
     for arm in ARMS:  # every pre-training ran its steps and left a checkpoint
-        run = tmp_path / "runs" / f"pretrain_{arm.slug}"
-        assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"] == QUICK.study.pretrain_steps
+        run = pretrain_dir(tmp_path / "runs", arm.name)
+        assert (
+            json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+            == QUICK.study.pretrain_steps
+        )
         assert (run / "checkpoints" / "last").is_file()
     figures = {k: v for k, v in report["figures"].items() if k != "seconds"}
     assert set(figures) == {"training_curves", "miou_bars", "features_pca", "segmentation"}
