@@ -60,19 +60,18 @@ class _Replay(nn.Module):
         return out
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def _min_time(fn, repeat: int, device: torch.device) -> float:
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
-
-def _min_time(fn, repeat: int) -> float:
     fn()  # warm-up: allocator, oneDNN/cuDNN kernels, lazily built tables
     best = float("inf")
     for _ in range(repeat):
-        _sync()
+        sync()
         start = time.perf_counter()
         fn()
-        _sync()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -82,26 +81,23 @@ def _channels_last(value: object) -> object:
     return value.contiguous(memory_format=torch.channels_last) if is_image else value
 
 
-_DEVICE_TYPE = "cpu"
+def _autocast(enabled: bool, device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else nullcontext()
 
 
-def _autocast(enabled: bool):
-    return torch.autocast(_DEVICE_TYPE, dtype=torch.bfloat16) if enabled else nullcontext()
-
-
-def measure(model: Pri3D, batch: dict, bf16: bool, repeat: int) -> dict[str, float]:
+def measure(model: Pri3D, batch: dict, bf16: bool, repeat: int, device: torch.device) -> dict[str, float]:
     """Seconds for a step, the 3D network and correspondence + loss (minimum over `repeat`)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, dampening=0.1)
     model.train()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(bf16):
+        with _autocast(bf16, device):
             losses = model(batch)
         losses["total_loss"].backward()
         optimizer.step()
 
-    times = {"step": _min_time(step, repeat)}
+    times = {"step": _min_time(step, repeat, device)}
     optimizer.zero_grad(set_to_none=True)
 
     if model.geometric_prior:
@@ -111,7 +107,7 @@ def measure(model: Pri3D, batch: dict, bf16: bool, repeat: int) -> dict[str, flo
                 out = model.backbone3d(batch[f"voxels{v}"], batch[f"voxel_colors{v}"])
                 out.sum().backward()
 
-        times["3d"] = _min_time(network3d, repeat)
+        times["3d"] = _min_time(network3d, repeat, device)
 
     # Record both backbones' outputs, then replay them as leaves: what remains is the loss part.
     recorded: dict[str, list[torch.Tensor]] = {"backbone": [], "backbone3d": []}
@@ -122,7 +118,7 @@ def measure(model: Pri3D, batch: dict, bf16: bool, repeat: int) -> dict[str, flo
         for name in recorded
         if hasattr(model, name)
     ]
-    with torch.no_grad(), _autocast(bf16):
+    with torch.no_grad(), _autocast(bf16, device):
         model(batch)
     for hook in hooks:
         hook.remove()
@@ -133,11 +129,11 @@ def measure(model: Pri3D, batch: dict, bf16: bool, repeat: int) -> dict[str, flo
                 setattr(model, name, _Replay([o.clone().requires_grad_() for o in outputs]))
 
         def loss_part() -> None:
-            with _autocast(bf16):
+            with _autocast(bf16, device):
                 losses = model(batch)
             losses["total_loss"].backward()
 
-        times["loss"] = _min_time(loss_part, repeat)
+        times["loss"] = _min_time(loss_part, repeat, device)
     finally:
         for name, module in originals.items():
             setattr(model, name, module)
@@ -167,9 +163,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
-    global _DEVICE_TYPE
     device = torch.device(args.device)
-    _DEVICE_TYPE = device.type
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -213,7 +207,7 @@ def main() -> None:
                 }
                 if args.channels_last:  # as the trainer moves a batch
                     batch = {k: _channels_last(v) for k, v in batch.items()}
-                times = measure(model, batch, args.bf16, args.repeat)
+                times = measure(model, batch, args.bf16, args.repeat, device)
                 original = ORIGINAL_STEP_S.get((backbone, batch_size, mode)) if device.type == "cpu" else None
                 speedup = f"{original / times['step']:.1f}×" if original else "n/a"
                 share_3d = f"{times['3d'] / times['step']:.0%}" if "3d" in times else "–"
