@@ -22,3 +22,18 @@ def pretrain_root(tmp_path_factory) -> Path:
     generate(base / "raw", TINY_SCANS, workers=1, progress=False)
     preprocess_scannet(base / "raw" / "scans", base / "pre", ScanNetOptions(frame_skip=4), progress=False)
     return base / "pre"
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrain():
+    """``tiny_pretrain(root, log_dir, *extra)``: overrides for a seconds-long Res18UNet pre-training."""
+
+    def overrides(root: Path, log_dir: Path, *extra: str) -> list[str]:
+        return [
+            f"dataset.path={root}", f"train.log_dir={log_dir}", "dataset.size=[60,80]",
+            "pretrain.backbone=Res18UNet", "pretrain.pretrained=scratch", "pretrain.sample_points=64",
+            "pretrain.voxel_size=0.1", "train.batch_size=2", "train.workers=0", "train.threads=1",
+            "logging.tensorboard=false", "train.report_batch=1", *extra,
+        ]  # fmt: skip
+
+    return overrides

@@ -22,15 +22,6 @@ from pri3d.tasks.pretrain import build_model, pretrain
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _overrides(root: Path, log_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"dataset.path={root}", f"train.log_dir={log_dir}", "dataset.size=[60,80]",
-        "pretrain.backbone=Res18UNet", "pretrain.pretrained=scratch", "pretrain.sample_points=64",
-        "pretrain.voxel_size=0.1", "train.batch_size=2", "train.workers=0", "train.threads=1",
-        "logging.tensorboard=false", "train.report_batch=1", *extra,
-    ]  # fmt: skip
-
-
 def _cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "pri3d.cli", *args], env=env, cwd=REPO,
@@ -53,8 +44,10 @@ def test_state_dict_keeps_the_original_layout():
 
 
 @pytest.mark.slow
-def test_loss_falls_and_checkpoint_loads_strictly(pretrain_root, tmp_path):
-    config = load_config(PretrainRunConfig, _overrides(pretrain_root, tmp_path / "run", "train.max_steps=24"))
+def test_loss_falls_and_checkpoint_loads_strictly(pretrain_root, tmp_path, tiny_pretrain):
+    config = load_config(
+        PretrainRunConfig, tiny_pretrain(pretrain_root, tmp_path / "run", "train.max_steps=24")
+    )
     pretrain(config)
     lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["train/total_loss"] for m in lines]
@@ -67,17 +60,17 @@ def test_loss_falls_and_checkpoint_loads_strictly(pretrain_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_gives_the_uninterrupted_weights(pretrain_root, tmp_path):
+def test_sigkill_and_resume_gives_the_uninterrupted_weights(pretrain_root, tmp_path, tiny_pretrain):
     args = [
         "pretrain",
-        *_overrides(pretrain_root, tmp_path / "a", "train.max_steps=8", "train.checkpoint_every=1"),
+        *tiny_pretrain(pretrain_root, tmp_path / "a", "train.max_steps=8", "train.checkpoint_every=1"),
     ]
     assert _cli(args).wait(timeout=300) == 0
     reference = _final_model(tmp_path / "a")
 
     args_b = [
         "pretrain",
-        *_overrides(pretrain_root, tmp_path / "b", "train.max_steps=8", "train.checkpoint_every=1"),
+        *tiny_pretrain(pretrain_root, tmp_path / "b", "train.max_steps=8", "train.checkpoint_every=1"),
     ]
     proc = _cli(args_b)
     target = tmp_path / "b" / "checkpoints" / "step0000003.pth"
@@ -99,17 +92,19 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(pretrain_root, tmp_p
 
 
 @pytest.mark.slow
-def test_two_ddp_processes_equal_one_process_with_the_same_global_batch(pretrain_root, tmp_path):
+def test_two_ddp_processes_equal_one_process_with_the_same_global_batch(
+    pretrain_root, tmp_path, tiny_pretrain
+):
     common = ["train.max_steps=3", "train.batch_size=4"]
     single = _cli(
-        ["pretrain", *_overrides(pretrain_root, tmp_path / "one", *common, "optimizer.accumulate_step=2")]
+        ["pretrain", *tiny_pretrain(pretrain_root, tmp_path / "one", *common, "optimizer.accumulate_step=2")]
     )
     out, _ = single.communicate(timeout=300)
     assert single.returncode == 0, out
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pri3d.cli",
-         "pretrain", *_overrides(pretrain_root, tmp_path / "two", *common)],
+         "pretrain", *tiny_pretrain(pretrain_root, tmp_path / "two", *common)],
         env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr

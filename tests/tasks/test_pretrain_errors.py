@@ -6,7 +6,6 @@ import argparse
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,16 +18,9 @@ from pri3d.tasks import pretrain as pretrain_task
 from pri3d.tasks.pretrain import pretrain
 
 
-def _overrides(root: Path, log_dir: Path, *extra: str) -> list[str]:
-    return [
-        f"dataset.path={root}", f"train.log_dir={log_dir}", "dataset.size=[60,80]",
-        "pretrain.backbone=Res18UNet", "pretrain.pretrained=scratch", "pretrain.sample_points=64",
-        "pretrain.voxel_size=0.1", "train.batch_size=2", "train.workers=0", "train.threads=1",
-        "logging.tensorboard=false", "train.report_batch=1", *extra,
-    ]  # fmt: skip
-
-
-def test_non_finite_loss_stops_and_keeps_the_last_good_step(pretrain_root, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_and_keeps_the_last_good_step(
+    pretrain_root, tmp_path, monkeypatch, tiny_pretrain
+):
     forward = Pri3D.forward
     calls = []
 
@@ -43,7 +35,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_step(pretrain_root, tmp_p
     log_dir = tmp_path / "run"
     config = load_config(
         PretrainRunConfig,
-        _overrides(pretrain_root, log_dir, "train.max_steps=5", "train.checkpoint_every=1"),
+        tiny_pretrain(pretrain_root, log_dir, "train.max_steps=5", "train.checkpoint_every=1"),
     )
     with pytest.raises(TrainingStopped, match=r"non-finite loss at step 2 .*total_loss.*nan") as stopped:
         pretrain(config)
@@ -63,10 +55,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_step(pretrain_root, tmp_p
     assert "non-finite loss at step 2" in (log_dir / "train.log").read_text()
 
 
-def test_non_finite_loss_from_the_command_line(pretrain_root, tmp_path, capsys):
+def test_non_finite_loss_from_the_command_line(pretrain_root, tmp_path, capsys, tiny_pretrain):
     """A learning rate of 1e30 blows the weights up after the first step: exit code 3 and the reason."""
     args = argparse.Namespace(
-        overrides=_overrides(pretrain_root, tmp_path / "run", "train.max_steps=4", "optimizer.lr=1e30"),
+        overrides=tiny_pretrain(pretrain_root, tmp_path / "run", "train.max_steps=4", "optimizer.lr=1e30"),
         print_config=False,
     )
     assert pretrain_task.run(args) == 3
@@ -75,7 +67,7 @@ def test_non_finite_loss_from_the_command_line(pretrain_root, tmp_path, capsys):
     assert (tmp_path / "run" / "checkpoints" / "nonfinite-step0000001.pth").is_file()
 
 
-def test_too_many_unreadable_samples_stop_with_their_reasons(pretrain_root, tmp_path):
+def test_too_many_unreadable_samples_stop_with_their_reasons(pretrain_root, tmp_path, tiny_pretrain):
     root = tmp_path / "data"
     shutil.copytree(pretrain_root, root)
     corrupted = sorted(root.glob("*/color/*.jpg"))
@@ -83,7 +75,8 @@ def test_too_many_unreadable_samples_stop_with_their_reasons(pretrain_root, tmp_
     for path in corrupted:
         path.write_bytes(b"not a JPEG")
     config = load_config(
-        PretrainRunConfig, _overrides(root, tmp_path / "run", "train.max_steps=5", "train.max_bad_samples=3")
+        PretrainRunConfig,
+        tiny_pretrain(root, tmp_path / "run", "train.max_steps=5", "train.max_bad_samples=3"),
     )
     with pytest.raises(
         TrainingStopped, match=r"samples in a row failed to load \(train.max_bad_samples=3\)"
@@ -98,11 +91,11 @@ def test_too_many_unreadable_samples_stop_with_their_reasons(pretrain_root, tmp_
     assert not list((tmp_path / "run" / "checkpoints").glob("step*.pth"))  # no step was trained
 
 
-def test_bf16_and_channels_last_train_with_finite_losses(pretrain_root, tmp_path):
+def test_bf16_and_channels_last_train_with_finite_losses(pretrain_root, tmp_path, tiny_pretrain):
     log_dir = tmp_path / "run"
     config = load_config(
         PretrainRunConfig,
-        _overrides(
+        tiny_pretrain(
             pretrain_root, log_dir, "train.max_steps=3", "train.bf16=true", "train.channels_last=true"
         ),
     )
