@@ -20,10 +20,15 @@ def build_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
     raise ValueError(f"optimizer.optimizer={config.optimizer!r}: expected SGD or Adam")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig, steps_per_epoch: int):
-    """A LambdaLR/MultiStepLR/StepLR stepped per optimizer step, horizons in epochs × steps_per_epoch."""
+def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig, steps_per_epoch: int,
+                    total_steps: int | None = None):  # fmt: skip
+    """A LambdaLR/MultiStepLR/StepLR stepped per optimizer step, horizons in epochs × steps_per_epoch.
+
+    PolyLR decays over ``total_steps`` when given (a run cut short by ``train.max_steps`` still
+    anneals), else over ``max_epochs × steps_per_epoch``.
+    """
     if config.scheduler == "PolyLR":
-        max_iter = config.max_epochs * steps_per_epoch
+        max_iter = total_steps if total_steps is not None else config.max_epochs * steps_per_epoch
         power = config.poly_power
         # the original's (1 - s / (max_iter + 1)) ** power: never exactly 0 at the last step
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - s / (max_iter + 1)) ** power)

@@ -69,7 +69,9 @@ class Trainer:
                     tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(self.model.parameters(), config.optimizer)
         self.steps_per_epoch = self.sampler.batches_per_epoch
-        self.scheduler = build_scheduler(self.optimizer, config.scheduler, self.steps_per_epoch)
+        self.scheduler = build_scheduler(
+            self.optimizer, config.scheduler, self.steps_per_epoch, self.total_steps
+        )
         self.bn_scheduler = BNMomentumScheduler(self.model)
         self.ddp = (
             DistributedDataParallel(self.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)

@@ -226,7 +226,9 @@ def _apply_head_recipe(trainer: Trainer, model: SegmentationModel, config: Semse
         groups = [{"params": list(encoder.parameters())},
                   {"params": rest, "lr": config.optimizer.lr * ft.head_lr_mult}]  # fmt: skip
         trainer.optimizer = build_optimizer(groups, config.optimizer)
-        trainer.scheduler = build_scheduler(trainer.optimizer, config.scheduler, trainer.steps_per_epoch)
+        trainer.scheduler = build_scheduler(
+            trainer.optimizer, config.scheduler, trainer.steps_per_epoch, trainer.total_steps
+        )
     if not ft.bn_schedule:
         m = ft.bn_momentum
         trainer.bn_scheduler = BNMomentumScheduler(trainer.model, initial=m, decay=1.0, every=1, minimum=m)

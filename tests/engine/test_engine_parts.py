@@ -96,6 +96,17 @@ def test_poly_schedule_and_bn_momentum():
     assert other.step_count == 10
 
 
+def test_poly_schedule_ends_at_a_shorter_total():
+    """A run cut short (train.max_steps) anneals over its own length, not the epochs it never runs."""
+    config = load_config(PretrainRunConfig, ["scheduler.max_epochs=4"])
+    opt = build_optimizer(nn.Linear(1, 1).parameters(), config.optimizer)
+    sched = build_scheduler(opt, config.scheduler, steps_per_epoch=100, total_steps=6)
+    for _ in range(5):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1 * (1 - 5 / 7) ** 0.9)  # the last step's lr
+
+
 def test_checkpoint_is_atomic_and_loads_safely(tmp_path):
     torch.manual_seed(7)
     state = {"model": {"w": torch.randn(3)}, "step": 4, "rng": rng_state()}
