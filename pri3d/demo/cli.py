@@ -82,6 +82,8 @@ QUICK = DemoPlan(
         seeds=(0, 1),
     ),
 )
+#: Runs sharing one GPU at once.
+GPU_RUNS = 3
 STAGES = ("generate scans", "preprocess", "check geometry", "pre-train and fine-tune", "figures")
 
 
@@ -101,7 +103,19 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when present"
     )
-    parser.add_argument("--workers", type=int, default=2, help="parallel processes (default %(default)s)")
+    parser.add_argument(
+        "--workers", type=int, default=2,
+        help="processes for generation and preprocessing, and for the runs: on the CPU that many "
+        f"single-threaded runs side by side, on a GPU up to {GPU_RUNS} runs sharing it, with the rest as "
+        "their data loaders' workers (default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pretrain-steps", type=int, metavar="N",
+        help="optimizer steps of each pre-training (default: 60, --quick 3); larger budgets need a GPU",
+    )  # fmt: skip
+    parser.add_argument(
+        "--finetune-epochs", type=int, metavar="N", help="epochs of each fine-tuning (default: 10, --quick 2)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -114,10 +128,33 @@ def run(args: argparse.Namespace) -> int:
         return 2
     else:
         device = args.device
-    # On the CPU, `workers` single-threaded runs side by side; on a GPU one run at a time.
-    study = StudyConfig(**{**asdict(plan.study), "device": device,
-                           "parallel": max(args.workers, 1) if device == "cpu" else 1})  # fmt: skip
+    for option, value in (
+        ("--pretrain-steps", args.pretrain_steps),
+        ("--finetune-epochs", args.finetune_epochs),
+    ):
+        if value is not None and value < 1:
+            print(f"pri3d demo: {option} {value}: expected a positive number", file=sys.stderr)
+            return 2
+    budgets = {"pretrain_steps": args.pretrain_steps, "finetune_epochs": args.finetune_epochs}
+    # On the CPU, `workers` single-threaded runs side by side, each loading its own data. A GPU is
+    # shared by up to GPU_RUNS runs (one small run leaves it mostly idle), which split `workers`
+    # between their pre-training data loaders.
+    workers = max(args.workers, 1)
+    parallel = workers if device == "cpu" else min(workers, GPU_RUNS)
+    study = StudyConfig(**{
+        **asdict(plan.study), **{k: v for k, v in budgets.items() if v is not None}, "device": device,
+        "parallel": parallel, "loader_workers": 1 if device == "cpu" else max(workers // parallel, 1),
+    })  # fmt: skip
     out: Path = args.out
+    settings = {"quick": bool(args.quick), "synth": _plain(asdict(plan.synth)),
+                "study": _plain({k: v for k, v in asdict(study).items() if k not in _RUNTIME})}  # fmt: skip
+    mismatch = _settings_mismatch(out / "demo_settings.json", settings)
+    if mismatch:
+        print(f"pri3d demo: {out} holds a demo run with other settings ({mismatch}); resuming would mix "
+              f"them: use another --out or the same options", file=sys.stderr)  # fmt: skip
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "demo_settings.json").write_text(json.dumps(settings, indent=1) + "\n")
     data = out / "data"
     report: dict = {
         "config": {
@@ -152,6 +189,30 @@ def run(args: argparse.Namespace) -> int:
 
 def _plain(value):
     return json.loads(json.dumps(value, default=str))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+#: Study fields that change where and how fast runs go, not their results: free to change on resume.
+_RUNTIME = ("device", "parallel", "loader_workers")
+
+
+def _settings_mismatch(path: Path, settings: dict) -> str:
+    """The first setting that differs from those recorded in ``path`` ('' if none or no record)."""
+    if not path.is_file():
+        return ""
+    recorded = json.loads(path.read_text())
+    for group in ("quick", "synth", "study"):
+        old, new = recorded.get(group), settings[group]
+        if isinstance(new, dict) and isinstance(old, dict):
+            for key in new:
+                if old.get(key) != new[key]:
+                    return f"{group}.{key}: {old.get(key)!r} before, {new[key]!r} now"
+        elif old != new:
+            return f"{group}: {old!r} before, {new!r} now"
+    return ""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -390,11 +451,11 @@ def markdown(report: dict) -> str:
         f"- pre-training data (train scenes only): {pre['frames']} frames, {pre['pairs']} overlapping pairs",
         f"- frames {geo['frame_gap']} apart: median {geo['matched_share_median']} of valid pixels match "
         f"within {geo['threshold_m']} m ({geo['pairs']} pairs)",
-        f"- pre-training: Res18UNet from scratch, {config['pretrain_steps']} steps of batch "
+        f"- pre-training: Res18UNet from scratch, {_count(config['pretrain_steps'], 'step')} of batch "
         f"{config['pretrain_batch']} (lr {pretrain_lr(config['pretrain_batch'])}), {config['sample_points']} "
         f"matches per pair, {config['voxel_size']} m voxels; depth loss in every arm",
         f"- fine-tuning: {config['labelled_share']:.0%} of each train scene's labelled frames, "
-        f"{config['finetune_epochs']} epochs of batch "
+        f"{_count(config['finetune_epochs'], 'epoch')} of batch "
         f"{config['finetune_batch']}, same budget for every init; evaluated on the val scenes",
         "",
         "| init | val mIoU (mean ± std) | Δ vs scratch | per seed | every seed > best scratch seed |",

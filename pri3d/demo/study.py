@@ -19,6 +19,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pri3d.data.pretrain_pairs import read_pair_list
+
 __all__ = [
     "ARMS",
     "Arm",
@@ -48,7 +50,7 @@ class StudyConfig:
     """Budgets of the pre-training and fine-tuning runs (the same for every arm and seed)."""
 
     size: tuple[int, int] = (60, 80)  # (H, W) of every image
-    pretrain_steps: int = 80  # optimizer steps of each pre-training (poly schedule over one epoch)
+    pretrain_steps: int = 80  # optimizer steps of each pre-training (the poly schedule ends at the last)
     pretrain_batch: int = 8
     sample_points: int = 1024  # matches per pair
     voxel_size: float = 0.12  # metres: the 3D network's voxels
@@ -58,6 +60,7 @@ class StudyConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     device: str = "cpu"
     parallel: int = 2  # processes running at once
+    loader_workers: int = 1  # DataLoader workers of each pre-training run
     extra_pretrain: list[str] = field(default_factory=list)  # further `key=value` overrides
     extra_finetune: list[str] = field(default_factory=list)
 
@@ -102,7 +105,11 @@ def pretrain_lr(batch: int) -> float:
 
 
 def pretrain_jobs(runs: Path, data: Path, config: StudyConfig) -> list[Job]:
+    """The arms' pre-training runs on ``data`` (`pri3d preprocess scannet` output): ``pretrain_steps``
+    steps each, over as many epochs of its pair list as they take, the poly schedule ending at the last."""
     h, w = config.size
+    pairs = len(read_pair_list(data / "splits" / "overlap30.txt"))
+    epochs = math.ceil(config.pretrain_steps / max(pairs // config.pretrain_batch, 1))
     jobs = []
     for arm in ARMS:
         overrides = [
@@ -111,8 +118,9 @@ def pretrain_jobs(runs: Path, data: Path, config: StudyConfig) -> list[Job]:
             f"pretrain.geometric_prior={str(arm.geometric_prior).lower()}", "pretrain.depth=true",
             f"pretrain.sample_points={config.sample_points}", f"pretrain.voxel_size={config.voxel_size}",
             f"train.batch_size={config.pretrain_batch}", f"optimizer.lr={pretrain_lr(config.pretrain_batch)}",
-            "scheduler.max_epochs=1", f"train.max_steps={config.pretrain_steps}",
-            "train.checkpoint_every=0", "train.report_batch=5", "train.workers=1", f"train.device={config.device}",
+            f"scheduler.max_epochs={epochs}", f"train.max_steps={config.pretrain_steps}",
+            "train.checkpoint_every=0", "train.report_batch=5", f"train.workers={config.loader_workers}",
+            f"train.device={config.device}",
             "logging.tensorboard=false", *config.extra_pretrain,
         ]  # fmt: skip
         jobs.append(Job(f"pretrain {arm.name}", "pretrain", pretrain_dir(runs, arm.name), overrides,

@@ -59,3 +59,13 @@ def test_quick_demo(tmp_path, capsys):
     again = json.loads((tmp_path / "report.json").read_text())
     assert again["pre-train and fine-tune"]["table"] == study["table"]
     assert "running:" not in capsys.readouterr().out
+
+    # other budgets in the same folder would mix runs: refused before any work, naming the setting
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--device", "cpu", "--pretrain-steps", "5"]) == 2
+    assert "study.pretrain_steps: 3 before, 5 now" in capsys.readouterr().err
+
+
+def test_demo_rejects_a_budget_below_one(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--device", "cpu", "--finetune-epochs", "0"]) == 2
+    assert "--finetune-epochs 0: expected a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "demo_settings.json").exists()
