@@ -19,8 +19,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pri3d.data.pretrain_pairs import read_pair_list
-
 __all__ = [
     "ARMS",
     "Arm",
@@ -108,8 +106,6 @@ def pretrain_jobs(runs: Path, data: Path, config: StudyConfig) -> list[Job]:
     """The arms' pre-training runs on ``data`` (`pri3d preprocess scannet` output): ``pretrain_steps``
     steps each, over as many epochs of its pair list as they take, the poly schedule ending at the last."""
     h, w = config.size
-    pairs = len(read_pair_list(data / "splits" / "overlap30.txt"))
-    epochs = math.ceil(config.pretrain_steps / max(pairs // config.pretrain_batch, 1))
     jobs = []
     for arm in ARMS:
         overrides = [
@@ -118,7 +114,7 @@ def pretrain_jobs(runs: Path, data: Path, config: StudyConfig) -> list[Job]:
             f"pretrain.geometric_prior={str(arm.geometric_prior).lower()}", "pretrain.depth=true",
             f"pretrain.sample_points={config.sample_points}", f"pretrain.voxel_size={config.voxel_size}",
             f"train.batch_size={config.pretrain_batch}", f"optimizer.lr={pretrain_lr(config.pretrain_batch)}",
-            f"scheduler.max_epochs={epochs}", f"train.max_steps={config.pretrain_steps}",
+            f"train.max_steps={config.pretrain_steps}",
             "train.checkpoint_every=0", "train.report_batch=5", f"train.workers={config.loader_workers}",
             f"train.device={config.device}",
             "logging.tensorboard=false", *config.extra_pretrain,

@@ -30,7 +30,7 @@ class TrainConfig:
     report_epoch: int = 1  # also checkpoint at the end of every N epochs
     workers: int = 2  # DataLoader workers per rank (the original ignored this key)
     write_result: bool = False  # unused
-    max_steps: int = 0  # stop after this many optimizer steps (0 = run all epochs); PolyLR ends there
+    max_steps: int = 0  # run length in optimizer steps, over any epochs (0: max_epochs); PolyLR ends there
     checkpoint_every: int = 500  # optimizer steps between checkpoints (0 = only at epoch ends)
     keep_checkpoints: int = 0  # keep only the newest N step/epoch checkpoints (0 = keep all)
     seed: int = 0  # data sampling, augmentation and initialisation

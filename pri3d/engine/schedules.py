@@ -24,8 +24,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig, s
                     total_steps: int | None = None):  # fmt: skip
     """A LambdaLR/MultiStepLR/StepLR stepped per optimizer step, horizons in epochs × steps_per_epoch.
 
-    PolyLR decays over ``total_steps`` when given (a run cut short by ``train.max_steps`` still
-    anneals), else over ``max_epochs × steps_per_epoch``.
+    PolyLR decays over ``total_steps`` when given (a run whose length ``train.max_steps`` sets
+    anneals over that length), else over ``max_epochs × steps_per_epoch``.
     """
     if config.scheduler == "PolyLR":
         max_iter = total_steps if total_steps is not None else config.max_epochs * steps_per_epoch

@@ -90,8 +90,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------
     @property
     def total_steps(self) -> int:
-        total = self.config.scheduler.max_epochs * self.steps_per_epoch
-        return min(total, self.config.train.max_steps) if self.config.train.max_steps > 0 else total
+        if self.config.train.max_steps > 0:  # the run's length, however many epochs it spans
+            return self.config.train.max_steps
+        return self.config.scheduler.max_epochs * self.steps_per_epoch
 
     def resume_if_possible(self) -> bool:
         path = latest_checkpoint(self.checkpoint_dir)

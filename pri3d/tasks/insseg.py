@@ -430,15 +430,13 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
                 f"{train_set.annotation_path} and {eval_set.annotation_path} have different categories"
             )
         sizes = input_sizes(config.finetune, train_set.image_size())
-        steps_per_epoch = len(train_set) // config.train.batch_size
-        if steps_per_epoch == 0:
+        if len(train_set) < config.train.batch_size:
             raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the {len(train_set)} "
                              f"training images of {train_set.annotation_path}")  # fmt: skip
         # the resolved sizes go into the saved config, so evaluation resizes exactly as training did
         finetune = replace(config.finetune, min_size_train=list(sizes["min_size_train"]),
                            min_size_test=sizes["min_size_test"], max_size=sizes["max_size"])  # fmt: skip
-        scheduler = replace(config.scheduler, max_epochs=math.ceil(config.train.max_steps / steps_per_epoch))
-        config = replace(config, finetune=finetune, scheduler=scheduler)
+        config = replace(config, finetune=finetune)
         detector = build_detector(train_set.num_classes, config.finetune, sizes)
         resuming = latest_checkpoint(log_dir / "checkpoints") is not None
         init_report = None if resuming else initialise_body(detector, config.finetune.pretrain)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from pri3d.data.semseg import SemsegOptions, build_semseg_dataset
 from pri3d.demo import figures
-from pri3d.demo.study import StudyConfig, labelled_frames, pretrain_jobs
+from pri3d.demo.study import labelled_frames
 
 
 def _frames(root, scene, count):
@@ -76,16 +76,3 @@ def test_figures_write_pngs(tmp_path):
     ]
     for path in paths:
         assert Image.open(path).size[0] > 100
-
-
-def test_pretrain_jobs_span_the_epochs_their_steps_take(tmp_path):
-    (tmp_path / "splits").mkdir()
-    (tmp_path / "splits" / "overlap30.txt").write_text(
-        "".join(f"scene0000_00/color/{i}.jpg scene0000_00/color/{i + 25}.jpg\n" for i in range(100))
-    )  # 100 pairs: 12 steps of batch 8 per epoch
-    for steps, epochs in ((5, 1), (12, 1), (13, 2), (100, 9)):
-        jobs = pretrain_jobs(tmp_path / "runs", tmp_path, StudyConfig(pretrain_steps=steps, pretrain_batch=8))
-        assert len(jobs) == 3
-        for job in jobs:
-            assert f"train.max_steps={steps}" in job.overrides
-            assert f"scheduler.max_epochs={epochs}" in job.overrides

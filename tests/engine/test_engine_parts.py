@@ -15,8 +15,10 @@ from pri3d.engine.checkpoint import (
     set_rng_state,
 )
 from pri3d.engine.config import ConfigError, PretrainRunConfig, load_config
+from pri3d.engine.distributed import DistEnv
 from pri3d.engine.sampler import GlobalBatchSampler
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
+from pri3d.engine.trainer import Trainer
 
 
 def test_defaults_are_the_released_recipe():
@@ -142,3 +144,40 @@ def test_prune_checkpoints_keeps_the_newest_and_the_last(tmp_path):
     ]
     with pytest.raises(ValueError, match="keep=0"):
         prune_checkpoints(tmp_path, keep=0)
+
+
+class _Points(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 6
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.full((1,), float(index))
+
+    def set_epoch(self, epoch: int) -> None:
+        pass
+
+
+class _Fit(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(1, 1)
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {"total_loss": (self.linear(batch["x"]) - 1).pow(2).mean()}
+
+
+def test_max_steps_sets_the_run_length_across_epochs(tmp_path):
+    """train.max_steps beyond one epoch runs on into later epochs, the poly schedule ending at its last step."""
+    config = load_config(PretrainRunConfig, [
+        f"train.log_dir={tmp_path}", "train.batch_size=2", "train.workers=0", "train.max_steps=7",
+        "scheduler.max_epochs=1", "train.checkpoint_every=0", "train.report_batch=1", "logging.tensorboard=false",
+    ])  # fmt: skip
+
+    def collate(samples):
+        return {"x": torch.stack(samples), "batch_size": len(samples), "skipped": []}
+
+    trainer = Trainer(_Fit(), _Points(), collate, config, DistEnv(0, 1, 0, torch.device("cpu")))
+    assert trainer.steps_per_epoch == 3 and trainer.total_steps == 7
+    last = trainer.fit()
+    assert trainer.step == 7 and trainer.epoch == 2  # two whole epochs and one step of the third
+    assert last["train/lr"] == pytest.approx(0.1 * (1 - 7 / 8) ** 0.9)
