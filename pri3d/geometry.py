@@ -27,6 +27,7 @@ Conventions used by the whole package (other modules refer here instead of resta
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -409,8 +410,19 @@ def sparse_quantize(coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     """
     if coords.dim() != 2:
         raise ValueError(f"coords must be [N, D], got shape {tuple(coords.shape)}")
-    unique_coords, inverse = torch.unique(coords, dim=0, return_inverse=True)
     n = coords.shape[0]
+    if n == 0:
+        return coords.clone(), coords.new_zeros(0), coords.new_zeros(0)
+    # One int64 key per row, the first column most significant: sorting the keys sorts the rows
+    # lexicographically, and a 1-D unique is ~20x faster than torch.unique(dim=0) on CPU.
+    low = coords.min(0).values
+    extent = (coords.max(0).values - low + 1).tolist()
+    if math.prod(extent) >= 2**62:
+        unique_coords, inverse = torch.unique(coords, dim=0, return_inverse=True)
+    else:
+        radix = torch.tensor([math.prod(extent[d + 1 :]) for d in range(len(extent))], device=coords.device)
+        unique_keys, inverse = torch.unique(((coords - low) * radix).sum(1), return_inverse=True)
+        unique_coords = unique_keys[:, None] // radix % torch.tensor(extent, device=coords.device) + low
     first = torch.full((unique_coords.shape[0],), n, dtype=torch.long, device=coords.device)
     first = first.scatter_reduce(
         0, inverse, torch.arange(n, device=coords.device), reduce="amin", include_self=True

@@ -377,6 +377,19 @@ def test_sparse_quantize_keeps_first_point_and_inverts():
     assert [t.shape[0] for t in empty] == [0, 0, 0]
 
 
+@pytest.mark.parametrize("columns", [3, 4])
+def test_sparse_quantize_matches_row_unique(columns):
+    coords = torch.randint(-40, 40, (5000, columns), generator=torch.Generator().manual_seed(columns))
+    unique_coords, representative, inverse = sparse_quantize(coords)
+    expected, expected_inverse = torch.unique(coords, dim=0, return_inverse=True)
+    assert torch.equal(unique_coords, expected)
+    assert torch.equal(inverse, expected_inverse)
+    first = [min(i for i in range(len(coords)) if inverse[i] == v) for v in range(0, len(expected), 97)]
+    assert representative[::97].tolist() == first
+    huge = torch.tensor([[0, 0, 0], [2**40, 2**40, 2**40], [0, 0, 0]])  # keys would overflow int64
+    assert sparse_quantize(huge)[0].tolist() == [[0, 0, 0], [2**40] * 3]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_voxel_pixel_correspondences_plane_behind_and_occluded(dtype):
     s = 0.02
