@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pri3d.data.semseg import SemsegOptions, build_semseg_dataset
 from pri3d.demo import figures
-from pri3d.demo.study import labelled_frames
+from pri3d.demo.study import ARMS, StudyConfig, labelled_frames, pretrain_jobs
+from pri3d.engine.config import PretrainRunConfig, load_config
 
 
 def _frames(root, scene, count):
@@ -16,6 +18,21 @@ def _frames(root, scene, count):
     for i in range(count):
         Image.new("RGB", (8, 6), (i, 0, 0)).save(root / scene / "color" / f"{i * 20}.jpg")
         Image.fromarray(np.full((6, 8), 1, np.uint8)).save(root / scene / "label" / f"{i * 20}.png")
+
+
+@pytest.mark.parametrize("depth", [False, True])
+def test_pretrain_jobs_configure_each_arm(tmp_path, depth):
+    study = StudyConfig(pretrain_steps=7, pretrain_batch=4, voxel_size=0.15, depth=depth)
+    jobs = pretrain_jobs(tmp_path / "runs", tmp_path / "data", study)
+    assert [job.meta["arm"] for job in jobs] == [arm.name for arm in ARMS]
+    for arm, job in zip(ARMS, jobs):
+        config = load_config(PretrainRunConfig, job.overrides)
+        assert (config.pretrain.view_invariant, config.pretrain.geometric_prior) == (
+            arm.view_invariant, arm.geometric_prior
+        )
+        assert config.pretrain.depth is depth
+        assert (config.train.max_steps, config.train.batch_size) == (7, 4)
+        assert config.pretrain.voxel_size == 0.15 and config.optimizer.lr == 0.1 * 4 / 64
 
 
 def test_labelled_frames_takes_the_share_of_every_train_scene(tmp_path):
