@@ -28,7 +28,8 @@ def test_pretrain_jobs_configure_each_arm(tmp_path, depth):
     for arm, job in zip(ARMS, jobs):
         config = load_config(PretrainRunConfig, job.overrides)
         assert (config.pretrain.view_invariant, config.pretrain.geometric_prior) == (
-            arm.view_invariant, arm.geometric_prior
+            arm.view_invariant,
+            arm.geometric_prior,
         )
         assert config.pretrain.depth is depth
         assert (config.train.max_steps, config.train.batch_size) == (7, 4)
