@@ -56,6 +56,7 @@ class PairOptions:
     visibility_threshold: float = 0.2  # metres; occlusion test for 3D–2D matches
     augment: bool = True  # colour jitter, grayscale, blur (never geometric)
     seed: int = 0
+    cloud_cache_mb: float = 256.0  # scene point clouds kept per process (always at least the last one)
 
 
 def read_pair_list(path: str | Path) -> list[tuple[str, int, int]]:
@@ -199,7 +200,8 @@ class ScanNetPairs(Dataset):
         return self._intrinsics[scene]
 
     def _scene_cloud(self, scene: str) -> tuple[np.ndarray, np.ndarray]:
-        """(points as [3, N] float32 rows x, y, z, colours [N, 3] uint8), a few scenes kept per worker.
+        """(points as [3, N] float32 rows x, y, z, colours [N, 3] uint8), recently used scenes kept
+        per process up to ``cloud_cache_mb`` (pairs come in shuffled order: each miss reloads a file).
 
         Per-axis box tests on contiguous rows are ~20x faster than on [N, 3] points.
         """
@@ -209,7 +211,8 @@ class ScanNetPairs(Dataset):
         data = load_point_cloud(self.pointcloud_dir / f"{scene}.npz")
         cloud = (np.ascontiguousarray(data["points"].T), data["colors"])
         self._clouds[scene] = cloud
-        while len(self._clouds) > 4:
+        budget = self.options.cloud_cache_mb * 2**20
+        while len(self._clouds) > 1 and sum(p.nbytes + c.nbytes for p, c in self._clouds.values()) > budget:
             self._clouds.popitem(last=False)
         return cloud
 

@@ -88,3 +88,18 @@ def test_unreadable_frame_is_skipped_not_fatal(pretrain_root, tmp_path):
     (copy / scene / "color" / f"{frame}.jpg").write_bytes(b"not a jpeg")
     sample = ScanNetPairs(copy, options=OPTIONS)[0]
     assert "skip" in sample and f"{frame}" in sample["skip"]
+
+
+def test_point_cloud_cache_keeps_scenes_within_its_budget(pretrain_root):
+    pairs = read_pair_list(pretrain_root / "splits" / "overlap30.txt")
+    first = {scene: index for index, (scene, _, _) in reversed(list(enumerate(pairs)))}
+    order = sorted(first)  # visit scene0000_00, scene0001_00, then both again
+    assert len(order) == 2
+    roomy = ScanNetPairs(pretrain_root, options=OPTIONS)
+    tight = ScanNetPairs(pretrain_root, options=PairOptions(**{**vars(OPTIONS), "cloud_cache_mb": 1e-6}))
+    for scene in [*order, *order]:
+        a, b = roomy[first[scene]], tight[first[scene]]
+        for key in ("voxels1", "voxel_colors2", "vp_voxel1", "vp_pixel2"):
+            assert torch.equal(a[key], b[key]), key
+    assert list(roomy._clouds) == order  # both scenes, least recently used first
+    assert list(tight._clouds) == order[-1:]  # only the last one used
