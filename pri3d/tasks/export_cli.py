@@ -5,8 +5,9 @@
     pri3d export detectron2 r50_pri3d.pth r50_pri3d.pkl
     pri3d export pri3d moco_v2_800ep.pth.tar moco_as_pri3d.pth
 
-IN may be a pri3d checkpoint, an original Pri3D checkpoint, a MoCo v1/v2 checkpoint, or a
-torchvision/timm/smp state dict. Every skipped key is listed with the reason.
+IN may be a pri3d checkpoint or run folder (its newest checkpoint), an original Pri3D checkpoint, a
+MoCo v1/v2 checkpoint, or a torchvision/timm/smp state dict. Every skipped key is listed with the
+reason.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from pri3d.export import export_detectron2, export_pri3d, export_torchvision
+from pri3d.export import export_detectron2, export_pri3d, export_torchvision, resolve_weights_path
 
 FORMATS = {
     "torchvision": "torchvision ResNet state dict (.pth, no fc) + OUT.json metadata",
@@ -32,20 +33,23 @@ def register(subparsers) -> None:
         description="Convert IN to FORMAT: " + "; ".join(f"{k}: {v}" for k, v in FORMATS.items()) + ".",
     )
     parser.add_argument("format", choices=sorted(FORMATS), help="output format")
-    parser.add_argument("input", type=Path, metavar="IN", help="checkpoint or state dict to convert")
+    parser.add_argument(
+        "input", type=Path, metavar="IN", help="checkpoint, run folder or state dict to convert"
+    )
     parser.add_argument("output", type=Path, metavar="OUT", help="file to write")
     parser.add_argument("--report", type=Path, help="also write the full key report (taken/skipped) as JSON")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    source = resolve_weights_path(args.input, "IN")
     if args.format == "detectron2":
-        out, report = export_detectron2(args.input, args.output)
+        out, report = export_detectron2(source, args.output)
     elif args.format == "pri3d":
-        out, report = export_pri3d(args.input, args.output)
+        out, report = export_pri3d(source, args.output)
     else:
         fmt = "safetensors" if args.format == "safetensors" else "pth"
-        out, report = export_torchvision(args.input, args.output, fmt=fmt)
+        out, report = export_torchvision(source, args.output, fmt=fmt)
     print(report.summary())
     if args.report:
         args.report.write_text(json.dumps(report.to_dict(), indent=1) + "\n")

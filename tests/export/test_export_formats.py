@@ -218,3 +218,23 @@ def test_export_cli_prints_the_key_report(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert re.search(r"took \d+ keys", printed) and "skipped" in printed and "r18.safetensors.json" in printed
     assert json.loads((tmp_path / "report.json").read_text())["layout"] == "pri3d"
+
+
+def test_export_cli_reads_a_run_folders_newest_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    _pri3d_checkpoint(run / "checkpoints" / "step0000005.pth", "resnet18")
+    (run / "checkpoints" / "last").write_text("step0000005.pth\n")
+    parser = argparse.ArgumentParser(prog="pri3d")
+    export_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["export", "torchvision", str(run), str(tmp_path / "r18.pth")])
+    assert args.run(args) == 0
+    direct, _ = export_cli.export_torchvision(
+        run / "checkpoints" / "step0000005.pth", tmp_path / "direct.pth"
+    )
+    exported, expected = torch.load(tmp_path / "r18.pth"), torch.load(direct)
+    assert exported.keys() == expected.keys() and all(torch.equal(exported[k], expected[k]) for k in expected)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"IN=.*empty: a folder without checkpoints/last"):
+        args.run(parser.parse_args(["export", "torchvision", str(empty), str(tmp_path / "x.pth")]))
