@@ -21,17 +21,16 @@ def build_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig, steps_per_epoch: int,
-                    total_steps: int | None = None):  # fmt: skip
-    """A LambdaLR/MultiStepLR/StepLR stepped per optimizer step, horizons in epochs × steps_per_epoch.
+                    total_steps: int):  # fmt: skip
+    """A LambdaLR/MultiStepLR/StepLR stepped per optimizer step.
 
-    PolyLR decays over ``total_steps`` when given (a run whose length ``train.max_steps`` sets
-    anneals over that length), else over ``max_epochs × steps_per_epoch``.
+    PolyLR decays over the run's ``total_steps`` (`Trainer.total_steps`: ``train.max_steps`` when
+    set, else ``max_epochs × steps_per_epoch``); the step schedules count epochs × steps_per_epoch.
     """
     if config.scheduler == "PolyLR":
-        max_iter = total_steps if total_steps is not None else config.max_epochs * steps_per_epoch
         power = config.poly_power
         # the original's (1 - s / (max_iter + 1)) ** power: never exactly 0 at the last step
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - s / (max_iter + 1)) ** power)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - s / (total_steps + 1)) ** power)
     if config.scheduler == "MultiStepLR":
         milestones = [e * steps_per_epoch for e in config.decay_epochs]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_decay)

@@ -80,7 +80,7 @@ def test_poly_schedule_and_bn_momentum():
     model = nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1))
     config = load_config(PretrainRunConfig, ["scheduler.max_epochs=2"])
     opt = build_optimizer(model.parameters(), config.optimizer)
-    sched = build_scheduler(opt, config.scheduler, steps_per_epoch=5)
+    sched = build_scheduler(opt, config.scheduler, steps_per_epoch=5, total_steps=10)
     bn = BNMomentumScheduler(model)
     lrs, moms = [], []
     for _ in range(10):
