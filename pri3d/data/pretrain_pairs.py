@@ -264,10 +264,8 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
 
 def _inside_box(columns: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Indices of the points ([3, N] rows x, y, z) inside ``box`` (min xyz, max xyz), bounds included."""
-    low, high = box[:3], box[3:]
-    mask = columns[0] >= low[0]
+    mask = np.ones(columns.shape[1], dtype=bool)
     for axis in range(3):
-        if axis:
-            mask &= columns[axis] >= low[axis]
-        mask &= columns[axis] <= high[axis]
+        mask &= columns[axis] >= box[axis]
+        mask &= columns[axis] <= box[axis + 3]
     return np.flatnonzero(mask)
