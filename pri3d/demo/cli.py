@@ -59,7 +59,7 @@ FULL = DemoPlan(
         frames_25k_every=5,
         val_fraction=1 / 3,
     ),
-    StudyConfig(size=(60, 80), pretrain_steps=120, sample_points=512, finetune_epochs=10, seeds=(0, 1, 2)),
+    StudyConfig(),
 )
 QUICK = DemoPlan(
     SynthConfig(

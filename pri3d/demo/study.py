@@ -45,12 +45,15 @@ ARMS = (Arm("View", True, False), Arm("Geo", False, True), Arm("View+Geo", True,
 
 @dataclass
 class StudyConfig:
-    """Budgets of the pre-training and fine-tuning runs (the same for every arm and seed)."""
+    """Budgets of the pre-training and fine-tuning runs (the same for every arm and seed).
+
+    The defaults are the full `pri3d demo`'s; ``--quick`` shrinks them (`pri3d.demo.cli.QUICK`).
+    """
 
     size: tuple[int, int] = (60, 80)  # (H, W) of every image
-    pretrain_steps: int = 80  # optimizer steps of each pre-training (the poly schedule ends at the last)
+    pretrain_steps: int = 120  # optimizer steps of each pre-training (the poly schedule ends at the last)
     pretrain_batch: int = 8
-    sample_points: int = 1024  # matches per pair
+    sample_points: int = 512  # matches per pair
     voxel_size: float = 0.12  # metres: the 3D network's voxels
     depth: bool = False  # add the depth loss to every arm (the paper's recipe; see docs/deviations.md)
     finetune_epochs: int = 10
