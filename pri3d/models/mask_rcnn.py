@@ -21,7 +21,7 @@ from pri3d.export import (
 from pri3d.models.segmentation import load_strict
 
 if TYPE_CHECKING:
-    from pri3d.tasks.insseg import InssegFinetuneConfig
+    from pri3d.tasks.insseg_config import InssegFinetuneConfig
 
 __all__ = ["InstanceSegmenter", "build_detector", "finalise_backbone", "initialise_body"]
 

@@ -18,6 +18,7 @@ sizes follow the data: evaluation at the images' own shorter side, training at 0
 original's 640–800 range around its 800 test size). A different ``train.batch_size`` scales the
 learning rate linearly and the step counts inversely (Detectron2's rule for other GPU counts).
 Detectron2 keys of the original's scripts (``SOLVER.BASE_LR=…``, ``MODEL.WEIGHTS=…``) are accepted.
+The options, presets and those keys live in :mod:`pri3d.tasks.insseg_config`.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
-import math
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,257 +42,27 @@ from pri3d.coco.evaluate import evaluate_detections, format_coco_table, percent,
 from pri3d.data.insseg import CocoInstances, build_insseg_dataset, collate_insseg
 from pri3d.engine import distributed
 from pri3d.engine.checkpoint import latest_checkpoint
-from pri3d.engine.config import (
-    DistributedConfig,
-    LoggingConfig,
-    OptimizerConfig,
-    SchedulerConfig,
-    TrainConfig,
-    load_config,
-    to_yaml,
-)
+from pri3d.engine.config import load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer
 from pri3d.engine.trainer import Trainer, TrainingStopped
 from pri3d.export import load_weights_file, resolve_weights_path
 from pri3d.models.mask_rcnn import InstanceSegmenter, build_detector, finalise_backbone, initialise_body
 from pri3d.models.segmentation import load_strict
+from pri3d.tasks.insseg_config import (
+    InssegRunConfig,
+    InssegSchedulerConfig,
+    check_config,
+    expand_short_forms,
+    input_sizes,
+    insseg_config,
+    scale_to_batch,
+)
 
-__all__ = [
-    "DATASET_PRESETS",
-    "DETECTRON2_KEYS",
-    "InssegFinetuneConfig",
-    "InssegRunConfig",
-    "InstanceSegmenter",
-    "build_detector",
-    "evaluate_insseg",
-    "evaluate_model",
-    "finalise_backbone",
-    "finetune_insseg",
-    "initialise_body",
-    "input_sizes",
-    "insseg_config",
-    "scale_to_batch",
-    "warmup_multistep",
-]
+__all__ = ["evaluate_insseg", "evaluate_model", "finetune_insseg", "warmup_multistep"]
 
 REFERENCE = ("spec §8.1, Mask R-CNN R50-FPN AP50 bbox / mask, Pri3D View+Geo: ScanNet 44.5 / 35.8 "
              "(MoCoV2-supIN→SN 43.5 / 33.9), NYUv2 34.0 / 29.5 (31.1 / 27.2); COCO 60.6 / 57.5 (Pri3D View)")  # fmt: skip
-
-
-# ------------------------------------------------------------------------------------------------
-# config
-
-
-@dataclass
-class InssegTrainConfig(TrainConfig):
-    exp_name: str = "insseg"
-    log_dir: str = "runs/insseg"  # OUTPUT_DIR
-    batch_size: int = 16  # SOLVER.IMS_PER_BATCH: global, split over ranks and accumulation steps
-    report_batch: int = 20
-    report_epoch: int = 1_000_000  # epoch-end checkpoints off: checkpoints every checkpoint_every steps
-    max_steps: int = 90_000  # SOLVER.MAX_ITER (scaled with train.batch_size, see scheduler.auto_scale)
-    checkpoint_every: int = 5000  # SOLVER.CHECKPOINT_PERIOD
-
-
-@dataclass
-class InssegOptimizerConfig(OptimizerConfig):
-    lr: float = 0.0025  # SOLVER.BASE_LR of the ScanNet/NYU configs (COCO: 0.02)
-    sgd_dampening: float = 0.0
-    weight_decay: float = 1e-4  # not applied to normalisation layers (Detectron2's WEIGHT_DECAY_NORM 0)
-    bn_momentum: float = 0.1  # momentum of trainable BatchNorm (finetune.norm=bn)
-
-
-@dataclass
-class InssegSchedulerConfig(SchedulerConfig):
-    scheduler: str = "MultiStepLR"  # Detectron2's WarmupMultiStepLR (the only schedule here)
-    max_epochs: int = 0  # unused: train.max_steps sets the length
-    decay_steps: list[int] = field(default_factory=lambda: [60_000, 80_000])  # SOLVER.STEPS
-    lr_decay: float = 0.1  # SOLVER.GAMMA
-    warmup_steps: int = 1000  # SOLVER.WARMUP_ITERS: lr rises linearly from warmup_factor × lr
-    warmup_factor: float = 0.001
-    reference_batch_size: int = 16  # the recipe's global batch
-    # train.batch_size b ≠ reference_batch_size r: lr × b/r; max, decay, warm-up, checkpoint, eval steps × r/b
-    auto_scale: bool = True
-
-
-@dataclass
-class InssegFinetuneConfig:
-    pretrain: str = "imagenet"  # MODEL.WEIGHTS: scratch, imagenet, or a weights file / run folder
-    norm: str = "frozen"  # frozen: FrozenBN (ScanNet/NYU configs); bn: trainable (SyncBN under DDP on CUDA)
-    freeze_at: int = 2  # MODEL.BACKBONE.FREEZE_AT: 0 none, 1 stem, 2 stem + res2, … 5 whole ResNet
-    batch_size_per_image: int = 32  # MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE
-    proposals_train: int = 1000  # MODEL.RPN.POST_NMS_TOPK_TRAIN (Base-RCNN-FPN; torchvision's default: 2000)
-    proposals_test: int = 1000  # MODEL.RPN.POST_NMS_TOPK_TEST: boxes the RoI heads score per test image
-    score_thresh_test: float = 0.5  # MODEL.ROI_HEADS.SCORE_THRESH_TEST (Detectron2's default: 0.05)
-    detections_per_image: int = 100  # TEST.DETECTIONS_PER_IMAGE
-    min_size_train: list[int] = field(default_factory=list)  # empty: the data's shorter side × 0.8 … 1.0
-    min_size_test: int = 0  # 0: the data's shorter side (no resizing)
-    max_size: int = 0  # 0: the data's longer side
-    flip: bool = True  # horizontal flip in training
-    eval_phase: str = "val"
-    eval_period: int = 10_000  # TEST.EVAL_PERIOD in steps (at the next epoch end); 0: only at the end
-    eval_batch_size: int = 2
-
-
-@dataclass
-class InssegDatasetConfig:
-    name: str = "ScanNet"  # ScanNet, NYUv2, COCO
-    path: str = "data/scannet_frames_25k"  # DATASETS.IMAGE_PATH: the image root
-    # DATASETS.ANNOTATION_PATH: a folder of the original's <name>_<phase> JSON files, or one file
-    annotations: str = "data/scannet_coco"
-
-
-@dataclass
-class InssegRunConfig:
-    train: InssegTrainConfig = field(default_factory=InssegTrainConfig)
-    optimizer: InssegOptimizerConfig = field(default_factory=InssegOptimizerConfig)
-    scheduler: InssegSchedulerConfig = field(default_factory=InssegSchedulerConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    finetune: InssegFinetuneConfig = field(default_factory=InssegFinetuneConfig)
-    dataset: InssegDatasetConfig = field(default_factory=InssegDatasetConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-
-_COCO_SIZES = list(range(640, 801, 32))
-#: ``dataset=<short>`` -> overrides: the original's per-dataset configs (spec §5.2).
-DATASET_PRESETS: dict[str, dict[str, object]] = {
-    "scannet": {"dataset.name": "ScanNet", "dataset.path": "data/scannet_frames_25k",
-                "dataset.annotations": "data/scannet_coco"},
-    # the NYU config's IMS_PER_BATCH 2 (its 8-GPU script cannot run it; one GPU with 2 images can)
-    "nyuv2": {"dataset.name": "NYUv2", "dataset.path": "data/nyuv2", "dataset.annotations": "data/nyuv2_coco",
-              "train.batch_size": 2, "scheduler.reference_batch_size": 2, "finetune.eval_period": 5000},
-    "coco": {"dataset.name": "COCO", "dataset.path": "data/coco", "dataset.annotations": "",
-             "train.phase": "train2017", "finetune.eval_phase": "val2017", "optimizer.lr": 0.02,
-             "finetune.norm": "bn", "finetune.freeze_at": 0, "finetune.batch_size_per_image": 512,
-             "finetune.score_thresh_test": 0.05, "finetune.min_size_train": _COCO_SIZES,
-             "finetune.min_size_test": 800, "finetune.max_size": 1333},
-}  # fmt: skip
-
-#: Detectron2 keys of the original's configs and scripts -> pri3d keys.
-DETECTRON2_KEYS = {
-    "MODEL.WEIGHTS": "finetune.pretrain", "OUTPUT_DIR": "train.log_dir",
-    "DATASETS.ANNOTATION_PATH": "dataset.annotations", "DATASETS.IMAGE_PATH": "dataset.path",
-    "SOLVER.IMS_PER_BATCH": "train.batch_size", "SOLVER.BASE_LR": "optimizer.lr",
-    "SOLVER.MAX_ITER": "train.max_steps", "SOLVER.STEPS": "scheduler.decay_steps",
-    "SOLVER.GAMMA": "scheduler.lr_decay", "SOLVER.WARMUP_ITERS": "scheduler.warmup_steps",
-    "SOLVER.WARMUP_FACTOR": "scheduler.warmup_factor", "SOLVER.MOMENTUM": "optimizer.sgd_momentum",
-    "SOLVER.WEIGHT_DECAY": "optimizer.weight_decay", "SOLVER.CHECKPOINT_PERIOD": "train.checkpoint_every",
-    "TEST.EVAL_PERIOD": "finetune.eval_period", "TEST.DETECTIONS_PER_IMAGE": "finetune.detections_per_image",
-    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": "finetune.batch_size_per_image",
-    "MODEL.ROI_HEADS.SCORE_THRESH_TEST": "finetune.score_thresh_test",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN": "finetune.proposals_train", "MODEL.RPN.POST_NMS_TOPK_TEST": "finetune.proposals_test",
-    "MODEL.BACKBONE.FREEZE_AT": "finetune.freeze_at", "INPUT.MIN_SIZE_TRAIN": "finetune.min_size_train",
-    "INPUT.MIN_SIZE_TEST": "finetune.min_size_test", "INPUT.MAX_SIZE_TEST": "finetune.max_size",
-    "SEED": "train.seed", "DATALOADER.NUM_WORKERS": "train.workers",
-}  # fmt: skip
-
-
-def _value(value: object) -> str:
-    return json.dumps(value) if isinstance(value, list | bool) or value == "" else str(value)
-
-
-def expand_short_forms(items: list[str], for_eval: bool = False) -> tuple[list[str], dict[str, str]]:
-    """CLI short forms and Detectron2 keys -> config overrides; returns (overrides, ``checkpoint=``/``out=``).
-
-    ``dataset=`` adds its preset first (explicit overrides win); ``init=`` -> ``finetune.pretrain``;
-    ``dataset.split=`` -> ``train.phase`` (``finetune.eval_phase`` when ``for_eval``); Detectron2 keys
-    map through :data:`DETECTRON2_KEYS` (``SOLVER.STEPS=(60000,80000)`` is read as a list).
-    """
-    presets: list[str] = []
-    overrides: list[str] = []
-    extra: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"argument {item!r} must look like key=value (e.g. dataset=scannet)")
-        if key == "dataset":
-            if value.lower() not in DATASET_PRESETS:
-                raise ValueError(f"dataset={value!r}: expected one of {', '.join(DATASET_PRESETS)}")
-            preset = DATASET_PRESETS[value.lower()]
-            presets += [f"{k}={_value(v)}" for k, v in preset.items()
-                        if not (for_eval and k in ("dataset.path", "dataset.annotations"))]  # fmt: skip
-        elif key == "init":
-            overrides.append(f"finetune.pretrain={value}")
-        elif key == "dataset.split":
-            overrides.append(f"{'finetune.eval_phase' if for_eval else 'train.phase'}={value}")
-        elif key in ("checkpoint", "out"):
-            extra[key] = value
-        elif key in DETECTRON2_KEYS:
-            value = value.replace("(", "[").replace(")", "]").replace(",]", "]")
-            overrides.append(f"{DETECTRON2_KEYS[key]}={value}")
-        else:
-            overrides.append(item)
-    return presets + overrides, extra
-
-
-def insseg_config(items: list[str], base: dict | None = None) -> InssegRunConfig:
-    """An :class:`InssegRunConfig` from short forms, Detectron2 keys and ``key=value`` overrides."""
-    overrides, extra = expand_short_forms(items)
-    if extra:
-        raise ValueError(f"{', '.join(extra)}= is an argument of `pri3d eval insseg`, not of fine-tuning")
-    config = load_config(InssegRunConfig, overrides, base=base)
-    _check(config)
-    return config
-
-
-def _check(config: InssegRunConfig) -> None:
-    ft, sched = config.finetune, config.scheduler
-    checks = (
-        ("finetune.norm", ft.norm, ft.norm in ("frozen", "bn"), "frozen or bn"),
-        ("finetune.freeze_at", ft.freeze_at, 0 <= ft.freeze_at <= 5, "0 … 5"),
-        ("scheduler.scheduler", sched.scheduler, sched.scheduler == "MultiStepLR",
-         "MultiStepLR (Detectron2's warm-up + steps)"),
-        ("scheduler.decay_steps", sched.decay_steps, sched.decay_steps == sorted(sched.decay_steps),
-         "increasing step numbers"),
-        ("train.max_steps", config.train.max_steps, config.train.max_steps > 0, "a positive number of steps"),
-        ("finetune.min_size_train", ft.min_size_train, all(s > 0 for s in ft.min_size_train),
-         "positive sizes (or [] for the data's)"),
-    )  # fmt: skip
-    for key, value, ok, expected in checks:
-        if not ok:
-            raise ValueError(f"{key}={_value(value)}: expected {expected}")
-    if ft.pretrain == "scratch" and ft.norm == "frozen":
-        raise ValueError("finetune.pretrain=scratch with finetune.norm=frozen would freeze the identity statistics "
-                         "of untrained BatchNorm layers (nothing normalises, training diverges); add "
-                         "finetune.norm=bn finetune.freeze_at=0")  # fmt: skip
-
-
-def scale_to_batch(config: InssegRunConfig) -> tuple[InssegRunConfig, str | None]:
-    """Apply the linear scaling rule when ``train.batch_size`` differs from the recipe's; returns the
-    config to run and a line describing what changed (None when nothing did)."""
-    batch, reference = config.train.batch_size, config.scheduler.reference_batch_size
-    if not config.scheduler.auto_scale or batch == reference:
-        return config, None
-    factor = batch / reference
-
-    def steps(value: int) -> int:
-        return max(1, round(value / factor)) if value > 0 else value
-
-    train = replace(config.train, max_steps=steps(config.train.max_steps),
-                    checkpoint_every=steps(config.train.checkpoint_every))  # fmt: skip
-    scheduler = replace(config.scheduler, decay_steps=[steps(s) for s in config.scheduler.decay_steps],
-                        warmup_steps=steps(config.scheduler.warmup_steps), auto_scale=False,
-                        reference_batch_size=batch)  # fmt: skip
-    optimizer = replace(config.optimizer, lr=config.optimizer.lr * factor)
-    finetune = replace(config.finetune, eval_period=steps(config.finetune.eval_period))
-    scaled = replace(config, train=train, scheduler=scheduler, optimizer=optimizer, finetune=finetune)
-    note = (f"batch {batch} instead of the recipe's {reference} (scheduler.auto_scale): lr {config.optimizer.lr:g} "
-            f"-> {optimizer.lr:g}, steps {config.train.max_steps} -> {train.max_steps}, decay at "
-            f"{scheduler.decay_steps}, warm-up {scheduler.warmup_steps}, eval every {finetune.eval_period}")  # fmt: skip
-    return scaled, note
-
-
-def input_sizes(finetune: InssegFinetuneConfig, data_size: tuple[int, int]) -> dict[str, object]:
-    """min_size_train (tuple), min_size_test, max_size: the configured ones, or from the data's (H, W)."""
-    short, long = min(data_size), max(data_size)
-    test = finetune.min_size_test or short
-    train = tuple(finetune.min_size_train) or tuple(
-        sorted({round(test * s / 800) for s in range(640, 801, 32)})
-    )
-    largest = max(*train, test)
-    max_size = finetune.max_size or math.ceil(long * largest / short)
-    return {"min_size_train": train, "min_size_test": test, "max_size": max_size}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -519,7 +289,7 @@ def evaluate_insseg(checkpoint: str | Path, overrides: list[str] | None = None, 
     items, _ = expand_short_forms(list(overrides or []), for_eval=True)
     base = extra.get("config") if isinstance(extra.get("config"), dict) else None
     config = load_config(InssegRunConfig, items, base=base)
-    _check(config)
+    check_config(config)
     if config.train.threads > 0:
         torch.set_num_threads(config.train.threads)
     chosen = config.train.device if device == "auto" else device

@@ -16,7 +16,8 @@ from pri3d.cli import main
 from pri3d.data.insseg import build_insseg_dataset
 from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
-from pri3d.tasks.insseg import evaluate_insseg, finetune_insseg, insseg_config
+from pri3d.tasks.insseg import evaluate_insseg, finetune_insseg
+from pri3d.tasks.insseg_config import insseg_config
 
 #: Every image gets 10 detections (score threshold 0) from 100 proposals: the COCO results path runs
 #: whatever the barely trained scores are, at a fraction of the recipe's 1000-proposal test cost.
