@@ -178,6 +178,8 @@ def _execute(kind: str, log_dir: str, overrides: list[str], threads: int) -> dic
     """Runs in a worker process: one pre-training or fine-tuning run, its console output to a file."""
     import torch
 
+    from pri3d.engine.checkpoint import drop_optimizer_state, latest_checkpoint
+
     log = Path(log_dir)
     log.mkdir(parents=True, exist_ok=True)
     if threads > 0:
@@ -197,6 +199,8 @@ def _execute(kind: str, log_dir: str, overrides: list[str], threads: int) -> dic
             result = finetune_semseg(semseg_config([f"train.log_dir={log}", *overrides]))
     result["seconds"] = round(time.perf_counter() - start, 2)
     (log / "done.json").write_text(json.dumps(result, indent=1) + "\n")
+    # a finished run is never resumed: its optimizer state would only double the run's size on disk
+    drop_optimizer_state(latest_checkpoint(log / "checkpoints"))
     return result
 
 

@@ -3,7 +3,9 @@
 A checkpoint is a dict with `model`, `optimizer`, `scheduler`, `bn_scheduler`, `step`, `epoch`,
 `batch_in_epoch`, `config` (resolved, plain dict), `rng` (Python, NumPy and torch states) and
 `pri3d_version`. `<dir>/last` names the newest checkpoint; it is replaced only after the checkpoint
-file itself is complete, so a crash at any moment leaves a loadable `last`.
+file itself is complete, so a crash at any moment leaves a loadable `last`. A finished run's
+checkpoint may have its optimizer state dropped (:func:`drop_optimizer_state`): it then still
+initialises and evaluates models but no longer resumes.
 """
 
 from __future__ import annotations
@@ -71,6 +73,21 @@ def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
     for path in deleted:
         path.unlink()
     return deleted
+
+
+def drop_optimizer_state(path: str | Path) -> int:
+    """Rewrite the checkpoint at ``path`` without its ``optimizer`` entry (SGD momentum is as large as
+    the model); returns the bytes saved. Meant for finished runs: the result cannot resume training."""
+    path = Path(path)
+    state = load_checkpoint(path)
+    if "optimizer" not in state:
+        return 0
+    before = path.stat().st_size
+    del state["optimizer"]
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    _fsync_replace(tmp, path)
+    return before - path.stat().st_size
 
 
 def _fsync_replace(tmp: Path, final: Path) -> None:

@@ -99,6 +99,12 @@ class Trainer:
         if path is None:
             return False
         state = load_checkpoint(path)
+        if "optimizer" not in state:
+            raise ValueError(
+                f"{path} is a finished run's weights without optimizer state (`pri3d demo` keeps its "
+                "runs that way): it can initialise a new run (init=...) but not resume this one; "
+                "choose another train.log_dir"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])

@@ -10,6 +10,7 @@ import pytest
 from pri3d.cli import main
 from pri3d.demo.cli import QUICK, markdown, summarise
 from pri3d.demo.study import ARMS, pretrain_dir
+from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
 
 
 def test_summarise_table():
@@ -46,6 +47,9 @@ def test_quick_demo(tmp_path, capsys):
             == QUICK.study.pretrain_steps
         )
         assert (run / "checkpoints" / "last").is_file()
+    for run in (tmp_path / "runs").iterdir():  # finished runs keep their weights, not the optimizer's state
+        state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+        assert "model" in state and "optimizer" not in state, run.name
     figures = {k: v for k, v in report["figures"].items() if k != "seconds"}
     assert set(figures) == {"training_curves", "miou_bars", "features_pca", "segmentation"}
     for path in [*figures.values(), report["check geometry"]["correspondence_figure"]]:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pri3d.engine.checkpoint import (
+    drop_optimizer_state,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -181,3 +182,28 @@ def test_max_steps_sets_the_run_length_across_epochs(tmp_path):
     last = trainer.fit()
     assert trainer.step == 7 and trainer.epoch == 2  # two whole epochs and one step of the third
     assert last["train/lr"] == pytest.approx(0.1 * (1 - 7 / 8) ** 0.9)
+
+
+def test_a_finished_run_without_optimizer_state_initialises_but_does_not_resume(tmp_path):
+    config = load_config(PretrainRunConfig, [
+        f"train.log_dir={tmp_path}", "train.batch_size=2", "train.workers=0", "train.max_steps=3",
+        "scheduler.max_epochs=1", "train.checkpoint_every=0", "train.report_batch=1", "logging.tensorboard=false",
+    ])  # fmt: skip
+
+    def collate(samples):
+        return {"x": torch.stack(samples), "batch_size": len(samples), "skipped": []}
+
+    def trainer() -> Trainer:
+        return Trainer(_Fit(), _Points(), collate, config, DistEnv(0, 1, 0, torch.device("cpu")))
+
+    trainer().fit()
+    path = latest_checkpoint(tmp_path / "checkpoints")
+    full = load_checkpoint(path)
+    assert drop_optimizer_state(path) > 0
+    slim = load_checkpoint(path)
+    assert "optimizer" not in slim and slim["step"] == full["step"] == 3
+    assert all(torch.equal(slim["model"][k], v) for k, v in full["model"].items())
+    assert drop_optimizer_state(path) == 0  # nothing left to drop
+    assert latest_checkpoint(tmp_path / "checkpoints") == path and not list(path.parent.glob("*.tmp"))
+    with pytest.raises(ValueError, match=r"without optimizer state.*train\.log_dir"):
+        trainer().resume_if_possible()
