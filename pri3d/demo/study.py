@@ -194,7 +194,8 @@ def _execute(kind: str, log_dir: str, overrides: list[str], threads: int) -> dic
             metrics = pretrain(load_config(PretrainRunConfig, [f"train.log_dir={log}", *overrides]))
             result = {"last_metrics": metrics}
         else:
-            from pri3d.tasks.semseg import finetune_semseg, semseg_config
+            from pri3d.tasks.semseg import finetune_semseg
+            from pri3d.tasks.semseg_config import semseg_config
 
             result = finetune_semseg(semseg_config([f"train.log_dir={log}", *overrides]))
     result["seconds"] = round(time.perf_counter() - start, 2)

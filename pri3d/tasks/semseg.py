@@ -8,7 +8,7 @@ Defaults are the original UNet recipe (spec §4.1): SGD lr 0.01 (momentum 0.9, d
 decay), poly 0.9 per step, 80 epochs, batch 8, 240×320, label 0 ignored, BN-momentum decay. The
 short forms ``dataset=``, ``model=``, ``backbone=``, ``init=``, ``dataset.split=`` (and ``checkpoint=``,
 ``out=`` for eval) expand to the original's keys plus per-dataset/per-model presets
-(:data:`DATASET_PRESETS`, :data:`MODEL_PRESETS`); explicit ``key=value`` overrides win.
+(:mod:`pri3d.tasks.semseg_config`); explicit ``key=value`` overrides win.
 
 Evaluation runs at the original's schedule (after epochs 1, 6, 11, … — the original's `epoch %
 report_epoch == 0` with 0-based epochs) and always at the end of training. The **final** number is
@@ -22,7 +22,6 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from pri3d.data.semseg import SegmentationFrames, SemsegOptions, build_semseg_dataset, collate_semseg
 from pri3d.engine import distributed
 from pri3d.engine.checkpoint import latest_checkpoint
-from pri3d.engine.config import (
-    DistributedConfig,
-    LoggingConfig,
-    OptimizerConfig,
-    SchedulerConfig,
-    TrainConfig,
-    load_config,
-    to_yaml,
-)
+from pri3d.engine.config import load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
 from pri3d.engine.trainer import Trainer, TrainingStopped
@@ -54,155 +45,9 @@ from pri3d.models.segmentation import (
     initialise,
     load_strict,
 )
+from pri3d.tasks.semseg_config import SemsegRunConfig, expand_short_forms, semseg_config
 
-__all__ = [
-    "DATASET_PRESETS",
-    "MODEL_PRESETS",
-    "SemsegRunConfig",
-    "evaluate_model",
-    "evaluate_semseg",
-    "expand_short_forms",
-    "finetune_semseg",
-    "semseg_config",
-]
-
-
-# ------------------------------------------------------------------------------------------------
-# config
-
-
-@dataclass
-class SemsegTrainConfig(TrainConfig):
-    phase: str = "train"  # training split: train, trainval, train1 … train80 (ScanNet data-efficient lists)
-    exp_name: str = "semseg"
-    log_dir: str = "runs/semseg"
-    batch_size: int = 8
-    report_epoch: int = (
-        5  # evaluate after epochs 1, 1+N, 1+2N, … (the original's schedule); checkpoint every N
-    )
-
-
-@dataclass
-class SemsegOptimizerConfig(OptimizerConfig):
-    lr: float = 0.01
-
-
-@dataclass
-class SemsegSchedulerConfig(SchedulerConfig):
-    max_epochs: int = 80
-
-
-@dataclass
-class FinetuneConfig:
-    model: str = "Semantic2D"  # Semantic2D (the UNet), PSPNet, DeepLabV3, DeepLabV3Plus
-    pretrain: str = (
-        "imagenet"  # scratch, imagenet, or a weights file (Pri3D/pri3d, torchvision, MoCo, export)
-    )
-    backbone: str = "Res50UNet"  # Res50UNet or Res18UNet (the smp heads use its ResNet)
-    strict_init: bool = False  # require the init file to fill every weight of the model
-    head_lr_mult: float = 1.0  # LR multiplier of everything but the encoder (PSPNet/DeepLab recipes: 10)
-    bn_schedule: bool = True  # the original's BN-momentum decay 0.5 -> 0.001; false: constant bn_momentum
-    bn_momentum: float = 0.1  # constant BatchNorm momentum when bn_schedule is false
-    eval_phase: str = "val"  # split evaluated during and after training
-    eval_batch_size: int = 8  # datasets evaluated at full resolution (KITTI) use 1
-
-
-@dataclass
-class SemsegDatasetConfig:
-    name: str = "ScanNet"  # ScanNet, NYUv2, KITTI, Cityscapes
-    path: str = "data/scannet_frames_25k"  # ScanNet: scannet_frames_25k (or the folder above it)
-    size: list[int] = field(default_factory=lambda: [240, 320])  # (H, W)
-    split_dir: str = ""  # ScanNet scene lists (scannetv2_<phase>.txt); empty = the lists shipped with pri3d
-    augment: bool = False  # ScanNet/NYUv2: flip + blur; KITTI/Cityscapes: rotation ±10° + flip
-    random_crop: bool = False  # KITTI training: random `size` crops of the full-resolution image
-    color_interpolation: str = "nearest"  # colour resize: nearest (the original UNet) or bilinear
-    resize: bool = True  # unused (kept for the original's scripts)
-
-
-@dataclass
-class SemsegRunConfig:
-    train: SemsegTrainConfig = field(default_factory=SemsegTrainConfig)
-    optimizer: SemsegOptimizerConfig = field(default_factory=SemsegOptimizerConfig)
-    scheduler: SemsegSchedulerConfig = field(default_factory=SemsegSchedulerConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
-    dataset: SemsegDatasetConfig = field(default_factory=SemsegDatasetConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-
-
-#: ``dataset=<short>`` -> overrides (the original's per-dataset scripts, spec §4.1).
-DATASET_PRESETS: dict[str, dict[str, object]] = {
-    "scannet": {"dataset.name": "ScanNet", "dataset.path": "data/scannet_frames_25k"},
-    "nyuv2": {"dataset.name": "NYUv2", "dataset.path": "data/nyuv2"},
-    "kitti": {"dataset.name": "KITTI", "dataset.path": "data/kitti_semantics/training",
-              "dataset.augment": True, "dataset.random_crop": True, "finetune.eval_batch_size": 1},
-    "cityscapes": {"dataset.name": "Cityscapes", "dataset.path": "data/cityscapes",
-                   "dataset.size": [180, 360], "dataset.augment": True},
-}  # fmt: skip
-_SMP_COMMON = {"train.batch_size": 16, "optimizer.weight_decay": 1e-4, "optimizer.sgd_dampening": 0.0,
-               "finetune.bn_schedule": False, "dataset.augment": True, "dataset.color_interpolation": "bilinear"}  # fmt: skip
-#: ``model=<short>`` -> overrides (the original PSPNet / DeepLab recipes, spec §4.2–4.3).
-MODEL_PRESETS: dict[str, dict[str, object]] = {
-    "unet": {"finetune.model": "Semantic2D"},
-    "pspnet": {"finetune.model": "PSPNet", **_SMP_COMMON, "scheduler.max_epochs": 50,
-               "finetune.head_lr_mult": 10.0, "finetune.bn_momentum": 0.1, "train.report_epoch": 1},
-    # DeepLab: backbone at 0.1 × 0.01, head at 0.01; 50,000 iterations of 16 ≈ 41 ScanNet epochs
-    "deeplabv3": {"finetune.model": "DeepLabV3", **_SMP_COMMON, "optimizer.lr": 0.001,
-                  "finetune.head_lr_mult": 10.0, "scheduler.max_epochs": 41, "finetune.bn_momentum": 0.01},
-    "deeplabv3plus": {"finetune.model": "DeepLabV3Plus", **_SMP_COMMON, "optimizer.lr": 0.001,
-                      "finetune.head_lr_mult": 10.0, "scheduler.max_epochs": 41, "finetune.bn_momentum": 0.01},
-}  # fmt: skip
-
-
-def _value(value: object) -> str:
-    return json.dumps(value) if isinstance(value, list | bool) else str(value)
-
-
-def expand_short_forms(items: list[str], for_eval: bool = False) -> tuple[list[str], dict[str, str]]:
-    """Turn the CLI's short forms into config overrides; returns (overrides, other short forms).
-
-    ``dataset=`` and ``model=`` add their presets first, so explicit overrides in ``items`` win;
-    ``backbone=`` -> ``finetune.backbone``, ``init=`` -> ``finetune.pretrain``, ``dataset.split=`` ->
-    ``train.phase`` (``finetune.eval_phase`` when ``for_eval``). ``checkpoint=`` and ``out=`` are
-    returned in the second dict.
-    """
-    presets: list[str] = []
-    overrides: list[str] = []
-    extra: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"argument {item!r} must look like key=value (e.g. dataset=scannet)")
-        if key == "dataset":
-            if value.lower() not in DATASET_PRESETS:
-                raise ValueError(f"dataset={value!r}: expected one of {', '.join(DATASET_PRESETS)}")
-            preset = DATASET_PRESETS[value.lower()]
-            presets = [
-                f"{k}={_value(v)}" for k, v in preset.items() if not (for_eval and k == "dataset.path")
-            ] + presets
-        elif key == "model":
-            if value.lower() not in MODEL_PRESETS:
-                raise ValueError(f"model={value!r}: expected one of {', '.join(MODEL_PRESETS)}")
-            presets += [f"{k}={_value(v)}" for k, v in MODEL_PRESETS[value.lower()].items()]
-        elif key == "backbone":
-            overrides.append(f"finetune.backbone={value}")
-        elif key == "init":
-            overrides.append(f"finetune.pretrain={value}")
-        elif key == "dataset.split":
-            overrides.append(f"{'finetune.eval_phase' if for_eval else 'train.phase'}={value}")
-        elif key in ("checkpoint", "out"):
-            extra[key] = value
-        else:
-            overrides.append(item)
-    return presets + overrides, extra
-
-
-def semseg_config(items: list[str], base: dict | None = None) -> SemsegRunConfig:
-    """A :class:`SemsegRunConfig` from short forms and ``key=value`` overrides (see :func:`expand_short_forms`)."""
-    overrides, extra = expand_short_forms(items)
-    if extra:
-        raise ValueError(f"{', '.join(extra)}= is an argument of `pri3d eval semseg`, not of fine-tuning")
-    return load_config(SemsegRunConfig, overrides, base=base)
+__all__ = ["evaluate_model", "evaluate_semseg", "finetune_semseg"]
 
 
 # ------------------------------------------------------------------------------------------------

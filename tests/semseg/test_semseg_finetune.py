@@ -12,13 +12,8 @@ import torch
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pri3d.models.registry import build_backbone
 from pri3d.tasks import eval_cli, finetune_cli
-from pri3d.tasks.semseg import (
-    build_dataset,
-    evaluate_semseg,
-    expand_short_forms,
-    finetune_semseg,
-    semseg_config,
-)
+from pri3d.tasks.semseg import build_dataset, evaluate_semseg, finetune_semseg
+from pri3d.tasks.semseg_config import expand_short_forms, semseg_config
 
 
 def _small(root, log_dir, *extra):
