@@ -17,7 +17,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +117,11 @@ def register(subparsers) -> None:
         "--finetune-epochs", type=int, metavar="N", help="epochs of each fine-tuning (default: 10, --quick 2)"
     )
     parser.add_argument(
+        "--size", type=image_size, metavar="HxW",
+        help="image size of the rooms, the pre-training and the fine-tuning (default 60x80; the paper's "
+        "240x320 takes about 16 times longer and needs a GPU, see docs/benchmarks.md)",
+    )  # fmt: skip
+    parser.add_argument(
         "--depth-loss", action="store_true",
         help="add the depth loss to every arm, as the paper (off by default: on this data it holds the "
         "pre-trained models back, see docs/benchmarks.md)",
@@ -124,8 +129,21 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """``"240x320"`` -> (240, 320); a bad size is an argparse error naming the option and the value."""
+    height, sep, width = text.lower().partition("x")
+    if not (sep and height.isdigit() and width.isdigit()) or min(int(height), int(width)) < 32:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected HEIGHTxWIDTH in pixels, each at least 32 (e.g. 240x320)"
+        )
+    return int(height), int(width)
+
+
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
+    if args.size is not None:
+        plan = DemoPlan(replace(plan.synth, color_size=args.size, depth_size=args.size),
+                        replace(plan.study, size=args.size))  # fmt: skip
     if args.device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():

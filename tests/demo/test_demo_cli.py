@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
 from pri3d.cli import main
-from pri3d.demo.cli import QUICK, markdown, summarise
+from pri3d.demo import cli as demo_cli
+from pri3d.demo.cli import QUICK, image_size, markdown, summarise
 from pri3d.demo.study import ARMS, pretrain_dir
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -73,3 +75,26 @@ def test_demo_rejects_a_budget_below_one(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--quick", "--device", "cpu", "--finetune-epochs", "0"]) == 2
     assert "--finetune-epochs 0: expected a positive number" in capsys.readouterr().err
     assert not (tmp_path / "demo_settings.json").exists()
+
+
+def test_size_option_reaches_the_rooms_and_the_runs(tmp_path, capsys, monkeypatch):
+    assert image_size("240x320") == (240, 320) and image_size("48X64") == (48, 64)
+    for bad in ("240", "240x", "x320", "16x320", "240x320x3", "-240x320"):
+        with pytest.raises(argparse.ArgumentTypeError, match="HEIGHTxWIDTH"):
+            image_size(bad)
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--out", str(tmp_path), "--size", "10x80"])
+    assert stop.value.code == 2 and "--size: '10x80'" in capsys.readouterr().err
+
+    def stop_at_generation(*args, **kwargs):
+        raise KeyboardInterrupt  # the settings are written before any work starts
+
+    monkeypatch.setattr(demo_cli, "_generate", stop_at_generation)
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--device", "cpu", "--size", "48x64"]) == 130
+    settings = json.loads((tmp_path / "demo_settings.json").read_text())
+    assert settings["synth"]["color_size"] == settings["synth"]["depth_size"] == [48, 64]
+    assert settings["study"]["size"] == [48, 64]
+    capsys.readouterr()
+    # the same folder at another size is refused: the runs would mix sizes
+    assert main(["demo", "--out", str(tmp_path), "--quick", "--device", "cpu"]) == 2
+    assert "color_size" in capsys.readouterr().err
