@@ -49,11 +49,8 @@ def save_checkpoint(directory: str | Path, name: str, state: dict) -> Path:
     """Write `state` to `directory/name` via a temporary file and point `directory/last` at it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = {**state, "pri3d_version": __version__}
     path = directory / name
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    _fsync_replace(tmp, path)
+    _save_atomically({**state, "pri3d_version": __version__}, path)
     pointer = directory / "last.tmp"
     pointer.write_text(name + "\n")
     _fsync_replace(pointer, directory / "last")
@@ -84,10 +81,14 @@ def drop_optimizer_state(path: str | Path) -> int:
         return 0
     before = path.stat().st_size
     del state["optimizer"]
+    _save_atomically(state, path)
+    return before - path.stat().st_size
+
+
+def _save_atomically(state: dict, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
     _fsync_replace(tmp, path)
-    return before - path.stat().st_size
 
 
 def _fsync_replace(tmp: Path, final: Path) -> None:

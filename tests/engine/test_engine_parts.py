@@ -167,17 +167,22 @@ class _Fit(nn.Module):
         return {"total_loss": (self.linear(batch["x"]) - 1).pow(2).mean()}
 
 
-def test_max_steps_sets_the_run_length_across_epochs(tmp_path):
-    """train.max_steps beyond one epoch runs on into later epochs, the poly schedule ending at its last step."""
+def _collate_points(samples):
+    return {"x": torch.stack(samples), "batch_size": len(samples), "skipped": []}
+
+
+def _fit_trainer(log_dir, max_steps: int) -> Trainer:
+    """A Trainer fitting `_Fit` to `_Points` (3 batches of 2 per epoch) for ``max_steps`` steps."""
     config = load_config(PretrainRunConfig, [
-        f"train.log_dir={tmp_path}", "train.batch_size=2", "train.workers=0", "train.max_steps=7",
+        f"train.log_dir={log_dir}", "train.batch_size=2", "train.workers=0", f"train.max_steps={max_steps}",
         "scheduler.max_epochs=1", "train.checkpoint_every=0", "train.report_batch=1", "logging.tensorboard=false",
     ])  # fmt: skip
+    return Trainer(_Fit(), _Points(), _collate_points, config, DistEnv(0, 1, 0, torch.device("cpu")))
 
-    def collate(samples):
-        return {"x": torch.stack(samples), "batch_size": len(samples), "skipped": []}
 
-    trainer = Trainer(_Fit(), _Points(), collate, config, DistEnv(0, 1, 0, torch.device("cpu")))
+def test_max_steps_sets_the_run_length_across_epochs(tmp_path):
+    """train.max_steps beyond one epoch runs on into later epochs, the poly schedule ending at its last step."""
+    trainer = _fit_trainer(tmp_path, max_steps=7)
     assert trainer.steps_per_epoch == 3 and trainer.total_steps == 7
     last = trainer.fit()
     assert trainer.step == 7 and trainer.epoch == 2  # two whole epochs and one step of the third
@@ -185,18 +190,7 @@ def test_max_steps_sets_the_run_length_across_epochs(tmp_path):
 
 
 def test_a_finished_run_without_optimizer_state_initialises_but_does_not_resume(tmp_path):
-    config = load_config(PretrainRunConfig, [
-        f"train.log_dir={tmp_path}", "train.batch_size=2", "train.workers=0", "train.max_steps=3",
-        "scheduler.max_epochs=1", "train.checkpoint_every=0", "train.report_batch=1", "logging.tensorboard=false",
-    ])  # fmt: skip
-
-    def collate(samples):
-        return {"x": torch.stack(samples), "batch_size": len(samples), "skipped": []}
-
-    def trainer() -> Trainer:
-        return Trainer(_Fit(), _Points(), collate, config, DistEnv(0, 1, 0, torch.device("cpu")))
-
-    trainer().fit()
+    _fit_trainer(tmp_path, max_steps=3).fit()
     path = latest_checkpoint(tmp_path / "checkpoints")
     full = load_checkpoint(path)
     assert drop_optimizer_state(path) > 0
@@ -206,4 +200,4 @@ def test_a_finished_run_without_optimizer_state_initialises_but_does_not_resume(
     assert drop_optimizer_state(path) == 0  # nothing left to drop
     assert latest_checkpoint(tmp_path / "checkpoints") == path and not list(path.parent.glob("*.tmp"))
     with pytest.raises(ValueError, match=r"without optimizer state.*train\.log_dir"):
-        trainer().resume_if_possible()
+        _fit_trainer(tmp_path, max_steps=3).resume_if_possible()
