@@ -8,6 +8,7 @@ key is an error that names the nearest valid key.
 from __future__ import annotations
 
 import difflib
+import json
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -157,3 +158,48 @@ def to_yaml(config: Any) -> str:
 
 def to_dict(config: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(config))  # type: ignore[return-value]
+
+
+def override_value(value: object) -> str:
+    """A Python value as the right-hand side of a ``key=value`` override (lists, booleans and "" as JSON)."""
+    return json.dumps(value) if isinstance(value, list | bool) or value == "" else str(value)
+
+
+def expand_overrides(
+    items: list[str],
+    presets: dict[str, dict[str, dict[str, object]]],
+    renames: dict[str, str],
+    for_eval: bool = False,
+    eval_skip: tuple[str, ...] = (),
+) -> tuple[list[str], dict[str, str]]:
+    """A fine-tuning CLI's ``key=value`` items -> config overrides; returns (overrides, extras).
+
+    ``<short>=<name>`` with ``short`` in ``presets`` (e.g. ``dataset=scannet``) adds that preset's
+    overrides before every explicit one, so explicit ones win; presets apply in the order of
+    ``presets``' keys (a dataset's before a model's) and, at evaluation, without ``eval_skip`` keys
+    (the data's location comes from the checkpoint). ``renames`` maps short keys to config keys
+    (``init`` -> ``finetune.pretrain``); ``dataset.split`` names ``train.phase``, or
+    ``finetune.eval_phase`` when ``for_eval``. ``checkpoint=`` and ``out=`` go to ``extras``.
+    """
+    chosen: dict[str, list[str]] = {short: [] for short in presets}
+    overrides: list[str] = []
+    extras: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"argument {item!r} must look like key=value (e.g. dataset=scannet)")
+        if key in presets:
+            table = presets[key]
+            if value.lower() not in table:
+                raise ValueError(f"{key}={value!r}: expected one of {', '.join(table)}")
+            chosen[key] += [f"{k}={override_value(v)}" for k, v in table[value.lower()].items()
+                            if not (for_eval and k in eval_skip)]  # fmt: skip
+        elif key in renames:
+            overrides.append(f"{renames[key]}={value}")
+        elif key == "dataset.split":
+            overrides.append(f"{'finetune.eval_phase' if for_eval else 'train.phase'}={value}")
+        elif key in ("checkpoint", "out"):
+            extras[key] = value
+        else:
+            overrides.append(item)
+    return [o for short in presets for o in chosen[short]] + overrides, extras

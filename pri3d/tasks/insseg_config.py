@@ -6,7 +6,6 @@ Defaults are the original's Detectron2 ScanNet config (spec §5.2); see :mod:`pr
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 
@@ -16,7 +15,9 @@ from pri3d.engine.config import (
     OptimizerConfig,
     SchedulerConfig,
     TrainConfig,
+    expand_overrides,
     load_config,
+    override_value,
 )
 
 __all__ = [
@@ -140,42 +141,24 @@ DETECTRON2_KEYS = {
 }  # fmt: skip
 
 
-def _value(value: object) -> str:
-    return json.dumps(value) if isinstance(value, list | bool) or value == "" else str(value)
-
-
 def expand_short_forms(items: list[str], for_eval: bool = False) -> tuple[list[str], dict[str, str]]:
     """CLI short forms and Detectron2 keys -> config overrides; returns (overrides, ``checkpoint=``/``out=``).
 
     ``dataset=`` adds its preset first (explicit overrides win); ``init=`` -> ``finetune.pretrain``;
     ``dataset.split=`` -> ``train.phase`` (``finetune.eval_phase`` when ``for_eval``); Detectron2 keys
-    map through :data:`DETECTRON2_KEYS` (``SOLVER.STEPS=(60000,80000)`` is read as a list).
+    map through :data:`DETECTRON2_KEYS` (``SOLVER.STEPS=(60000,80000)`` is read as a list). See
+    :func:`pri3d.engine.config.expand_overrides`.
     """
-    presets: list[str] = []
-    overrides: list[str] = []
-    extra: dict[str, str] = {}
+    translated = []
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"argument {item!r} must look like key=value (e.g. dataset=scannet)")
-        if key == "dataset":
-            if value.lower() not in DATASET_PRESETS:
-                raise ValueError(f"dataset={value!r}: expected one of {', '.join(DATASET_PRESETS)}")
-            preset = DATASET_PRESETS[value.lower()]
-            presets += [f"{k}={_value(v)}" for k, v in preset.items()
-                        if not (for_eval and k in ("dataset.path", "dataset.annotations"))]  # fmt: skip
-        elif key == "init":
-            overrides.append(f"finetune.pretrain={value}")
-        elif key == "dataset.split":
-            overrides.append(f"{'finetune.eval_phase' if for_eval else 'train.phase'}={value}")
-        elif key in ("checkpoint", "out"):
-            extra[key] = value
-        elif key in DETECTRON2_KEYS:
-            value = value.replace("(", "[").replace(")", "]").replace(",]", "]")
-            overrides.append(f"{DETECTRON2_KEYS[key]}={value}")
-        else:
-            overrides.append(item)
-    return presets + overrides, extra
+        if sep and key in DETECTRON2_KEYS:
+            item = f"{key}={value.replace('(', '[').replace(')', ']').replace(',]', ']')}"
+        translated.append(item)
+    return expand_overrides(
+        translated, {"dataset": DATASET_PRESETS}, {"init": "finetune.pretrain", **DETECTRON2_KEYS}, for_eval,
+        eval_skip=("dataset.path", "dataset.annotations"),
+    )  # fmt: skip
 
 
 def insseg_config(items: list[str], base: dict | None = None) -> InssegRunConfig:
@@ -204,7 +187,7 @@ def check_config(config: InssegRunConfig) -> None:
     )  # fmt: skip
     for key, value, ok, expected in checks:
         if not ok:
-            raise ValueError(f"{key}={_value(value)}: expected {expected}")
+            raise ValueError(f"{key}={override_value(value)}: expected {expected}")
     if ft.pretrain == "scratch" and ft.norm == "frozen":
         raise ValueError("finetune.pretrain=scratch with finetune.norm=frozen would freeze the identity statistics "
                          "of untrained BatchNorm layers (nothing normalises, training diverges); add "

@@ -6,7 +6,6 @@ Defaults are the original UNet recipe (spec §4.1); see :mod:`pri3d.tasks.semseg
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from pri3d.engine.config import (
@@ -15,6 +14,7 @@ from pri3d.engine.config import (
     OptimizerConfig,
     SchedulerConfig,
     TrainConfig,
+    expand_overrides,
     load_config,
 )
 
@@ -115,47 +115,18 @@ MODEL_PRESETS: dict[str, dict[str, object]] = {
 }  # fmt: skip
 
 
-def _value(value: object) -> str:
-    return json.dumps(value) if isinstance(value, list | bool) else str(value)
-
-
 def expand_short_forms(items: list[str], for_eval: bool = False) -> tuple[list[str], dict[str, str]]:
-    """Turn the CLI's short forms into config overrides; returns (overrides, other short forms).
+    """The CLI's short forms -> config overrides; returns (overrides, ``checkpoint=``/``out=``).
 
-    ``dataset=`` and ``model=`` add their presets first, so explicit overrides in ``items`` win;
-    ``backbone=`` -> ``finetune.backbone``, ``init=`` -> ``finetune.pretrain``, ``dataset.split=`` ->
-    ``train.phase`` (``finetune.eval_phase`` when ``for_eval``). ``checkpoint=`` and ``out=`` are
-    returned in the second dict.
+    ``dataset=`` and ``model=`` add their presets (:data:`DATASET_PRESETS`, :data:`MODEL_PRESETS`)
+    first, so explicit overrides win; ``backbone=`` -> ``finetune.backbone``, ``init=`` ->
+    ``finetune.pretrain``, ``dataset.split=`` -> ``train.phase`` (``finetune.eval_phase`` when
+    ``for_eval``). See :func:`pri3d.engine.config.expand_overrides`.
     """
-    presets: list[str] = []
-    overrides: list[str] = []
-    extra: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"argument {item!r} must look like key=value (e.g. dataset=scannet)")
-        if key == "dataset":
-            if value.lower() not in DATASET_PRESETS:
-                raise ValueError(f"dataset={value!r}: expected one of {', '.join(DATASET_PRESETS)}")
-            preset = DATASET_PRESETS[value.lower()]
-            presets = [
-                f"{k}={_value(v)}" for k, v in preset.items() if not (for_eval and k == "dataset.path")
-            ] + presets
-        elif key == "model":
-            if value.lower() not in MODEL_PRESETS:
-                raise ValueError(f"model={value!r}: expected one of {', '.join(MODEL_PRESETS)}")
-            presets += [f"{k}={_value(v)}" for k, v in MODEL_PRESETS[value.lower()].items()]
-        elif key == "backbone":
-            overrides.append(f"finetune.backbone={value}")
-        elif key == "init":
-            overrides.append(f"finetune.pretrain={value}")
-        elif key == "dataset.split":
-            overrides.append(f"{'finetune.eval_phase' if for_eval else 'train.phase'}={value}")
-        elif key in ("checkpoint", "out"):
-            extra[key] = value
-        else:
-            overrides.append(item)
-    return presets + overrides, extra
+    return expand_overrides(
+        items, {"dataset": DATASET_PRESETS, "model": MODEL_PRESETS},
+        {"backbone": "finetune.backbone", "init": "finetune.pretrain"}, for_eval, eval_skip=("dataset.path",),
+    )  # fmt: skip
 
 
 def semseg_config(items: list[str], base: dict | None = None) -> SemsegRunConfig:

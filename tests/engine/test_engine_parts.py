@@ -15,7 +15,7 @@ from pri3d.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pri3d.engine.config import ConfigError, PretrainRunConfig, load_config
+from pri3d.engine.config import ConfigError, PretrainRunConfig, expand_overrides, load_config
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.sampler import GlobalBatchSampler
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
@@ -38,6 +38,22 @@ def test_overrides_in_the_original_style():
                                         "pretrain.geometric_prior=False", "dataset.size=[120,160]"])  # fmt: skip
     assert c.train.batch_size == 8 and c.pretrain.backbone == "Res18UNet"
     assert c.pretrain.geometric_prior is False and c.dataset.size == [120, 160]
+
+
+def test_short_forms_expand_to_presets_then_explicit_overrides():
+    presets = {"dataset": {"a": {"dataset.path": "data/a", "dataset.size": [2, 3]}},
+               "model": {"m": {"finetune.model": "M", "train.flag": True}}}  # fmt: skip
+    items = ["model=m", "train.batch_size=4", "dataset=A", "init=run", "dataset.split=val", "out=x"]
+    overrides, extras = expand_overrides(items, presets, {"init": "finetune.pretrain"})
+    assert overrides == ["dataset.path=data/a", "dataset.size=[2, 3]", "finetune.model=M", "train.flag=true",
+                         "train.batch_size=4", "finetune.pretrain=run", "train.phase=val"]  # fmt: skip
+    assert extras == {"out": "x"}
+    at_eval, _ = expand_overrides(["dataset=a", "dataset.split=val"], presets, {}, True, ("dataset.path",))
+    assert at_eval == ["dataset.size=[2, 3]", "finetune.eval_phase=val"]
+    with pytest.raises(ValueError, match=r"model='z': expected one of m"):
+        expand_overrides(["model=z"], presets, {})
+    with pytest.raises(ValueError, match="must look like key=value"):
+        expand_overrides(["dataset"], presets, {})
 
 
 def test_unknown_key_names_the_nearest_valid_one():
