@@ -119,7 +119,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--size", type=image_size, metavar="HxW",
         help="image size of the rooms, the pre-training and the fine-tuning (default 60x80; the paper's "
-        "240x320 takes about 16 times longer and needs a GPU, see docs/benchmarks.md)",
+        "240x320 takes 12-15 times as long and needs a GPU, see docs/benchmarks.md)",
     )  # fmt: skip
     parser.add_argument(
         "--depth-loss", action="store_true",
