@@ -293,11 +293,18 @@ def write_label_tsv(path: str | os.PathLike[str], rows: list[dict[str, Any]]) ->
         file.write("\n".join(lines) + "\n")
 
 
+#: Label-table columns whose ids index a fixed class list: (lowest, highest) valid id, 0 = unlabelled.
+LABEL_ID_RANGES = {"nyu40id": (0, 40), "eigen13id": (0, 13)}
+
+
 def read_label_map(path: str | os.PathLike[str], to: str = "nyu40id") -> dict[str, int]:
     """Map ``raw_category`` to the integer in column ``to`` of a ScanNet label table.
 
     Works on the real ``scannetv2-labels.combined.tsv``. Rows whose ``to`` cell is empty are skipped.
+    An id outside its class list (:data:`LABEL_ID_RANGES`) is an error naming the line and the raw
+    category: it would otherwise be written into every point cloud that uses the category.
     """
+    low, high = LABEL_ID_RANGES.get(to, (None, None))
     with open(path, encoding="utf-8", newline="") as file:
         # QUOTE_NONE: the file is plain tab-separated text; raw categories may contain quote marks.
         reader = csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -311,11 +318,17 @@ def read_label_map(path: str | os.PathLike[str], to: str = "nyu40id") -> dict[st
             if not cell:
                 continue
             try:
-                mapping[row["raw_category"]] = int(cell)
+                value = int(cell)
             except ValueError as exc:
                 raise ValueError(
                     f"{path}: line {reader.line_num}: column {to!r} is {cell!r}, expected an integer"
                 ) from exc
+            if low is not None and not low <= value <= high:
+                raise ValueError(
+                    f"{path}: line {reader.line_num}: raw_category {row['raw_category']!r} has {to} {value}, "
+                    f"expected {low}..{high}"
+                )
+            mapping[row["raw_category"]] = value
     return mapping
 
 

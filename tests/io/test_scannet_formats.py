@@ -269,6 +269,21 @@ def test_label_table_errors_name_file_and_column(tmp_path: Path) -> None:
         write_label_tsv(path, [{"id": 1, "raw_category": "a", "category": "a", "nyu40id": 1, "nyu40": 1}])
 
 
+@pytest.mark.parametrize("value", [41, -1, 255])
+def test_label_table_rejects_nyu40_ids_outside_0_to_40(tmp_path: Path, value: int) -> None:
+    # A wrong id would otherwise flow into every point cloud labelled with that category.
+    path = tmp_path / "scannetv2-labels.combined.tsv"
+    path.write_text(f"raw_category\tnyu40id\teigen13id\nwall\t1\t12\nlamp\t{value}\t14\n")
+    with pytest.raises(
+        ValueError,
+        match=rf"scannetv2-labels\.combined\.tsv: line 3: raw_category 'lamp' has nyu40id {value}, "
+        r"expected 0\.\.40",
+    ):
+        read_label_map(path)
+    with pytest.raises(ValueError, match=r"line 3: raw_category 'lamp' has eigen13id 14, expected 0\.\.13"):
+        read_label_map(path, to="eigen13id")
+
+
 def test_matrix_round_trip_float32_and_inf(tmp_path: Path) -> None:
     pose = np.random.default_rng(4).normal(size=(4, 4)).astype(np.float32)
     pose[3] = [0, 0, 0, 1]
