@@ -2,8 +2,9 @@
 
 Every dataset yields ``{"image": [3, H, W] float32 (ImageNet-normalised RGB), "label": [H, W] int64,
 "index": int, "name": str}`` with label **0 = ignore** and classes 1..K-1, as the original UNet's
-K-logit convention. A frame that fails to load yields ``{"skip": reason}`` and is reported by the
-collate function instead of stopping the run.
+K-logit convention. A frame that fails to load, or whose label file holds a value outside the
+dataset's ids (ScanNet: NYU40 ids above 40), yields ``{"skip": reason}`` naming the file at fault;
+the collate function reports it instead of stopping the run.
 
 | name | files under ``path`` | K | split |
 |---|---|---|---|
@@ -89,6 +90,10 @@ class SegmentationFrames(Dataset):
 
     class_names: tuple[str, ...] = ()
     lut: np.ndarray = np.arange(256, dtype=np.uint8)
+    #: What the label files hold and their largest valid value, e.g. ("NYU40 ids", 40). A frame with a
+    #: larger value is skipped with the reason, as the lookup table would silently make it "ignore".
+    #: None: every byte value is a defined id.
+    label_range: tuple[str, int] | None = None
 
     def __init__(self, items: list[tuple[Path, Path]], options: SemsegOptions, train: bool,
                  full_resolution: bool = False) -> None:  # fmt: skip
@@ -121,10 +126,14 @@ class SegmentationFrames(Dataset):
     def __getitem__(self, index: int) -> dict:
         color_path, label_path = self.items[index]
         try:
-            image = Image.open(color_path).convert("RGB")
-            label = self._read_label(label_path)
+            with Image.open(color_path) as picture:
+                image = picture.convert("RGB")
         except (OSError, ValueError) as error:
             return {"skip": f"{color_path}: {error}"}
+        try:
+            label = self._read_label(label_path)
+        except (OSError, ValueError) as error:
+            return {"skip": f"{label_path}: {error}"}
         if self.full_resolution and label.size != image.size:
             image = image.resize(label.size, Image.BILINEAR)
         if not self.full_resolution:
@@ -141,15 +150,19 @@ class SegmentationFrames(Dataset):
         return {"image": image_t, "label": label_t, "index": index, "name": str(color_path)}
 
     def _read_label(self, path: Path) -> Image.Image:
-        label = Image.open(path)
-        array = np.asarray(label)
+        """The label file as an 8-bit image; errors say what is wrong, the caller names the file."""
+        with Image.open(path) as picture:
+            array = np.asarray(picture)  # [H, W]; palette images give their indices
         if array.ndim != 2:
-            raise ValueError(f"{path}: label image must have one channel, got shape {array.shape}")
-        if array.dtype != np.uint8:
-            if array.max(initial=0) > 255:
-                raise ValueError(f"{path}: label values up to {array.max()}, expected ids below 256")
-            label = Image.fromarray(array.astype(np.uint8))
-        return label
+            raise ValueError(f"label image must have one channel, got shape {array.shape}")
+        if array.max(initial=0) > 255:
+            raise ValueError(f"label values up to {array.max()}, expected ids below 256")
+        if self.label_range is not None:
+            kind, highest = self.label_range
+            wrong = np.unique(array[array > highest])
+            if wrong.size:
+                raise ValueError(f"label values {wrong.tolist()} are not {kind} (expected 0..{highest})")
+        return Image.fromarray(array.astype(np.uint8))
 
     def augment(self, image: torch.Tensor, label: torch.Tensor, rng: np.random.Generator):
         """Photometric/geometric augmentation of ``[3, H, W]`` and ``[H, W]``; subclasses choose."""
@@ -257,6 +270,7 @@ class ScanNetSemseg(SegmentationFrames):
 
     class_names = ("ignore", *SCANNET20_NAMES)
     lut = nyu40_to_scannet20_lut()
+    label_range = ("NYU40 ids", 40)
 
     def __init__(self, path: str | Path, phase: str, options: SemsegOptions, split_dir: str | Path | None = None,
                  train: bool | None = None) -> None:  # fmt: skip

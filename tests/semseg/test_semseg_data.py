@@ -80,6 +80,32 @@ def test_a_broken_frame_is_skipped_and_reported(semseg_root, tmp_path):
     assert len(batch["skipped"]) == 1 and "broken.jpg" in batch["skipped"][0]
 
 
+def test_label_values_above_40_skip_the_frame_naming_the_label_file(semseg_root, tmp_path):
+    # The lookup table would turn them into "ignore" without a word.
+    dataset = build_semseg_dataset("ScanNet", semseg_root, "val", SMALL, split_dir=semseg_root)
+    color, label = dataset.items[0]
+    array = np.asarray(Image.open(label)).copy()
+    array[0, :3] = [41, 200, 41]
+    bad = tmp_path / "bad_label.png"
+    Image.fromarray(array).save(bad)
+    dataset.items[0] = (color, bad)
+    batch = collate_semseg([dataset[0], dataset[1]])
+    assert batch["batch_size"] == 1
+    (reason,) = batch["skipped"]
+    assert reason == f"{bad}: label values [41, 200] are not NYU40 ids (expected 0..40)"
+
+
+def test_a_truncated_label_png_is_reported_under_its_own_name(semseg_root, tmp_path):
+    dataset = build_semseg_dataset("ScanNet", semseg_root, "val", SMALL, split_dir=semseg_root)
+    color, label = dataset.items[0]
+    truncated = tmp_path / "truncated.png"
+    data = label.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    dataset.items[0] = (color, truncated)
+    reason = dataset[0]["skip"]
+    assert reason.startswith(f"{truncated}: ") and "truncated" in reason and str(color) not in reason
+
+
 def test_augmentation_depends_only_on_seed_epoch_and_index(semseg_root):
     options = SemsegOptions(size=(60, 80), augment=True, seed=1)
     dataset = build_semseg_dataset("ScanNet", semseg_root, "train", options, split_dir=semseg_root)
