@@ -10,9 +10,10 @@ A sample is ``{"image": [3, H, W] float32 RGB in [0, 1], "target": {"boxes": [N,
 x2, y2) pixel corners, "labels": [N] int64 (1..K), "masks": [N, H, W] uint8}, "image_id": int,
 "index": int}`` at the file's own resolution: Mask R-CNN's transform normalises (ImageNet mean/std,
 as the backbone was pre-trained) and resizes. Category ids of the file are mapped to 1..K in
-increasing order (COCO's 1..90 with gaps become 1..80). Crowd regions are not training targets;
-training leaves out images without a target (Detectron2's ``FILTER_EMPTY_ANNOTATIONS``). A frame
-that fails to load yields ``{"skip": reason}``.
+increasing order (COCO's 1..90 with gaps become 1..80); an annotation of a category the file does
+not declare is an error naming it. Crowd regions are not training targets; training leaves out
+images without a target (Detectron2's ``FILTER_EMPTY_ANNOTATIONS``). A frame that fails to load
+yields ``{"skip": reason}``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ class CocoInstances(Dataset):
         self.category_ids = sorted(self.coco.cats)
         if not self.category_ids:
             raise ValueError(f"{self.annotation_path}: no categories")
+        for annotation in self.coco.dataset["annotations"]:
+            if annotation.get("category_id") not in self.coco.cats:
+                raise ValueError(
+                    f"{self.annotation_path}: annotation {annotation.get('id')} (image "
+                    f"{annotation.get('image_id')}) has category_id {annotation.get('category_id')}, "
+                    f"not among the file's categories {self.category_ids}"
+                )
         self.class_names = tuple(self.coco.cats[c]["name"] for c in self.category_ids)
         self.label_of = {c: i for i, c in enumerate(self.category_ids, start=1)}
         self.train, self.flip, self.seed = train, flip, seed

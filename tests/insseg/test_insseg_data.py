@@ -112,3 +112,18 @@ def test_dataset_errors_say_what_to_do(insseg_root, coco_dir, tmp_path):
     )
     data = build_insseg_dataset("COCO", tmp_path / "coco", "", "val2017", train=False)
     assert "10×10, but" in data[0]["skip"] and "50×40" in data[0]["skip"]
+
+
+def test_an_annotation_of_an_undeclared_category_is_an_error_naming_it(tmp_path):
+    # Without the check the sample's target fails mid-run with a bare KeyError.
+    _coco_tree(tmp_path / "coco")
+    path = tmp_path / "coco" / "annotations" / "instances_val2017.json"
+    document = json.loads(path.read_text())
+    document["annotations"][0]["category_id"] = 91
+    path.write_text(json.dumps(document))
+    with pytest.raises(
+        ValueError,
+        match=r"instances_val2017\.json: annotation 1 \(image 7\) has category_id 91, "
+        r"not among the file's categories \[1, 5, 90\]",
+    ):
+        build_insseg_dataset("COCO", tmp_path / "coco", "", "val2017", train=False)
