@@ -39,7 +39,6 @@ __all__ = [
     "export_detectron2",
     "export_pri3d",
     "export_torchvision",
-    "imagenet_resnet_state",
     "import_original_pri3d",
     "load_backbone",
     "load_pri3d_2d",
@@ -151,24 +150,6 @@ def resolve_weights_path(path: str | Path, option: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{option}={path}: file not found")
     return path
-
-
-def imagenet_resnet_state(arch: str) -> tuple[dict[str, torch.Tensor], str]:
-    """torchvision's ``IMAGENET1K_V1`` weights of ``resnet18``/``resnet50`` and their URL, through
-    torchvision's own loader (the torch hub cache, or a download where the internet is reachable)."""
-    from torchvision.models import resnet as tv_resnet
-
-    weights = getattr(
-        tv_resnet, {"resnet18": "ResNet18_Weights", "resnet50": "ResNet50_Weights"}[arch]
-    ).IMAGENET1K_V1
-    try:
-        state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
-    except Exception as error:  # no network and no cached file
-        raise FileNotFoundError(
-            f"finetune.pretrain=imagenet: cannot get torchvision's {arch} ImageNet weights ({error}); put "
-            f"{weights.url.rsplit('/', 1)[-1]} in $TORCH_HOME/hub/checkpoints or pass a weights file"
-        ) from None
-    return state, weights.url
 
 
 def torchvision_state_for(module: nn.Module, state: dict[str, torch.Tensor], source: str):

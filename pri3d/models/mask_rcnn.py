@@ -13,11 +13,11 @@ from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.engine.distributed import DistEnv
 from pri3d.export import (
     LoadReport,
-    imagenet_resnet_state,
     load_weights_file,
     resolve_weights_path,
     torchvision_state_for,
 )
+from pri3d.models.resunet import imagenet_state
 from pri3d.models.segmentation import load_strict
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ def initialise_body(detector: nn.Module, init: str) -> LoadReport:
         missing = {f"detector.backbone.body.{k}": "scratch initialisation" for k in body.state_dict()}
         return LoadReport("scratch", "none", missing={**missing, **others})
     if init == "imagenet":
-        state, source = imagenet_resnet_state("resnet50")
+        state, source = imagenet_state("resnet50", "finetune.pretrain")
     else:
         path = resolve_weights_path(init, "finetune.pretrain")
         state, _ = load_weights_file(path)

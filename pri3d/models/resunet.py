@@ -29,6 +29,8 @@ __all__ = [
     "ResNetEncoder",
     "ResUNet",
     "UNetDecoder",
+    "WeightsUnavailable",
+    "imagenet_state",
     "load_imagenet",
 ]
 
@@ -189,14 +191,58 @@ class Res50UNet(ResUNet):
         super().__init__("resnet50", output_channels)
 
 
-def load_imagenet(encoder: ResNetEncoder, weights: str | Path | None = None) -> ResNetEncoder:
+class WeightsUnavailable(FileNotFoundError):
+    """Weights that are neither on disk nor downloadable (a ``FileNotFoundError``, which the `pri3d`
+    command prints as one line without a traceback)."""
+
+
+def imagenet_state(arch: str, option: str) -> tuple[dict[str, torch.Tensor], str]:
+    """torchvision's ``IMAGENET1K_V1`` state dict of ``arch`` (with ``fc``) and its URL.
+
+    Read through torchvision's own loader: the file ``<torch.hub.get_dir()>/checkpoints/<name>``
+    (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch/hub/checkpoints``), downloaded
+    there first when absent. ``option`` is the setting that asked for ImageNet weights
+    (``pretrain.pretrained``, ``finetune.pretrain``); errors name it with its alternatives.
+
+    Raises:
+        WeightsUnavailable: the file is not in the cache and the download failed (e.g. offline).
+        ValueError: the cached file cannot be read (e.g. a truncated download).
+    """
+    weights = _ARCHS[arch][2].IMAGENET1K_V1
+    name = weights.url.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    had_file = cached.is_file()
+    try:
+        state = weights.get_state_dict(progress=True, weights_only=True, map_location="cpu")
+    except Exception as error:  # urllib, socket, ssl, os and unpickling errors, depending on the cause
+        if had_file or cached.is_file():
+            # only the type: torch's unpickling message advises weights_only=False, wrong for a broken file
+            raise ValueError(
+                f"{option}=imagenet: {cached} (torchvision's {arch} ImageNet weights in the torch hub "
+                f"cache) cannot be read as a torch weights file ({type(error).__name__}); delete it to "
+                f"download it again, or use {option}=scratch or {option}=PATH with a local torchvision ResNet file"
+            ) from None
+        cause = f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
+        raise WeightsUnavailable(
+            f"{option}=imagenet: torchvision's {arch} ImageNet weights are not in the torch hub cache "
+            f"(looked for {cached}) and downloading {weights.url} failed ({cause}). "
+            f"Without internet: use {option}=scratch, or copy {name} to {cached} (TORCH_HOME moves the "
+            f"cache), or pass a local torchvision ResNet file as {option}=PATH"
+        ) from None
+    return state, weights.url
+
+
+def load_imagenet(
+    encoder: ResNetEncoder, weights: str | Path | None = None, option: str = "pretrain.pretrained"
+) -> ResNetEncoder:
     """Load ImageNet weights into ``encoder`` strictly, after dropping ``fc.*``.
 
     Args:
         encoder: the encoder to fill in place.
         weights: a local torchvision-layout ``.pth`` state dict, or ``None`` to use torchvision's
             ``IMAGENET1K_V1`` weights of the encoder's arch (the original's ``resnet18-5c106cde`` /
-            ``resnet50-19c8e357`` weights; downloaded into the torch hub cache if absent).
+            ``resnet50-19c8e357`` weights) through :func:`imagenet_state`.
+        option: the setting that chose these weights, named in errors.
 
     Files are read with ``torch.load(weights_only=True)``. Missing ``num_batches_tracked`` buffers
     (pre-0.4.1 torchvision files lack them) are filled with the encoder's current value; any other
@@ -206,13 +252,11 @@ def load_imagenet(encoder: ResNetEncoder, weights: str | Path | None = None) -> 
         ``encoder`` (for chaining).
     """
     if weights is None:
-        enum = _ARCHS[encoder.arch][2].IMAGENET1K_V1
-        source = enum.url
-        state = enum.get_state_dict(progress=True, weights_only=True, map_location="cpu")
+        state, source = imagenet_state(encoder.arch, option)
     else:
         source = str(weights)
         if not Path(weights).is_file():
-            raise FileNotFoundError(f"ImageNet weights file not found: {source}")
+            raise FileNotFoundError(f"{option}={source}: ImageNet weights file not found")
         state = torch.load(weights, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{source}: expected a plain state dict of tensors (torchvision layout)")

@@ -21,13 +21,13 @@ from pri3d.data.semseg import IGNORE_INDEX
 from pri3d.export import (
     LoadReport,
     detect_layout,
-    imagenet_resnet_state,
     load_weights_file,
     resolve_weights_path,
     skip_reason,
     torchvision_state_for,
 )
 from pri3d.models.registry import build_backbone
+from pri3d.models.resunet import imagenet_state
 
 __all__ = [
     "SEGMENTATION_MODELS",
@@ -198,7 +198,7 @@ def initialise(model: SegmentationModel, init: str, strict: bool = False) -> Loa
     encoder = _encoder_module(model)
     if init == "imagenet":
         arch = "resnet50" if "layer1.0.conv3.weight" in encoder.state_dict() else "resnet18"
-        state, url = imagenet_resnet_state(arch)
+        state, url = imagenet_state(arch, "finetune.pretrain")
         return _load_encoder(model, encoder, state, url)
     path = resolve_weights_path(init, "finetune.pretrain")
     state, _ = load_weights_file(path)

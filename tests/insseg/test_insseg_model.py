@@ -74,8 +74,10 @@ def test_imagenet_goes_through_torchvision_weight_loading(detector, tmp_path, mo
     weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
-    with pytest.raises(FileNotFoundError, match=r"resnet50-0676ba61\.pth"):
+    with pytest.raises(FileNotFoundError, match=r"resnet50-0676ba61\.pth") as err:
         initialise_body(detector, "imagenet")
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet50-0676ba61.pth") in str(err.value)
+    assert "finetune.pretrain=scratch" in str(err.value)
     state = _resnet50_state(2)
     (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True, exist_ok=True)  # made by the first try
     torch.save(state, tmp_path / "torch" / "hub" / "checkpoints" / weights.url.rsplit("/", 1)[-1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import urllib.error
 
 import pytest
 import torch
@@ -152,3 +153,40 @@ def test_registry_errors():
         build_backbone("Res34UNet", 32)
     with pytest.raises(ValueError, match="resnet50"):
         ResNetEncoder("resnet34")
+
+
+def _offline(*args, **kwargs):
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty torch hub cache under ``tmp_path`` and no network: a download raises URLError."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+def test_imagenet_offline_names_the_cache_file_and_the_ways_out(hub_cache):
+    with pytest.raises(FileNotFoundError) as err:  # the CLI prints FileNotFoundError as one line
+        build_backbone("Res18UNet", 32, pretrained="imagenet")
+    message = str(err.value)
+    assert str(hub_cache / "resnet18-f37072fd.pth") in message
+    assert "URLError" in message and "Temporary failure in name resolution" in message
+    assert "pretrain.pretrained=scratch" in message and "pretrain.pretrained=PATH" in message
+
+
+def test_imagenet_weights_in_the_hub_cache_load_without_network(hub_cache):
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18()
+    hub_cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), hub_cache / "resnet18-f37072fd.pth")
+    model = build_backbone("Res18UNet", 32, pretrained="imagenet")
+    assert torch.equal(model.encoder.layer4[1].conv2.weight, reference.layer4[1].conv2.weight)
+
+
+def test_a_broken_file_in_the_hub_cache_is_named(hub_cache):
+    hub_cache.mkdir(parents=True)
+    (hub_cache / "resnet18-f37072fd.pth").write_bytes(b"<html>captive portal</html>")
+    with pytest.raises(ValueError, match=r"resnet18-f37072fd\.pth.*delete it"):
+        load_imagenet(ResNetEncoder("resnet18"))

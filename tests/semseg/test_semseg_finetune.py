@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import urllib.error
 
 import numpy as np
 import pytest
 import torch
 
+from pri3d.cli import main
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pri3d.models.registry import build_backbone
 from pri3d.tasks import eval_cli, finetune_cli
@@ -138,6 +140,20 @@ def test_short_forms_and_presets(capsys):
         semseg_config(["finetune.pretrained=imagenet"])
     assert _cli(["finetune", "semseg", "model=deeplabv3plus", "--print-config"]) == 0
     assert "model: DeepLabV3Plus" in capsys.readouterr().out
+
+
+def test_default_imagenet_init_offline_is_a_one_line_error(semseg_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    assert main(["finetune", "semseg", *_small(semseg_root, tmp_path / "run")]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("pri3d finetune: error: finetune.pretrain=imagenet: ")
+    assert "Traceback" not in error and error.count("\n") == 1
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in error
+
+
+def _offline(*args, **kwargs):
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import urllib.error
+
 import pytest
 import torch
 
@@ -128,3 +130,20 @@ def test_incomplete_encoder_is_an_error(tmp_path):
     torch.save({"model": state}, tmp_path / "broken.pth")
     with pytest.raises(ValueError, match="incomplete encoder"):
         initialise(Semantic2D("Res18UNet", 21), str(tmp_path / "broken.pth"))
+
+
+@pytest.mark.parametrize("name", ["unet", "pspnet"])
+def test_imagenet_init_offline_names_the_cache_file_and_the_ways_out(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
+    model = build_segmentation_model(name, "Res18UNet", 21)
+    with pytest.raises(FileNotFoundError) as err:
+        initialise(model, "imagenet")
+    message = str(err.value)
+    assert str(tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth") in message
+    assert "URLError" in message and "finetune.pretrain=scratch" in message
+    assert "finetune.pretrain=PATH" in message
+
+
+def _offline(*args, **kwargs):
+    raise urllib.error.URLError("[Errno 101] Network is unreachable")
