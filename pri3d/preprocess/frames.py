@@ -1,7 +1,8 @@
 """Frames of a ScanNet ``.sens`` scan: exported images, poses, intrinsics, clouds and chunk boxes.
 
 One pass over the ``.sens`` stream (one frame in memory at a time) writes, for every
-``frame_skip``-th frame with a valid pose and some valid depth, under a scene folder:
+``frame_skip``-th frame with a usable pose (:func:`pose_problem`) and some valid depth, under a
+scene folder:
 
 * ``color/<frame>.jpg``: the JPEG bytes stored in the ``.sens``, written as they are (no re-encode);
 * ``depth/<frame>.png``: uint16 depth in millimetres, 0 = invalid (as stored, converted only if the
@@ -32,11 +33,14 @@ from pri3d.preprocess.overlap import VOXEL_SIZE, voxel_downsample
 
 __all__ = [
     "CHUNK_MARGIN",
+    "MAX_CAMERA_DISTANCE",
+    "RIGID_TOLERANCE",
     "SKIP_REASONS",
     "FrameExport",
     "chunk_box",
     "depth_rays",
     "export_frames",
+    "pose_problem",
     "read_chunk_boxes",
     "world_points",
     "write_chunk_boxes",
@@ -48,6 +52,18 @@ CHUNK_MARGIN = 0.1
 #: Reasons for not exporting a frame, as counted in :attr:`FrameExport.skipped`.
 SKIP_REASONS = ("invalid_pose", "no_valid_depth")
 
+#: Largest accepted distance (metres) of a camera from the scene origin. ScanNet's scenes are single
+#: rooms, at most a few tens of metres across, so a camera a kilometre away is a corrupt pose. The
+#: bound also keeps every point (camera + at most 65.5 m of uint16 depth) where float32 still resolves
+#: 0.1 mm and inside the overlap's packable voxel range (±52 km at 5 cm, ±10 km at 1 cm voxels), which
+#: one absurd translation otherwise overflows, failing its whole scene.
+MAX_CAMERA_DISTANCE = 1e3
+
+#: Largest accepted entry of |R Rᵀ - I|, |det R - 1| and |last row - [0, 0, 0, 1]|. Poses stored as
+#: float32 are off by about 1e-7; 1e-3 moves a point 5 m away by at most 5 mm, a tenth of the 5 cm
+#: overlap voxel, so anything beyond it is not a camera motion (a scaled, sheared or mirrored matrix).
+RIGID_TOLERANCE = 1e-3
+
 
 @dataclass
 class FrameExport:
@@ -55,7 +71,8 @@ class FrameExport:
 
     frames: raw frame numbers exported, in file order. clouds: per exported frame, its voxel-
     downsampled world points [P_k, 3] float64. boxes: [F, 6] float64 chunk boxes (min xyz, max xyz).
-    read: frames selected by ``frame_skip``; skipped: count per reason in :data:`SKIP_REASONS`.
+    read: frames selected by ``frame_skip``; skipped: count per reason in :data:`SKIP_REASONS`;
+    skipped_frames: raw frame number -> ``"<reason>: <what is wrong>"`` for each frame not exported.
     """
 
     frames: list[int] = field(default_factory=list)
@@ -63,6 +80,38 @@ class FrameExport:
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 6)))
     read: int = 0
     skipped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SKIP_REASONS, 0))
+    skipped_frames: dict[int, str] = field(default_factory=dict)
+
+    def skip(self, frame: int, reason: str, detail: str) -> None:
+        """Count ``frame`` as not exported for ``reason`` (one of :data:`SKIP_REASONS`), saying why."""
+        self.skipped[reason] += 1
+        self.skipped_frames[frame] = f"{reason}: {detail}"
+
+
+def pose_problem(camera_to_world: np.ndarray) -> str | None:
+    """What makes a [4, 4] camera-to-world pose unusable, or None when it is a rigid camera motion.
+
+    Refused: non-finite entries (ScanNet writes -inf where tracking was lost), an all-zero matrix,
+    a rotation part that is not a rotation or a last row that is not [0, 0, 0, 1] (beyond
+    :data:`RIGID_TOLERANCE`), and a camera farther than :data:`MAX_CAMERA_DISTANCE` from the origin.
+    """
+    pose = np.asarray(camera_to_world, dtype=np.float64)
+    if not np.isfinite(pose).all():
+        return "not finite (ScanNet writes -inf where tracking was lost)"
+    if not pose.any():
+        return "all zero"
+    rotation = pose[:3, :3]
+    orthogonality = float(np.abs(rotation @ rotation.T - np.eye(3)).max())
+    determinant = float(np.linalg.det(rotation))
+    # Written as "not within" so that NaN from overflowing float64 entries counts as a problem.
+    if not (orthogonality <= RIGID_TOLERANCE and abs(determinant - 1) <= RIGID_TOLERANCE):
+        return f"not a rigid motion: max |R Rᵀ - I| = {orthogonality:.3g}, det R = {determinant:.3g}"
+    if np.abs(pose[3] - [0, 0, 0, 1]).max() > RIGID_TOLERANCE:
+        return f"last row {pose[3].tolist()} is not [0, 0, 0, 1]"
+    distance = float(np.linalg.norm(pose[:3, 3]))
+    if distance > MAX_CAMERA_DISTANCE:
+        return f"camera {distance:.3g} m from the scene origin, beyond {MAX_CAMERA_DISTANCE:g} m"
+    return None
 
 
 def depth_rays(header: SensHeader) -> np.ndarray:
@@ -142,10 +191,11 @@ def export_frames(
 ) -> FrameExport:
     """Export every ``frame_skip``-th frame of a ``.sens`` scan into ``out_dir`` (see module doc).
 
-    Frames whose pose is not finite (ScanNet's -inf for lost tracking) are counted as
-    ``invalid_pose``, frames without a single valid depth pixel as ``no_valid_depth``; neither is
-    written. A corrupt or truncated file raises :class:`pri3d.io.sens.SensFormatError` naming the
-    file and frame (files already written stay; callers write into a temporary folder).
+    Frames whose pose is unusable (:func:`pose_problem`) are counted as ``invalid_pose``, frames
+    without a single valid depth pixel as ``no_valid_depth``, and each is named with what is wrong
+    in :attr:`FrameExport.skipped_frames`; neither is written. A corrupt or truncated file raises
+    :class:`pri3d.io.sens.SensFormatError` naming the file and frame (files already written stay;
+    callers write into a temporary folder).
     """
     if frame_skip < 1:
         raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
@@ -161,13 +211,14 @@ def export_frames(
         to_mm = 1000.0 / header.depth_shift
         for frame in sens.frames(step=frame_skip):
             result.read += 1
-            if not frame.pose_valid:
-                result.skipped["invalid_pose"] += 1
+            problem = pose_problem(frame.camera_to_world)
+            if problem is not None:
+                result.skip(frame.index, "invalid_pose", problem)
                 continue
             depth = frame.decode_depth()  # [H, W] uint16, 1/depth_shift m
             points = world_points(depth / header.depth_shift, rays, frame.camera_to_world)
             if len(points) == 0:
-                result.skipped["no_valid_depth"] += 1
+                result.skip(frame.index, "no_valid_depth", "no depth pixel > 0")
                 continue
             name = str(frame.index)
             if header.color_compression == "jpeg":

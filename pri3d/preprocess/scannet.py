@@ -205,6 +205,7 @@ def preprocess_scene(
             "frames_read": exported.read,
             "frames_exported": len(exported.frames),
             "frames_skipped": exported.skipped,
+            "skipped_frames": {str(frame): why for frame, why in exported.skipped_frames.items()},
             "pairs": num_pairs,
             "pointcloud": pointcloud,
             "seconds": round(time.perf_counter() - start, 3),

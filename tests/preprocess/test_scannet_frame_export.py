@@ -11,9 +11,11 @@ from pri3d.io.images import read_depth_png
 from pri3d.io.scannet import read_matrix_txt
 from pri3d.io.sens import SensFormatError, SensReader, SensWriter
 from pri3d.preprocess.frames import (
+    MAX_CAMERA_DISTANCE,
     chunk_box,
     depth_rays,
     export_frames,
+    pose_problem,
     read_chunk_boxes,
     world_points,
     write_chunk_boxes,
@@ -32,7 +34,8 @@ def _pose(k: int) -> np.ndarray:
     return pose
 
 
-def _write_sens(path, num_frames=7, depth_shift=1000.0, invalid=(2,), empty=(4,)):
+def _write_sens(path, num_frames=7, depth_shift=1000.0, invalid=(2,), empty=(4,), poses=None):
+    """A small scan; ``poses`` maps frame -> a pose to store instead of the default one."""
     rng = np.random.default_rng(0)
     depths, colors = [], []
     with SensWriter(
@@ -45,7 +48,7 @@ def _write_sens(path, num_frames=7, depth_shift=1000.0, invalid=(2,), empty=(4,)
             if k in empty:
                 depth[:] = 0
             color = np.full((H, W, 3), 20 * k, np.uint8)
-            pose = np.full((4, 4), -np.inf) if k in invalid else _pose(k)
+            pose = np.full((4, 4), -np.inf) if k in invalid else (poses or {}).get(k, _pose(k))
             sens.write_frame(pose.astype(np.float32), color, depth)
             depths.append(depth)
             colors.append(color)
@@ -91,6 +94,57 @@ def test_export_writes_the_selected_frames_as_stored(tmp_path):
         np.testing.assert_allclose(cloud, voxel_downsample(expected), atol=1e-9)
         np.testing.assert_allclose(box[:3], expected.min(axis=0) - 0.1, atol=1e-9)
         np.testing.assert_allclose(box[3:], expected.max(axis=0) + 0.1, atol=1e-9)
+
+
+def _scaled(pose: np.ndarray, factor: float) -> np.ndarray:
+    pose = pose.copy()
+    pose[:3, :3] *= factor
+    return pose
+
+
+def _moved(pose: np.ndarray, translation) -> np.ndarray:
+    pose = pose.copy()
+    pose[:3, 3] = translation
+    return pose
+
+
+@pytest.mark.parametrize(
+    "pose, problem",
+    [
+        (np.full((4, 4), -np.inf), "not finite"),
+        (np.zeros((4, 4)), "all zero"),
+        (_scaled(_pose(1), 1.5), "not a rigid motion"),  # R Rᵀ = 2.25 I
+        (_pose(1) @ np.diag([1.0, 1.0, -1.0, 1.0]), "not a rigid motion"),  # a mirror: det R = -1
+        (np.vstack([_pose(1)[:3], [0.0, 0.0, 1.0, 1.0]]), "last row"),
+        (_moved(_pose(1), [1e30, 0, 0]), "from the scene origin"),
+        (_moved(_pose(1), [0, 0, 1.01 * MAX_CAMERA_DISTANCE]), "from the scene origin"),
+    ],
+)
+def test_pose_problems_are_named(pose, problem):
+    assert problem in pose_problem(pose)
+
+
+def test_usable_poses_have_no_problem():
+    assert pose_problem(np.eye(4)) is None
+    assert pose_problem(_pose(3).astype(np.float32)) is None  # float32 rounding is no problem
+    assert pose_problem(_moved(_pose(3), [0.0, 0.99 * MAX_CAMERA_DISTANCE, 0.0])) is None
+
+
+def test_degenerate_frames_are_skipped_and_named(tmp_path):
+    # One absurd translation used to fail the whole scene in the overlap step without naming the frame.
+    sens_path = tmp_path / "scan.sens"
+    poses = {1: np.zeros((4, 4)), 3: _scaled(_pose(3), 1.5), 5: _moved(_pose(5), [1e30, 0.0, 0.0])}
+    _write_sens(sens_path, num_frames=8, invalid=(2,), empty=(4,), poses=poses)
+    result = export_frames(sens_path, tmp_path / "scene", frame_skip=1)
+    assert result.frames == [0, 6, 7]
+    assert result.skipped == {"invalid_pose": 4, "no_valid_depth": 1}
+    assert sorted(result.skipped_frames) == [1, 2, 3, 4, 5]
+    assert result.skipped_frames[1] == "invalid_pose: all zero"
+    assert result.skipped_frames[2].startswith("invalid_pose: not finite")
+    assert result.skipped_frames[3].startswith("invalid_pose: not a rigid motion")
+    assert result.skipped_frames[4] == "no_valid_depth: no depth pixel > 0"
+    assert result.skipped_frames[5].startswith("invalid_pose: camera 1e+30 m from the scene origin")
+    assert sorted(p.name for p in (tmp_path / "scene" / "pose").iterdir()) == ["0.txt", "6.txt", "7.txt"]
 
 
 def test_depth_is_converted_to_millimetres(tmp_path):
