@@ -1,4 +1,4 @@
-"""Pre-training losses: symmetric InfoNCE (single and batched over pairs) and the depth loss.
+"""Pre-training losses: symmetric InfoNCE (single, batched over pairs, and as a module) and the depth loss.
 
 Each loss takes features (plus correspondence indices or a validity mask) and returns a scalar; none
 samples, moves devices or knows about the training loop. Pixel conventions are those stated in
@@ -7,11 +7,23 @@ samples, moves devices or knows about the training loop. Pixel conventions are t
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DepthLoss", "batched_info_nce", "feature_indices", "info_nce"]
+__all__ = ["DepthLoss", "InfoNCE", "batched_info_nce", "feature_indices", "info_nce"]
+
+
+def _check_temperature(temperature: float) -> float:
+    # logits / T: T = 0 makes them inf (NaN loss at the first step), T < 0 rewards pulling positives
+    # apart and still looks finite; either silently wastes a run, so refuse it where the loss is made
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(
+            f"InfoNCE temperature={temperature}: expected a finite number > 0 (0.4 in the recipe)"
+        )
+    return float(temperature)
 
 
 def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.4) -> torch.Tensor:
@@ -29,6 +41,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float = 0.4) -> torc
     Returns:
         scalar loss (computed in float32).
     """
+    _check_temperature(temperature)
     if q.dim() != 2 or q.shape != k.shape:
         raise ValueError(
             f"q and k must both be [M, C] of equal shape, got {tuple(q.shape)} and {tuple(k.shape)}"
@@ -67,6 +80,7 @@ def batched_info_nce(
         (loss scalar, per_pair ``[B]``): ``per_pair[b]`` is pair b's InfoNCE, 0 for a pair with no
         valid row. Both carry gradients; detach ``per_pair`` for logging.
     """
+    _check_temperature(temperature)
     if q.dim() != 3 or q.shape != k.shape:
         raise ValueError(
             f"q and k must both be [B, M, C] of equal shape, got {tuple(q.shape)} and {tuple(k.shape)}"
@@ -93,6 +107,27 @@ def batched_info_nce(
         # Dividing by the number of pairs with matches (not B); no host sync, and 0 with a graph if none.
         loss = per_pair.sum() / has_valid.sum().clamp(min=1).to(per_pair.dtype)
         return loss, per_pair
+
+
+class InfoNCE(nn.Module):
+    """:func:`batched_info_nce` with its temperature fixed (and checked) when the loss is built.
+
+    Args:
+        temperature: T, a finite number > 0 (the original's ``nceT`` = 0.4).
+
+    ``forward(q [B, M, C], k [B, M, C], valid [B, M] bool)`` returns the loss scalar; no state dict
+    entries.
+    """
+
+    def __init__(self, temperature: float = 0.4) -> None:
+        super().__init__()
+        self.temperature = _check_temperature(temperature)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return batched_info_nce(q, k, valid, self.temperature)[0]
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}"
 
 
 class DepthLoss(nn.Module):

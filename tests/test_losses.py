@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pri3d.losses import DepthLoss, batched_info_nce, feature_indices, info_nce
+from pri3d.losses import DepthLoss, InfoNCE, batched_info_nce, feature_indices, info_nce
 
 
 def _reference_info_nce(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -97,6 +97,28 @@ def test_batched_info_nce_input_errors():
         batched_info_nce(q, q, torch.ones(2, 4), 0.4)
     with pytest.raises(ValueError, match="equal shape"):
         batched_info_nce(q, q[:, :3], torch.ones(2, 4, dtype=torch.bool), 0.4)
+
+
+def test_info_nce_module_owns_its_temperature():
+    gen = torch.Generator().manual_seed(4)
+    q, k = torch.randn(2, 5, 4, generator=gen), torch.randn(2, 5, 4, generator=gen)
+    valid = torch.ones(2, 5, dtype=torch.bool)
+    loss = InfoNCE(temperature=0.1)
+    assert loss.temperature == 0.1 and "temperature=0.1" in repr(loss)
+    torch.testing.assert_close(loss(q, k, valid), batched_info_nce(q, k, valid, 0.1)[0])
+    assert not loss.state_dict()  # nothing new in the pre-training module's state dict
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
+def test_info_nce_rejects_a_temperature_that_is_not_positive(temperature):
+    """T <= 0 gives inf/NaN logits (or rewards pushing positives apart): refuse it before any step."""
+    with pytest.raises(ValueError, match=r"temperature=.*expected a finite number > 0"):
+        InfoNCE(temperature)
+    q = torch.randn(2, 4, 3)
+    with pytest.raises(ValueError, match=r"temperature=.*expected a finite number > 0"):
+        batched_info_nce(q, q, torch.ones(2, 4, dtype=torch.bool), temperature)
+    with pytest.raises(ValueError, match=r"temperature=.*expected a finite number > 0"):
+        info_nce(q[0], q[0], temperature)
 
 
 def _depth(batch: int = 2, h: int = 24, w: int = 32) -> torch.Tensor:
