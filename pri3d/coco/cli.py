@@ -42,7 +42,8 @@ def register(subparsers) -> None:
     scannet.add_argument("--split", "--phase", default="train", metavar="SPLIT",
                          help="train, val, trainval or train1 … train80 (data-efficient lists); default %(default)s")  # fmt: skip
     scannet.add_argument("--split-dir", type=Path, metavar="DIR",
-                         help="folder with scannetv2_<split>.txt scene lists (default: those shipped with pri3d)")  # fmt: skip
+                         help="folder with scannetv2_<split>.txt scene lists (default: the data's own, in "
+                         "scannet_frames_25k or the folder above it, else those shipped with pri3d)")  # fmt: skip
     _common(scannet)
     scannet.set_defaults(run=run)
     nyu = datasets.add_parser("nyuv2", help="NYUv2 in the original's folders",

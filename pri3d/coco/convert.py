@@ -74,10 +74,12 @@ class ConversionReport:
     masks_too_small: int = 0
     masks_not_in_classes: int = 0
     masks_instance_zero: int = 0
+    scene_list: str = ""  # ScanNet: the scene list the frames came from
 
     def summary(self) -> str:
+        scenes = f" (scene list: {self.scene_list})" if self.scene_list else ""
         return (
-            f"{self.out}: {self.images} images, {self.annotations} annotations from {self.frames} frames; "
+            f"{self.out}: {self.images} images, {self.annotations} annotations from {self.frames} frames{scenes}; "
             f"left out: {self.frames_without_annotations} frames without a kept object, "
             f"{self.frames_without_instance_png} without an instance PNG, {self.masks_too_small} masks "
             f"under the minimum area, {self.masks_not_in_classes} of other classes, "
@@ -214,14 +216,14 @@ def _convert_frame(job: tuple[_Frame, np.ndarray, int, str]) -> tuple[tuple[int,
 
 
 def _convert(frames: list[_Frame], lut: np.ndarray, names: tuple[str, ...], description: str, out: Path,
-             min_area: int, mask_format: str, workers: int, progress: bool) -> ConversionReport:  # fmt: skip
+             min_area: int, mask_format: str, workers: int, progress: bool, scene_list: str = "") -> ConversionReport:  # fmt: skip
     if mask_format not in ("rle", "polygon"):
         raise ValueError(f"--masks {mask_format!r}: expected rle or polygon")
     if min_area < 1:
         raise ValueError(f"--min-area {min_area}: expected at least 1 pixel")
     from tqdm import tqdm
 
-    report = ConversionReport(str(out), frames=len(frames))
+    report = ConversionReport(str(out), frames=len(frames), scene_list=scene_list)
     images: list[dict] = []
     annotations: list[dict] = []
     jobs = [(frame, lut, min_area, mask_format) for frame in frames]
@@ -290,25 +292,29 @@ def convert_scannet(frames: str | Path, phase: str, out: str | Path, split_dir: 
                     progress: bool = True) -> ConversionReport:  # fmt: skip
     """``scannet_frames_25k`` scenes of ``phase`` (train, val, train20 …) -> COCO JSON at ``out``.
 
-    Scene lists as `pri3d finetune semseg` reads them (``split_dir``, default: the lists shipped with
-    pri3d); file names are ``<scene>/color/<id>.jpg`` relative to the ``scannet_frames_25k`` folder.
+    Scene lists as `pri3d finetune semseg` reads them (``split_dir``, default: the data's own
+    ``scannetv2_*.txt`` lists if it has them, else those shipped with pri3d; see
+    :func:`pri3d.tasks.semseg_config.scene_list_dir`); file names are ``<scene>/color/<id>.jpg``
+    relative to the ``scannet_frames_25k`` folder.
     """
     from pri3d.data.semseg import scannet_frames_root, scannet_scene_list
+    from pri3d.tasks.semseg_config import scene_list_dir
 
     root = scannet_frames_root(frames)
-    scenes, source = scannet_scene_list(phase, split_dir, root)
+    scenes, source = scannet_scene_list(phase, scene_list_dir(frames, split_dir), root)
     missing = [s for s in scenes if not (root / s).is_dir()]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} of {len(scenes)} scenes of {source} are not under {root} (e.g. "
-            f"{', '.join(missing[:3])}); pass --split-dir with your own scannetv2_<split>.txt lists"
+            f"{', '.join(missing[:3])}); pass --split-dir with your own scannetv2_<split>.txt lists, or put "
+            f"them in {root} or the folder above it"
         )
     frame_list = list(_scannet_frames(root, scenes))
     if not frame_list:
         raise FileNotFoundError(f"{root}: no <scene>/color/*.jpg frames in the {phase} scenes")
     lut = _lut(SCANNET18_NYU40_IDS, len(NYU40_NAMES))
     return _convert(frame_list, lut, SCANNET18_NAMES, f"ScanNet scannet_frames_25k {phase}", Path(out),
-                    min_area, mask_format, workers, progress)  # fmt: skip
+                    min_area, mask_format, workers, progress, scene_list=source)  # fmt: skip
 
 
 def convert_nyuv2(root: str | Path, phase: str, out: str | Path, min_area: int = MIN_AREA,

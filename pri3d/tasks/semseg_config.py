@@ -7,6 +7,7 @@ Defaults are the original UNet recipe (spec §4.1); see :mod:`pri3d.tasks.semseg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pri3d.engine.config import (
     DistributedConfig,
@@ -28,6 +29,7 @@ __all__ = [
     "SemsegSchedulerConfig",
     "SemsegTrainConfig",
     "expand_short_forms",
+    "scene_list_dir",
     "semseg_config",
 ]
 
@@ -73,7 +75,8 @@ class SemsegDatasetConfig:
     name: str = "ScanNet"  # ScanNet, NYUv2, KITTI, Cityscapes
     path: str = "data/scannet_frames_25k"  # ScanNet: scannet_frames_25k (or the folder above it)
     size: list[int] = field(default_factory=lambda: [240, 320])  # (H, W)
-    split_dir: str = ""  # ScanNet scene lists (scannetv2_<phase>.txt); empty = the lists shipped with pri3d
+    # ScanNet scene lists (scannetv2_<phase>.txt); empty = the data's own lists, else those shipped with pri3d
+    split_dir: str = ""
     augment: bool = False  # ScanNet/NYUv2: flip + blur; KITTI/Cityscapes: rotation ±10° + flip
     random_crop: bool = False  # KITTI training: random `size` crops of the full-resolution image
     color_interpolation: str = "nearest"  # colour resize: nearest (the original UNet) or bilinear
@@ -135,3 +138,22 @@ def semseg_config(items: list[str], base: dict | None = None) -> SemsegRunConfig
     if extra:
         raise ValueError(f"{', '.join(extra)}= is an argument of `pri3d eval semseg`, not of fine-tuning")
     return load_config(SemsegRunConfig, overrides, base=base)
+
+
+def scene_list_dir(path: str | Path, split_dir: str | Path | None) -> Path:
+    """The folder of ScanNet ``scannetv2_<phase>.txt`` scene lists for the data at ``path``.
+
+    ``split_dir`` when given; else the data's own lists when the ``scannet_frames_25k`` folder or the
+    folder above it holds ``scannetv2_*.txt`` files (as `pri3d synth` writes them: the shipped
+    official lists name none of its scenes); else the lists shipped with pri3d. `pri3d finetune
+    semseg` (``dataset.split_dir``) and `pri3d coco scannet` (``--split-dir``) share this default.
+    """
+    from pri3d.data.semseg import scannet_frames_root, shipped_split_dir
+
+    if split_dir:
+        return Path(split_dir)
+    root = scannet_frames_root(path)
+    for folder in (root, root.parent) if root.name == "scannet_frames_25k" else (root,):
+        if any(folder.glob("scannetv2_*.txt")):
+            return folder
+    return shipped_split_dir()

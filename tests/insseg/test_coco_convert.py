@@ -174,3 +174,26 @@ def test_cli_writes_the_file_and_a_report(insseg_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["coco", "scannet", "--help"])
     assert "--min-area" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("frames", [".", "scannet_frames_25k"])
+def test_data_with_its_own_scene_lists_uses_them_by_default(insseg_root, tmp_path, capsys, frames):
+    out = tmp_path / "val.json"
+    argv = ["coco", "scannet", "--frames", str(insseg_root / frames), "--split", "val", "--out", str(out),
+            "--min-area", "16", "--workers", "1"]  # fmt: skip
+    assert main(argv) == 0
+    assert f"(scene list: {insseg_root / 'scannetv2_val.txt'})" in capsys.readouterr().out
+    assert json.loads(out.with_name(out.name + ".report.json").read_text())["scene_list"] == str(
+        insseg_root / "scannetv2_val.txt"
+    )
+
+
+def test_data_without_scene_lists_names_the_shipped_lists(insseg_root, tmp_path, capsys):
+    frames = tmp_path / "scannet_frames_25k"
+    frames.mkdir()
+    (frames / "scene0000_00").symlink_to(insseg_root / "scannet_frames_25k" / "scene0000_00")
+    argv = ["coco", "scannet", "--frames", str(frames), "--split", "val", "--out", str(tmp_path / "x.json")]
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert "scenes of " in error and "scannet_splits/scannetv2_val.txt are not under" in error
+    assert "--split-dir" in error and "scannetv2_<split>.txt" in error

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from pri3d.cli import main
+from pri3d.data.semseg import shipped_split_dir
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pri3d.models.registry import build_backbone
 from pri3d.tasks import eval_cli, finetune_cli
 from pri3d.tasks.semseg import build_dataset, evaluate_semseg, finetune_semseg
-from pri3d.tasks.semseg_config import expand_short_forms, semseg_config
+from pri3d.tasks.semseg_config import expand_short_forms, scene_list_dir, semseg_config
 
 
 def _small(root, log_dir, *extra):
@@ -140,6 +141,15 @@ def test_short_forms_and_presets(capsys):
         semseg_config(["finetune.pretrained=imagenet"])
     assert _cli(["finetune", "semseg", "model=deeplabv3plus", "--print-config"]) == 0
     assert "model: DeepLabV3Plus" in capsys.readouterr().out
+
+
+def test_data_with_its_own_scene_lists_uses_them_by_default(semseg_root, tmp_path):
+    for path in (semseg_root, semseg_root / "scannet_frames_25k"):
+        config = semseg_config(["dataset=scannet", f"dataset.path={path}", "dataset.size=[30,40]"])
+        dataset = build_dataset(config, "val", train=False)
+        assert f"1 scenes from {semseg_root / 'scannetv2_val.txt'}" in dataset.notes[0]
+    assert scene_list_dir(tmp_path, "") == shipped_split_dir()  # data without lists: the shipped ones
+    assert scene_list_dir(semseg_root, str(tmp_path)) == tmp_path  # dataset.split_dir wins
 
 
 def test_default_imagenet_init_offline_is_a_one_line_error(semseg_root, tmp_path, monkeypatch, capsys):
