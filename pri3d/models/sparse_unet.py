@@ -302,16 +302,19 @@ class MinkUNet34C(nn.Module):
             )
         if coords.shape[0] == 0:
             raise ValueError("the 3D network needs at least one voxel, got N = 0")
-        if features.dtype != torch.float32:
-            raise TypeError(
-                "features must be float32 (the network computes in float32; spconv computes float64 "
-                f"wrongly on CPU), got {features.dtype}"
-            )
         if coords.device != features.device:
             raise ValueError(
                 f"coords ({coords.device}) and features ({features.device}) must be on one device"
             )
         path = resolve_backend(self.backend, features.device)
+        # float64 (with float64 parameters) is for reference computations; spconv computes it wrongly
+        # on CPU, so only the torch path takes it.
+        allowed = (torch.float32, torch.float64) if path == "torch" else (torch.float32,)
+        if features.dtype not in allowed:
+            raise TypeError(
+                f"features must be {' or '.join(str(d) for d in allowed)} on the {path} path (spconv "
+                f"computes float64 wrongly on CPU), got {features.dtype}"
+            )
         coords = coords.long()
         batch = coords[:, 0]
         if int(batch.min()) < 0:
@@ -338,8 +341,8 @@ class MinkUNet34C(nn.Module):
         Its ``indices`` ``[N, 4]`` int32 equal ``coords`` row for row, except that x, y, z are
         shifted by ``-floor(min / 16) * 16`` per axis (spconv needs non-negative coordinates).
         """
-        # float32 throughout: spconv's CPU kernels only compute float32 correctly, and the torch
-        # path keeps the features' dtype (autocast would hand it float16 / bfloat16 GEMMs)
+        # the features' dtype throughout: spconv's CPU kernels only compute float32 correctly, and the
+        # torch path keeps the features' dtype (autocast would hand it float16 / bfloat16 GEMMs)
         with torch.autocast(features.device.type, enabled=False):
             x = self._to_sparse(coords, features)
             p1 = self._bn_relu(_conv(self.conv0p1s1, x), self.bn0)
@@ -371,10 +374,11 @@ class MinkUNet34C(nn.Module):
         Args:
             coords: ``[N, 4]`` int voxel coordinates (batch, x, y, z); unique rows; any integer
                 range (negative allowed).
-            features: ``[N, in_channels]`` float32 input features.
+            features: ``[N, in_channels]`` float32 input features (float64 too on the torch path,
+                with the network in float64: the reference the tests compare float32 against).
 
         Returns:
-            ``[N, out_channels]`` features, row i belonging to ``coords[i]``, float32: autocast of
-            the features' device type (CPU or CUDA) is disabled inside, on every backend.
+            ``[N, out_channels]`` features, row i belonging to ``coords[i]``, in the features' dtype:
+            autocast of the features' device type (CPU or CUDA) is disabled inside, on every backend.
         """
         return self.forward_sparse(coords, features).features

@@ -141,6 +141,24 @@ def test_float64_is_computed_in_float64(grid, submanifold_path):
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
+def test_strided_and_inverse_float64_is_computed_in_float64(grid):
+    """The float64 torch path is the whole-network reference below: each conv kind in it is exact."""
+    coords, features = grid
+    features = features.detach().double()
+    down_weight = torch.randn(4, 2, 2, 2, 3, dtype=torch.float64)
+    up_weight = torch.randn(5, 2, 2, 2, 4, dtype=torch.float64)
+    kernel_map, coarse, _ = downsample_map(coords, [GRID] * 3, 2)
+    coarse_features = sparse_conv(features, down_weight, kernel_map)
+    fine = sparse_conv(coarse_features, up_weight, kernel_map.transposed())
+    dense_coarse = F.conv3d(_to_dense(coords, features, GRID), down_weight.permute(0, 4, 1, 2, 3), stride=2)
+    dense_fine = F.conv_transpose3d(
+        _to_dense(coarse, _at(dense_coarse, coarse), GRID // 2), up_weight.permute(4, 0, 1, 2, 3), stride=2
+    )
+    assert coarse_features.dtype == fine.dtype == torch.float64
+    torch.testing.assert_close(coarse_features, _at(dense_coarse, coarse), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fine, _at(dense_fine, coords), rtol=1e-12, atol=1e-12)
+
+
 def test_sparse_conv_input_errors(grid):
     coords, features = grid
     kernel_map = submanifold_map(coords, [GRID] * 3, 3)
@@ -311,38 +329,98 @@ def _voxels(n_per_item: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
     return coords, torch.rand(coords.shape[0], 3, generator=gen)
 
 
-def test_network_cpu_paths_agree():
-    """Same parameters: the torch CPU path and spconv's native path give the same outputs and grads.
+def _smooth(net: MinkUNet34C) -> MinkUNet34C:
+    """``net`` with every ReLU replaced by SiLU, in place.
 
-    One thread: spconv's native CPU kernels are only reliable single-threaded (see sparse_unet), and
-    float32 gradient sums in a different order differ by more than rounding otherwise.
+    At a ReLU's kink the gradient jumps between 0 and 1, and among the network's ~10⁶ pre-activations
+    some lie within float32 rounding of 0: one summation order passes their gradient, another blocks
+    it. Measured on this test's input: one of 8 row orders of the same voxels moves a parameter's
+    gradient by 11 % of its largest entry on the same CPU, and another CPU's GEMM order does the same
+    (issue: ~1 % on an Intel Xeon). No tolerance in units of rounding bounds that. With a smooth
+    activation the gradients are continuous in every rounding, and the comparison tests what it is
+    for: the convolutions, which are the same modules either way.
+    """
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, name, torch.nn.SiLU())
+    return net
+
+
+def _outputs_and_grads(
+    net: MinkUNet34C, coords: torch.Tensor, features: torch.Tensor, upstream: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Output features [N, 96] and every parameter's gradient of ``(out * upstream).sum()``, in float64."""
+    net.zero_grad()
+    out = net.forward_sparse(coords, features).features
+    (out * upstream.to(out.dtype)).sum().backward()
+    grads = {name: p.grad.double() for name, p in net.named_parameters()}
+    return out.detach().double(), grads
+
+
+def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm())
+
+
+def _float32_noise(reference: MinkUNet34C, coords, features, upstream, draws: int = 2) -> tuple[float, float]:
+    """How far the float64 network's output and gradients move (largest relative norm over outputs,
+    and over parameters) when its input features and parameters are each rounded to float32 once:
+    multiplied by 1 + 2⁻²⁴·ε, ε ~ N(0, 1). Any float32 evaluation carries at least this error, and
+    this measure of it is computed in float64, so it is the same on every CPU."""
+    want_out, want_grads = _outputs_and_grads(reference, coords, features, upstream)
+    out_noise = grad_noise = 0.0
+    for draw in range(draws):
+        gen = torch.Generator().manual_seed(100 + draw)
+
+        def rounded(t: torch.Tensor, gen: torch.Generator = gen) -> torch.Tensor:
+            return t * (1 + 2**-24 * torch.randn(t.shape, generator=gen, dtype=torch.float64))
+
+        perturbed = copy.deepcopy(reference)
+        with torch.no_grad():
+            for p in perturbed.parameters():
+                p.copy_(rounded(p))
+        out, grads = _outputs_and_grads(perturbed, coords, rounded(features), upstream)
+        out_noise = max(out_noise, _relative(out, want_out))
+        grad_noise = max(grad_noise, *(_relative(grads[n], want_grads[n]) for n in want_grads))
+    return out_noise, grad_noise
+
+
+#: A float32 evaluation of the whole network may differ from the float64 reference by this many times
+#: the measured float32 noise. Measured on an AMD Zen 4 (one thread): the torch path and spconv both
+#: 2.5× on outputs and 2-3× on gradients; a wrong kernel map, weight or scatter moves them by 10³ or more.
+NOISE_FACTOR = 20
+
+
+@pytest.mark.parametrize("backend", ["torch", "spconv"])
+def test_network_cpu_paths_match_float64_reference(backend):
+    """Outputs and gradients of the whole network in float32, on the torch CPU path and on spconv's
+    native CPU path, against the same network in float64 on the torch path (itself checked conv by
+    conv against dense float64 convolutions), within NOISE_FACTOR times the measured float32 noise.
+
+    One thread: spconv's native CPU kernels are only reliable single-threaded (see sparse_unet).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        _compare_cpu_paths()
+        torch.manual_seed(0)
+        coords, features = _voxels(250)
+        net = _smooth(MinkUNet34C(backend=backend))
+        reference = _smooth(MinkUNet34C(backend="torch"))
+        reference.load_state_dict(net.state_dict())
+        reference.double()
+        upstream = torch.randn(
+            coords.shape[0], 96, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+        )
+        out_noise, grad_noise = _float32_noise(reference, coords, features.double(), upstream)
+        want_out, want_grads = _outputs_and_grads(reference, coords, features.double(), upstream)
+        out, grads = _outputs_and_grads(net, coords, features, upstream)
     finally:
         torch.set_num_threads(threads)
-
-
-def _compare_cpu_paths() -> None:
-    torch.manual_seed(0)
-    coords, features = _voxels(250)
-    net = MinkUNet34C()
-    reference = MinkUNet34C(backend="spconv")
-    reference.load_state_dict(net.state_dict())
-    out = net.forward_sparse(coords, features)
-    assert isinstance(out, TorchSparseTensor)
-    ref = reference.forward_sparse(coords, features)
-    assert torch.equal(out.indices, ref.indices)
-    scale = ref.features.abs().max()
-    torch.testing.assert_close(out.features / scale, ref.features / scale, rtol=0, atol=1e-5)
-    upstream = torch.randn_like(ref.features)
-    (out.features * upstream).sum().backward()
-    (ref.features * upstream).sum().backward()
-    for (name, p), q in zip(net.named_parameters(), reference.parameters()):
-        scale = q.grad.abs().max()
-        torch.testing.assert_close(p.grad / scale, q.grad / scale, rtol=0, atol=1e-3, msg=name)
+    assert 0 < out_noise < 1e-5 and 0 < grad_noise < 1e-4  # the reference itself is well conditioned
+    assert _relative(out, want_out) <= NOISE_FACTOR * out_noise
+    for name, want in want_grads.items():
+        error = _relative(grads[name], want)
+        assert error <= NOISE_FACTOR * grad_noise, f"{name}: {error:.2e} > {NOISE_FACTOR} × {grad_noise:.2e}"
 
 
 def test_network_cpu_path_is_deterministic_with_threads():

@@ -206,8 +206,10 @@ def test_network_init_and_size():
 def test_network_input_errors():
     net = MinkUNet34C()
     coords, features = _voxels(20)
-    with pytest.raises(TypeError, match="float32"):
-        net(coords, features.double())
+    with pytest.raises(TypeError, match=r"float32 or torch\.float64 on the torch path"):
+        net(coords, features.half())
+    with pytest.raises(TypeError, match=r"must be torch\.float32 on the spconv path"):
+        MinkUNet34C(backend="spconv")(coords, features.double())
     with pytest.raises(ValueError, match="duplicate"):
         net(torch.cat([coords, coords[:1]]), torch.cat([features, features[:1]]))
     with pytest.raises(ValueError, match=r"\[N, 3\]"):
