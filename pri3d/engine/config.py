@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
+from operator import attrgetter
 from typing import Any
 
 from omegaconf import OmegaConf
@@ -150,6 +153,69 @@ def load_config(schema: type, overrides: list[str], base: dict | None = None) ->
                 f"bad value in {item!r}: {error.msg if hasattr(error, 'msg') else error}"
             ) from None
     return OmegaConf.to_object(config)
+
+
+Rule = tuple[Callable[[Any], bool], str]  # (test of a value, what is expected, for the message)
+
+
+def _integer_at_least(minimum: int) -> Rule:
+    return lambda value: value >= minimum, f"an integer ≥ {minimum}"
+
+
+_POSITIVE: Rule = (lambda value: math.isfinite(value) and value > 0, "a finite number > 0")
+_NON_NEGATIVE: Rule = (lambda value: math.isfinite(value) and value >= 0, "a finite number ≥ 0")
+_BETA: Rule = (lambda value: 0 <= value < 1, "a number in [0, 1)")
+
+#: The `train`, `optimizer` and `scheduler` keys every task's run config shares with pre-training.
+TRAINING_RULES: dict[str, Rule] = {
+    "train.batch_size": _integer_at_least(1),
+    "train.report_batch": _integer_at_least(1),
+    "train.report_epoch": _integer_at_least(1),
+    "train.workers": _integer_at_least(0),
+    "train.max_steps": _integer_at_least(0),
+    "train.checkpoint_every": _integer_at_least(0),
+    "train.keep_checkpoints": _integer_at_least(0),
+    "train.max_bad_samples": _integer_at_least(1),
+    "train.threads": _integer_at_least(0),
+    "optimizer.lr": _POSITIVE,
+    "optimizer.accumulate_step": _integer_at_least(1),
+    "optimizer.sgd_momentum": _NON_NEGATIVE,
+    "optimizer.weight_decay": _NON_NEGATIVE,
+    "optimizer.adam_beta1": _BETA,
+    "optimizer.adam_beta2": _BETA,
+    "scheduler.max_epochs": _integer_at_least(0),  # 0 where train.max_steps sets the length (insseg)
+    "scheduler.step_size": _integer_at_least(1),
+    "scheduler.lr_decay": _POSITIVE,
+    "scheduler.poly_power": _NON_NEGATIVE,
+}
+PRETRAIN_RULES: dict[str, Rule] = {
+    **TRAINING_RULES,
+    "dataset.size": (
+        lambda size: len(size) == 2 and all(side >= 1 for side in size),
+        "[height, width], both integers ≥ 1",
+    ),
+    "pretrain.nceT": _POSITIVE,
+    "pretrain.sample_points": _integer_at_least(1),
+    "pretrain.thresh": _POSITIVE,
+    "pretrain.voxel_size": _POSITIVE,
+}
+
+
+def check_run_config(config: Any, rules: dict[str, Rule] = TRAINING_RULES) -> None:
+    """Raise `ConfigError` naming the first key of ``rules`` whose value in ``config`` fails its test,
+    or saying that the run has no length.
+
+    Run before any work: a zero batch, temperature or image size otherwise surfaces as a
+    ZeroDivisionError, a NaN loss at step 0, or a run that skips every sample and trains nothing.
+    """
+    for key, (test, expected) in rules.items():
+        value = attrgetter(key)(config)
+        if not test(value):
+            raise ConfigError(f"{key}={value}: expected {expected}")
+    if config.train.max_steps == 0 and config.scheduler.max_epochs == 0:
+        raise ConfigError(
+            "train.max_steps=0 and scheduler.max_epochs=0: the run has no length; set either to 1 or more"
+        )
 
 
 def to_yaml(config: Any) -> str:

@@ -28,7 +28,7 @@ from pri3d.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pri3d.engine.config import to_dict
+from pri3d.engine.config import check_run_config, to_dict
 from pri3d.engine.distributed import DistEnv, all_ranks_true
 from pri3d.engine.logger import RunLogger
 from pri3d.engine.sampler import GlobalBatchSampler
@@ -48,11 +48,8 @@ class Trainer:
         self.dataset = dataset
         self.log_dir = Path(config.train.log_dir)
         self.checkpoint_dir = self.log_dir / "checkpoints"
+        check_run_config(config)
         train = config.train
-        if train.keep_checkpoints < 0:
-            raise ValueError(
-                f"train.keep_checkpoints={train.keep_checkpoints}: expected 0 (keep all) or more"
-            )
         self.accumulate = config.optimizer.accumulate_step
         self.sampler = GlobalBatchSampler(
             len(dataset), train.batch_size, rank=env.rank, world_size=env.world_size,

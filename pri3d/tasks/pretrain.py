@@ -17,7 +17,7 @@ import torch
 from pri3d.data.collate import collate_pairs
 from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.engine import distributed
-from pri3d.engine.config import PretrainRunConfig, load_config, to_yaml
+from pri3d.engine.config import PRETRAIN_RULES, PretrainRunConfig, check_run_config, load_config, to_yaml
 from pri3d.engine.trainer import Trainer, TrainingStopped
 from pri3d.models.pri3d import Pri3D
 
@@ -33,8 +33,6 @@ def build_dataset(config: PretrainRunConfig) -> ScanNetPairs:
         raise ValueError(f"dataset.name={config.dataset.name!r}: only ScanNet pre-training is available")
     if config.train.phase not in PAIR_LISTS:
         raise ValueError(f"train.phase={config.train.phase!r}: expected one of {sorted(PAIR_LISTS)}")
-    if len(config.dataset.size) != 2:
-        raise ValueError(f"dataset.size={config.dataset.size}: expected [height, width]")
     options = PairOptions(
         size=tuple(config.dataset.size), num_matches=config.pretrain.sample_points,
         threshold=config.pretrain.thresh, geometric_prior=config.pretrain.geometric_prior,
@@ -54,6 +52,7 @@ def build_model(config: PretrainRunConfig) -> Pri3D:
 
 def pretrain(config: PretrainRunConfig) -> dict:
     """Run (or resume) pre-training; returns the last logged metrics."""
+    check_run_config(config, PRETRAIN_RULES)
     env = distributed.setup(config.train.device)
     try:
         if config.train.threads > 0:
