@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -35,6 +37,7 @@ from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "LoadReport",
+    "check_state",
     "detect_layout",
     "export_detectron2",
     "export_pri3d",
@@ -160,6 +163,20 @@ def torchvision_state_for(module: nn.Module, state: dict[str, torch.Tensor], sou
         if key.endswith("num_batches_tracked") and key not in tv:
             tv[key] = value
     return tv, report
+
+
+def check_state(own: dict, state: dict, source: str, what: str) -> None:
+    """``ValueError`` naming ``source``, ``what`` and the keys unless ``state`` has exactly the keys and
+    shapes of ``own`` (tensors or arrays; only their shapes are read)."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sorted(set(own) & set(state)) if tuple(state[k].shape) != tuple(own[k].shape)]  # fmt: skip
+    if missing or unexpected or mismatched:
+        raise ValueError(
+            f"{source} does not match {what}: missing {missing[:5]} ({len(missing)}), unexpected "
+            f"{unexpected[:5]} ({len(unexpected)}), shape mismatches {mismatched[:5]}"
+        )
 
 
 def load_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -353,15 +370,86 @@ def to_detectron2(state: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray]
         if key.endswith("num_batches_tracked") or key.startswith("fc."):
             dropped.append(key)
             continue
-        name = key if key.startswith("layer") else f"stem.{key}"
-        for pattern, repl in _D2_RENAMES:
-            name = pattern.sub(repl, name)
-        out[name] = value.detach().cpu().numpy()
+        out[_detectron2_name(key)] = value.detach().cpu().numpy()
     return out, dropped
 
 
+def _detectron2_name(key: str) -> str:
+    name = key if key.startswith("layer") else f"stem.{key}"
+    for pattern, repl in _D2_RENAMES:
+        name = pattern.sub(repl, name)
+    return name
+
+
 # ------------------------------------------------------------------------------------------------
-# writing
+# writing: every export is read back and checked against the architecture it claims before it is
+# put in place, so a file that exists is a file that loads
+
+
+def _torchvision_resnet_state(arch: str) -> dict[str, torch.Tensor]:
+    """Parameters and buffers (shapes only, on the meta device) of torchvision's ``arch`` without ``fc``."""
+    import torchvision
+
+    with torch.device("meta"):
+        model = getattr(torchvision.models, arch)(weights=None)
+    model.fc = nn.Identity()
+    return model.state_dict()
+
+
+def _check_finite(state: dict, source: str) -> None:
+    bad = [
+        k
+        for k, v in state.items()
+        if (t := torch.as_tensor(v)).is_floating_point() and not t.isfinite().all()
+    ]
+    if bad:
+        raise ValueError(f"{source}: non-finite values (NaN or inf) in {len(bad)} tensors: {bad[:5]}")
+
+
+def _check_resnet(state: dict, arch: str, source: str) -> None:
+    check_state(_torchvision_resnet_state(arch), state, source, f"torchvision's {arch} without fc")
+    _check_finite(state, source)
+
+
+def _check_unet_decoder(state: dict, arch: str, source: str) -> None:
+    """The ``backbone.decoder.*`` part of a pri3d-layout ``state`` against the UNet decoder of ``arch``."""
+    from pri3d.models.resunet import ResNetEncoder, UNetDecoder
+
+    decoder = {
+        k.removeprefix("backbone.decoder."): v for k, v in state.items() if k.startswith("backbone.decoder.")
+    }
+    if arch not in ("resnet18", "resnet50"):
+        raise ValueError(
+            f"{source}: a UNet decoder with a {arch} encoder; the UNet takes resnet18 or resnet50"
+        )
+    if "conv0.weight" not in decoder:
+        raise ValueError(f"{source}: UNet decoder without backbone.decoder.conv0.weight")
+    with torch.device("meta"):
+        channels = ResNetEncoder(arch).channels[-1]
+        own = UNetDecoder(channels, decoder["conv0.weight"].shape[0]).state_dict()
+    check_state(own, decoder, source, f"the {arch} UNet decoder (backbone.decoder.*)")
+
+
+def _write_verified(out: Path, write: Callable[[Path], None], verify: Callable[[Path], None],
+                    meta: dict | None = None) -> None:  # fmt: skip
+    """``write`` a temporary file beside ``out``, ``verify`` it as read back, then move it (and the
+    ``<out>.json`` metadata) into place; on a failed check nothing is left behind."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.stem}.partial{out.suffix}")  # the suffix tells safetensors from torch files
+    try:
+        write(tmp)
+        verify(tmp)
+    except ValueError as error:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{error}; nothing written to {out}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if meta is not None:
+        sidecar = _sidecar(tmp)
+        sidecar.write_text(json.dumps(meta, indent=2) + "\n")
+        os.replace(sidecar, _sidecar(out))
+    os.replace(tmp, out)
 
 
 def _metadata(arch: str, source: Path, layout: str, extra: dict, report: LoadReport) -> dict:
@@ -416,22 +504,28 @@ def export_torchvision(source: str | Path, out: str | Path, fmt: str = "pth") ->
     A JSON file beside it (``<out>.json``) records the architecture, the input normalisation, the
     pre-training recipe (when the checkpoint stores its config) and what the conversion skipped.
     """
+    if fmt not in ("pth", "safetensors"):
+        raise ValueError(f"format {fmt!r}: expected pth or safetensors")
+    from safetensors.torch import load_file, save_file
+
     source, out = Path(source), Path(out)
     state, extra = load_weights_file(source)
     tv, report = to_torchvision(state, str(source))
     arch = resnet_arch(tv)
     meta = _metadata(arch, source, report.layout, extra, report)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tv = {k: v.detach().contiguous().clone() for k, v in tv.items()}
-    if fmt == "safetensors":
-        from safetensors.torch import save_file
 
-        save_file(tv, str(out), metadata={"format": "pt", "pri3d": json.dumps(meta)})
-    elif fmt == "pth":
-        torch.save(tv, out)
-    else:
-        raise ValueError(f"format {fmt!r}: expected pth or safetensors")
-    _sidecar(out).write_text(json.dumps(meta, indent=2) + "\n")
+    def write(path: Path) -> None:
+        if fmt == "safetensors":
+            save_file(tv, str(path), metadata={"format": "pt", "pri3d": json.dumps(meta)})
+        else:
+            torch.save(tv, path)
+
+    def verify(path: Path) -> None:
+        written = load_file(str(path)) if fmt == "safetensors" else torch.load(path, weights_only=True)
+        _check_resnet(written, arch, str(source))
+
+    _write_verified(out, write, verify, meta)
     return out, report
 
 
@@ -459,11 +553,21 @@ def export_detectron2(source: str | Path, out: str | Path) -> tuple[Path, LoadRe
         "INPUT.FORMAT": "RGB",
         **({"MODEL.RESNETS.RES2_OUT_CHANNELS": 64} if depth in (18, 34) else {}),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as handle:
-        pickle.dump({"model": arrays, "__author__": "pri3d", "matching_heuristics": True,
-                     "pri3d_metadata": meta["detectron2_config"]}, handle)  # fmt: skip
-    _sidecar(out).write_text(json.dumps(meta, indent=2) + "\n")
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as handle:
+            pickle.dump({"model": arrays, "__author__": "pri3d", "matching_heuristics": True,
+                         "pri3d_metadata": meta["detectron2_config"]}, handle)  # fmt: skip
+
+    def verify(path: Path) -> None:
+        with open(path, "rb") as handle:
+            written = pickle.load(handle)["model"]
+        expected = {_detectron2_name(k): v for k, v in _torchvision_resnet_state(arch).items()
+                    if not k.endswith("num_batches_tracked")}  # fmt: skip
+        check_state(expected, written, str(source), f"Detectron2's {arch} (torchvision's, renamed)")
+        _check_finite(written, str(source))
+
+    _write_verified(out, write, verify, meta)
     return out, report
 
 
@@ -482,8 +586,22 @@ def export_pri3d(source: str | Path, out: str | Path) -> tuple[Path, LoadReport]
     else:
         tv, report = to_torchvision(state, str(source))
         converted = {f"backbone.encoder.{k}": v for k, v in tv.items()}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": converted, "import_report": report.to_dict(), "pri3d_version": __version__}, out)
+
+    def write(path: Path) -> None:
+        torch.save(
+            {"model": converted, "import_report": report.to_dict(), "pri3d_version": __version__}, path
+        )
+
+    def verify(path: Path) -> None:
+        written = torch.load(path, weights_only=True)["model"]
+        tv, _ = to_torchvision(written, str(source))
+        arch = resnet_arch(tv)
+        _check_resnet(tv, arch, str(source))
+        if any(k.startswith("backbone.decoder.") for k in written):
+            _check_unet_decoder(written, arch, str(source))
+        _check_finite(written, str(source))
+
+    _write_verified(out, write, verify)
     return out, report
 
 

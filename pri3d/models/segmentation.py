@@ -20,6 +20,7 @@ from torch import nn
 from pri3d.data.semseg import IGNORE_INDEX
 from pri3d.export import (
     LoadReport,
+    check_state,
     detect_layout,
     load_weights_file,
     resolve_weights_path,
@@ -220,24 +221,12 @@ def _load_encoder(model: SegmentationModel, encoder: nn.Module, state: dict, sou
     tv, report = torchvision_state_for(encoder, state, source)
     own = encoder.state_dict()
     prefix = "backbone.encoder." if isinstance(model, Semantic2D) else "encoder."
-    _check_shapes(own, tv, source, "the encoder")
+    check_state(own, tv, source, "the encoder")
     encoder.load_state_dict(tv, strict=True)
     report.taken = [prefix + k for k in report.taken]
     report.missing = {k: "not an encoder weight: initialised from scratch" for k in model.state_dict()
                       if not k.startswith(prefix)}  # fmt: skip
     return report
-
-
-def _check_shapes(own: dict, state: dict, source: str, what: str) -> None:
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]  # fmt: skip
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{source} does not match {what}: missing {missing[:5]} ({len(missing)}), unexpected "
-            f"{unexpected[:5]} ({len(unexpected)}), shape mismatches {mismatched[:5]}"
-        )
 
 
 def _load_by_name(model: nn.Module, state: dict, source: str, layout: str, strict: bool) -> LoadReport:
@@ -274,5 +263,5 @@ def _why_not_in_model(key: str) -> str:
 
 def load_strict(model: nn.Module, state: dict, source: str) -> None:
     """``load_state_dict(strict=True)`` with a ``ValueError`` that names the file and the keys."""
-    _check_shapes(model.state_dict(), state, source, type(model).__name__)
+    check_state(model.state_dict(), state, source, type(model).__name__)
     model.load_state_dict(state, strict=True)

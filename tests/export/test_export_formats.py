@@ -14,6 +14,7 @@ import torchvision
 from safetensors.torch import load_file
 
 from pri3d import load_backbone
+from pri3d.cli import main
 from pri3d.export import (
     detect_layout,
     export_detectron2,
@@ -238,3 +239,37 @@ def test_export_cli_reads_a_run_folders_newest_checkpoint(tmp_path, capsys):
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match=r"IN=.*empty: a folder without checkpoints/last"):
         args.run(parser.parse_args(["export", "torchvision", str(empty), str(tmp_path / "x.pth")]))
+
+
+_SUFFIX = {"torchvision": "pth", "safetensors": "safetensors", "detectron2": "pkl", "pri3d": "pth"}
+
+
+@pytest.mark.parametrize("fmt", sorted(_SUFFIX))
+def test_export_refuses_weights_its_target_cannot_load_and_writes_nothing(tmp_path, capsys, fmt):
+    state = torchvision.models.resnet18().state_dict()
+    state["layer2.0.conv1.weight"] = torch.zeros(128, 64, 1, 1)  # a 3x3 conv in resnet18
+    del state["layer3.1.bn1.running_var"]
+    torch.save(state, tmp_path / "bad.pth")
+    out = tmp_path / "out" / f"r18.{_SUFFIX[fmt]}"
+    assert main(["export", fmt, str(tmp_path / "bad.pth"), str(out)]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("pri3d export: error: ") and "resnet18" in error
+    assert re.search(
+        r"(layer2\.0|res3\.0)\.conv1\.weight: file \(128, 64, 1, 1\) vs model \(128, 64, 3, 3\)", error
+    )
+    assert re.search(r"missing \['(layer3\.1\.bn1|res4\.1\.conv1\.norm)\.running_var'\]", error)
+    assert not out.parent.exists() or not any(out.parent.iterdir())  # no file, no partial file, no JSON
+
+
+@pytest.mark.parametrize("fmt", sorted(_SUFFIX))
+def test_export_refuses_non_finite_weights(tmp_path, capsys, fmt):
+    state = torchvision.models.resnet18().state_dict()
+    state["layer4.1.bn2.running_var"][3] = float("nan")
+    state["conv1.weight"][0, 0, 0, 0] = float("inf")
+    torch.save(state, tmp_path / "nan.pth")
+    out = tmp_path / "out" / f"r18.{_SUFFIX[fmt]}"
+    assert main(["export", fmt, str(tmp_path / "nan.pth"), str(out)]) == 1
+    error = capsys.readouterr().err
+    assert "non-finite" in error and re.search(r"(layer4\.1\.bn2|res5\.1\.conv2\.norm)\.running_var", error)
+    assert re.search(r"\b(stem\.)?conv1\.weight", error)
+    assert not out.parent.exists() or not any(out.parent.iterdir())
