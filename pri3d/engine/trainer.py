@@ -78,6 +78,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.samples_skipped = 0
+        self.steps_trained = 0  # optimizer steps that had at least one usable sample
         self.logger = RunLogger(
             self.log_dir, enabled=env.is_main, name=train.exp_name, config=to_dict(config),
             tensorboard=config.logging.tensorboard, wandb_mode=config.logging.wandb,
@@ -108,6 +109,7 @@ class Trainer:
         self.bn_scheduler.load_state_dict(state["bn_scheduler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.samples_skipped = state.get("samples_skipped", 0)
+        self.steps_trained = state.get("steps_trained", self.step)  # older checkpoints did not count
         set_rng_state(state["rng"])
         self.logger.info(
             f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})"
@@ -123,7 +125,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "bn_scheduler": self.bn_scheduler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "samples_skipped": self.samples_skipped,
+            "samples_skipped": self.samples_skipped, "steps_trained": self.steps_trained,
             "config": to_dict(self.config),
             "rng": rng_state(),
         })  # fmt: skip
@@ -147,6 +149,7 @@ class Trainer:
         timer = time.perf_counter()
         data_time = 0.0
         pairs = 0
+        trained_in_step = False
         while self.step < self.total_steps:
             self.dataset.set_epoch(self.epoch)
             self.sampler.set_epoch(self.epoch, start_batch=self.batch_in_epoch)
@@ -162,9 +165,12 @@ class Trainer:
                         meters[key] = meters.get(key, 0.0) + value
                     counted += 1
                     pairs += batch["batch_size"] * self.env.world_size
+                    trained_in_step = True
                 micro += 1
                 if micro % self.accumulate == 0:
                     self._optimizer_step()
+                    self.steps_trained += trained_in_step
+                    trained_in_step = False
                     self.batch_in_epoch += 1
                     progress.update(1)
                     if self.step % train.report_batch == 0 or self.step == self.total_steps:
@@ -180,12 +186,20 @@ class Trainer:
                         progress.set_postfix(loss=f"{last.get('train/total_loss', float('nan')):.3f}",
                                              pairs_s=f"{last['train/pairs_per_s']:.1f}")  # fmt: skip
                         meters, counted, pairs, data_time, timer = {}, 0, 0, 0.0, time.perf_counter()
-                    if train.checkpoint_every and self.step % train.checkpoint_every == 0:
+                    # before the first usable sample there is nothing worth keeping, and a run that
+                    # ends up training nothing must leave no weights that look like a result
+                    if (
+                        train.checkpoint_every
+                        and self.step % train.checkpoint_every == 0
+                        and self.steps_trained
+                    ):
                         self.save(f"step{self.step:07d}.pth")
                     if self.step >= self.total_steps:
                         break
                 data_start = time.perf_counter()
             else:
+                if not self.steps_trained:  # the next epoch reads the same files: stop, do not loop on
+                    self._stop_untrained(f"epoch {self.epoch + 1} ended", consecutive_bad)
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 if self.epoch % train.report_epoch == 0:
@@ -195,9 +209,12 @@ class Trainer:
                 continue
             break
         progress.close()
+        if not self.steps_trained:
+            self._stop_untrained("the run ended", consecutive_bad)
         self.save(f"step{self.step:07d}.pth")
         self.logger.info(
-            f"done: {self.step} steps, {self.samples_skipped} samples skipped; checkpoints in {self.checkpoint_dir}"
+            f"done: {self.step} steps ({self.steps_trained} with usable samples), {self.samples_skipped} samples "
+            f"skipped; checkpoints in {self.checkpoint_dir}"
         )
         self.logger.close()
         return last
@@ -246,6 +263,14 @@ class Trainer:
                 f"{self.config.train.max_bad_samples}):\n  " + "\n  ".join(consecutive)
             )
         return consecutive
+
+    def _stop_untrained(self, when: str, reasons: list[str]) -> NoReturn:
+        """Stop a run that has not trained on one sample (``reasons``: the latest skip reasons)."""
+        self._stop(
+            f"{when} with no usable sample in {self.step} steps ({self.samples_skipped} samples skipped): "
+            f"nothing was trained and no checkpoint is written; each skipped sample's reason is in "
+            f"{self.log_dir / 'train.log'}" + "".join(f"\n  {reason}" for reason in reasons[:5])
+        )
 
     def _stop(self, reason: str) -> NoReturn:
         """Write the reason to the run's log too (stderr may be lost), close it, and stop."""

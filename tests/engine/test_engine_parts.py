@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import pytest
 import torch
 from torch import nn
@@ -19,7 +21,7 @@ from pri3d.engine.config import ConfigError, PretrainRunConfig, expand_overrides
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.sampler import GlobalBatchSampler
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
-from pri3d.engine.trainer import Trainer
+from pri3d.engine.trainer import Trainer, TrainingStopped
 
 
 def test_defaults_are_the_released_recipe():
@@ -164,10 +166,15 @@ def test_prune_checkpoints_keeps_the_newest_and_the_last(tmp_path):
 
 
 class _Points(torch.utils.data.Dataset):
+    def __init__(self, unreadable: Collection[int] = ()) -> None:
+        self.unreadable = unreadable  # indices that fail to load, as `ScanNetPairs` reports them
+
     def __len__(self) -> int:
         return 6
 
-    def __getitem__(self, index: int) -> torch.Tensor:
+    def __getitem__(self, index: int) -> torch.Tensor | dict:
+        if index in self.unreadable:
+            return {"skip": f"point {index}: unreadable"}
         return torch.full((1,), float(index))
 
     def set_epoch(self, epoch: int) -> None:
@@ -184,16 +191,21 @@ class _Fit(nn.Module):
 
 
 def _collate_points(samples):
-    return {"x": torch.stack(samples), "batch_size": len(samples), "skipped": []}
+    good = [s for s in samples if isinstance(s, torch.Tensor)]
+    batch = {"batch_size": len(good), "skipped": [s["skip"] for s in samples if isinstance(s, dict)]}
+    return {**batch, "x": torch.stack(good)} if good else batch
 
 
-def _fit_trainer(log_dir, max_steps: int) -> Trainer:
+def _fit_trainer(log_dir, max_steps: int, *extra: str, unreadable: Collection[int] = ()) -> Trainer:
     """A Trainer fitting `_Fit` to `_Points` (3 batches of 2 per epoch) for ``max_steps`` steps."""
     config = load_config(PretrainRunConfig, [
         f"train.log_dir={log_dir}", "train.batch_size=2", "train.workers=0", f"train.max_steps={max_steps}",
         "scheduler.max_epochs=1", "train.checkpoint_every=0", "train.report_batch=1", "logging.tensorboard=false",
+        *extra,
     ])  # fmt: skip
-    return Trainer(_Fit(), _Points(), _collate_points, config, DistEnv(0, 1, 0, torch.device("cpu")))
+    return Trainer(
+        _Fit(), _Points(unreadable), _collate_points, config, DistEnv(0, 1, 0, torch.device("cpu"))
+    )
 
 
 def test_max_steps_sets_the_run_length_across_epochs(tmp_path):
@@ -217,3 +229,32 @@ def test_a_finished_run_without_optimizer_state_initialises_but_does_not_resume(
     assert latest_checkpoint(tmp_path / "checkpoints") == path and not list(path.parent.glob("*.tmp"))
     with pytest.raises(ValueError, match=r"without optimizer state.*train\.log_dir"):
         _fit_trainer(tmp_path, max_steps=3).resume_if_possible()
+
+
+def test_a_run_that_trains_on_no_sample_stops_without_a_checkpoint(tmp_path):
+    """Every sample unreadable, but fewer in a row than train.max_bad_samples: no success, no weights."""
+    trainer = _fit_trainer(tmp_path, 2, "train.checkpoint_every=1", unreadable=range(6))
+    with pytest.raises(
+        TrainingStopped, match=r"no usable sample in 2 steps \(4 samples skipped\)"
+    ) as stopped:
+        trainer.fit()
+    assert "point 0: unreadable" in str(stopped.value) or "point 1: unreadable" in str(stopped.value)
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
+    assert "no usable sample" in (tmp_path / "train.log").read_text()
+
+
+def test_an_epoch_without_a_usable_sample_stops_the_run(tmp_path):
+    """The next epoch reads the same files: stop at the end of the first instead of looping on."""
+    trainer = _fit_trainer(tmp_path, 0, "scheduler.max_epochs=5", "train.max_bad_samples=100",
+                           unreadable=range(6))  # fmt: skip
+    with pytest.raises(TrainingStopped, match=r"epoch 1 .*no usable sample"):
+        trainer.fit()
+    assert trainer.epoch == 0 and trainer.step == 3
+    assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
+
+
+def test_bad_samples_in_a_run_that_trains_are_skipped_and_counted(tmp_path):
+    trainer = _fit_trainer(tmp_path, 3, unreadable={0, 1, 2})
+    last = trainer.fit()
+    assert trainer.step == 3 and last["train/samples_skipped"] == trainer.samples_skipped > 0
+    assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["step"] == 3

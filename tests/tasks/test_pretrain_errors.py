@@ -1,4 +1,4 @@
-"""Pre-training error paths: a non-finite loss, a run of unreadable samples, and bf16 + channels_last."""
+"""Pre-training error paths: a non-finite loss, unreadable samples, bad settings, and bf16 + channels_last."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import shutil
 import pytest
 import torch
 
+from pri3d import cli
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
 from pri3d.engine.config import PretrainRunConfig, load_config
 from pri3d.engine.trainer import TrainingStopped
@@ -89,6 +90,31 @@ def test_too_many_unreadable_samples_stop_with_their_reasons(pretrain_root, tmp_
         assert (root / scene).is_dir(), reason  # each reason names the scene and the frames
         assert "frames" in reason and "cannot identify image file" in reason, reason
     assert not list((tmp_path / "run" / "checkpoints").glob("step*.pth"))  # no step was trained
+
+
+def test_a_pair_list_that_is_all_unreadable_stops_without_weights(
+    pretrain_root, tmp_path, capsys, tiny_pretrain
+):
+    """Fewer bad samples than train.max_bad_samples, but not one usable: exit 3, not success."""
+    root = tmp_path / "data"
+    shutil.copytree(pretrain_root, root)
+    for path in root.glob("*/color/*.jpg"):
+        path.write_bytes(b"not a JPEG")
+    overrides = tiny_pretrain(root, tmp_path / "run", "train.max_steps=2", "train.checkpoint_every=1")
+    assert cli.main(["pretrain", *overrides]) == 3
+    message = capsys.readouterr().err
+    assert "stopped: the run ended with no usable sample in 2 steps (4 samples skipped)" in message
+    assert "cannot identify image file" in message  # the reasons come along
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pth"))
+
+
+@pytest.mark.parametrize("temperature", ["0", "-1"])
+def test_a_temperature_that_is_not_positive_is_refused_before_any_work(tmp_path, capsys, temperature):
+    """T = 0 was a NaN loss at step 0 with advice to lower the lr; T < 0 trained the wrong way."""
+    log_dir = tmp_path / "run"
+    assert cli.main(["pretrain", f"train.log_dir={log_dir}", f"pretrain.nceT={temperature}"]) == 1
+    assert f"pretrain.nceT={float(temperature)}: expected a finite number > 0" in capsys.readouterr().err
+    assert not log_dir.exists()
 
 
 def test_bf16_and_channels_last_train_with_finite_losses(pretrain_root, tmp_path, tiny_pretrain):
