@@ -35,7 +35,8 @@ def add_scannet_parser(datasets) -> None:
         "scans/<scene>/<scene>.sens (RGB-D stream), <scene>_vh_clean_2.ply, its segs.json and "
         "<scene>.aggregation.json, plus scannetv2-labels.combined.tsv. scannet_frames_25k (the "
         "fine-tuning data) is not enough. Finished scenes are skipped on a re-run; a broken scene is "
-        "reported and the others go on. See docs/data.md for every output file.",
+        "reported and the others go on; a second run on the same --out is refused. See docs/data.md "
+        "for every output file and for what happens to bad input.",
     )
     parser.add_argument("--scans", required=True, type=Path, help="ScanNet's raw scans/ folder")
     parser.add_argument("--out", required=True, type=Path, help="output folder (TARGET of pre-training)")

@@ -17,9 +17,11 @@ per scene and no meshes. Output under TARGET::
     preprocess_report.json             the run's report
 
 Each scene is written into ``TARGET/<scene>.tmp/`` and renamed when complete, so a scene folder
-exists only when it is whole and a re-run skips it. Scenes run in parallel processes; a scene that
-fails (truncated ``.sens``, unknown label) is reported and the others go on. A scene without a mesh
-still gets frames and pairs; its point cloud is skipped and the report says so.
+exists only when it is whole and a re-run skips it. One run at a time may write TARGET
+(:mod:`pri3d.preprocess.output_folder`): a second is refused before it touches anything. Scenes run
+in parallel processes; a scene that fails (truncated ``.sens``, unknown label) is reported and the
+others go on. A scene without a mesh still gets frames and pairs; its point cloud is skipped and the
+report says so.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from tqdm import tqdm
 from pri3d import __version__
 from pri3d.io.scannet import read_label_map, scene_mesh_paths
 from pri3d.preprocess.frames import CHUNK_MARGIN, SKIP_REASONS, export_frames, write_chunk_boxes
+from pri3d.preprocess.output_folder import output_lock, prepare_output_folder
 from pri3d.preprocess.overlap import VOXEL_SIZE, overlap_matrix, pair_scores
 from pri3d.preprocess.pointcloud import save_point_cloud, scene_point_cloud
 
@@ -352,45 +355,46 @@ def preprocess_scannet(
     names = find_scenes(scans, scenes)
     label_path = find_label_table(scans, labels)
     label_map = read_label_map(label_path)
-    out.mkdir(parents=True, exist_ok=True)
+    # Every run writes the pair list and the report; scenes write their clouds into pointcloud/.
+    prepare_output_folder(out, ("pointcloud", "splits"))
+    with output_lock(out):
+        results: dict[str, dict[str, Any]] = {}
+        for name in names:
+            finished = _finished_report(out, name, options)
+            if finished is not None:
+                results[name] = finished
+        todo = [name for name in names if name not in results]
 
-    results: dict[str, dict[str, Any]] = {}
-    for name in names:
-        finished = _finished_report(out, name, options)
-        if finished is not None:
-            results[name] = finished
-    todo = [name for name in names if name not in results]
+        bar = tqdm(
+            total=len(names), initial=len(results), unit="scene", desc="preprocess scannet",
+            disable=not progress, dynamic_ncols=True,
+        )  # fmt: skip
+        failed = 0
 
-    bar = tqdm(
-        total=len(names), initial=len(results), unit="scene", desc="preprocess scannet",
-        disable=not progress, dynamic_ncols=True,
-    )  # fmt: skip
-    failed = 0
+        def record(result: dict[str, Any]) -> None:
+            nonlocal failed
+            results[result["scene"]] = result
+            failed += result["status"] == "failed"
+            bar.set_postfix(failed=failed, refresh=False)
+            bar.update(1)
 
-    def record(result: dict[str, Any]) -> None:
-        nonlocal failed
-        results[result["scene"]] = result
-        failed += result["status"] == "failed"
-        bar.set_postfix(failed=failed, refresh=False)
-        bar.update(1)
+        jobs = [(scans, out, name, options, label_map) for name in todo]
+        try:
+            if workers > 1 and len(jobs) > 1:
+                context = multiprocessing.get_context("spawn")
+                with context.Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
+                    for result in pool.imap_unordered(_scene_job, jobs):
+                        record(result)
+            else:
+                for job in jobs:
+                    record(_scene_job(job))
+        finally:
+            bar.close()
 
-    jobs = [(scans, out, name, options, label_map) for name in todo]
-    try:
-        if workers > 1 and len(jobs) > 1:
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(min(workers, len(jobs)), initializer=_worker_init) as pool:
-                for result in pool.imap_unordered(_scene_job, jobs):
-                    record(result)
-        else:
-            for job in jobs:
-                record(_scene_job(job))
-    finally:
-        bar.close()
-
-    list_path, pair_counts = build_pair_list(out, options.overlap_threshold)
-    report = _summarise(names, results, pair_counts, list_path, out, options, scans, label_path)
-    report["seconds"] = round(time.perf_counter() - start, 3)
-    _atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=2) + "\n")
+        list_path, pair_counts = build_pair_list(out, options.overlap_threshold)
+        report = _summarise(names, results, pair_counts, list_path, out, options, scans, label_path)
+        report["seconds"] = round(time.perf_counter() - start, 3)
+        _atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=2) + "\n")
     return report
 
 

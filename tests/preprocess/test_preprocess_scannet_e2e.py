@@ -88,9 +88,9 @@ def test_report_counts_and_failures(run):
     assert report["pairs"]["total"] == n_good * (n_good - 1) // 2 + n_no_mesh * (n_no_mesh - 1) // 2
     lines = summary_lines(report)
     assert any(line.startswith(f"FAILED {TRUNCATED}") for line in lines)
-    # outputs appear only for complete scenes
+    # outputs appear only for complete scenes; the lock file stays (see output_folder.output_lock)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [GOOD, NO_MESH, "pointcloud", "splits", "preprocess_report.json"]
+        [GOOD, NO_MESH, "pointcloud", "splits", "preprocess_report.json", ".preprocess.lock"]
     )
     assert [p.name for p in (out / "pointcloud").iterdir()] == [f"{GOOD}.npz"]
 
