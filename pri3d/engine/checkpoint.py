@@ -5,13 +5,16 @@ A checkpoint is a dict with `model`, `optimizer`, `scheduler`, `bn_scheduler`, `
 `pri3d_version`. `<dir>/last` names the newest checkpoint; it is replaced only after the checkpoint
 file itself is complete, so a crash at any moment leaves a loadable `last`. A finished run's
 checkpoint may have its optimizer state dropped (:func:`drop_optimizer_state`): it then still
-initialises and evaluates models but no longer resumes.
+initialises and evaluates models but no longer resumes. A write that fails (a full disk) removes its
+temporary file; temporaries left by a killed process are removed by :func:`remove_temporaries`.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -45,16 +48,45 @@ def _as_tuples(value):
     return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
 
 
+class CheckpointDiskFull(OSError):
+    """No space left for a checkpoint; the message names the folder and the space needed."""
+
+
 def save_checkpoint(directory: str | Path, name: str, state: dict) -> Path:
-    """Write `state` to `directory/name` via a temporary file and point `directory/last` at it."""
+    """Write `state` to `directory/name` via a temporary file and point `directory/last` at it.
+
+    Raises :class:`CheckpointDiskFull` when the disk is full, with `last` still naming the previous
+    checkpoint and no partial file left behind.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / name
-    _save_atomically({**state, "pri3d_version": __version__}, path)
-    pointer = directory / "last.tmp"
-    pointer.write_text(name + "\n")
-    _fsync_replace(pointer, directory / "last")
+    state = {**state, "pri3d_version": __version__}
+    try:
+        _save_atomically(state, path)
+        _write_replace(directory / "last", lambda tmp: tmp.write_text(name + "\n"))
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        raise CheckpointDiskFull(
+            f"no space left on the device of {directory} while writing {name}: it needs about "
+            f"{_tensor_bytes(state) / 2**20:.1f} MB, {shutil.disk_usage(directory).free / 2**20:.1f} MB "
+            "are free; free some space (train.keep_checkpoints=N keeps only the newest N checkpoints) "
+            "and run again to resume from the last complete checkpoint"
+        ) from None
     return path
+
+
+def remove_temporaries(directory: str | Path) -> list[Path]:
+    """Delete the ``*.tmp`` files a killed or failed write left in ``directory``; returns them.
+
+    Only call this while no other process writes checkpoints there (at the start of a run): a
+    leftover holds the disk space that the next write needs.
+    """
+    leftovers = sorted(Path(directory).glob("*.tmp"))
+    for path in leftovers:
+        path.unlink()
+    return leftovers
 
 
 def prune_checkpoints(directory: str | Path, keep: int) -> list[Path]:
@@ -86,15 +118,31 @@ def drop_optimizer_state(path: str | Path) -> int:
 
 
 def _save_atomically(state: dict, path: Path) -> None:
+    _write_replace(path, lambda tmp: torch.save(state, tmp))
+
+
+def _write_replace(path: Path, write) -> None:
+    """``write(tmp)``, make it durable, then rename it to ``path``; a failed write removes ``tmp``."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    _fsync_replace(tmp, path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+    except BaseException:  # also Ctrl-C: a half-written temporary is never useful
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
 
 
-def _fsync_replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
+def _tensor_bytes(value) -> int:
+    """Bytes of the tensors in a nested state (the bulk of a checkpoint file)."""
+    if isinstance(value, torch.Tensor):
+        return value.nbytes
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:

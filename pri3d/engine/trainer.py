@@ -21,9 +21,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from pri3d.engine.checkpoint import (
+    CheckpointDiskFull,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    remove_temporaries,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -84,6 +86,10 @@ class Trainer:
             tensorboard=config.logging.tensorboard, wandb_mode=config.logging.wandb,
             wandb_project=config.logging.wandb_project,
         )  # fmt: skip
+        if env.is_main and (leftovers := remove_temporaries(self.checkpoint_dir)):
+            self.logger.info(
+                "removed unfinished checkpoint files: " + ", ".join(path.name for path in leftovers)
+            )
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -119,7 +125,7 @@ class Trainer:
     def save(self, name: str) -> None:
         if not self.env.is_main:
             return
-        save_checkpoint(self.checkpoint_dir, name, {
+        state = {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -128,7 +134,11 @@ class Trainer:
             "samples_skipped": self.samples_skipped, "steps_trained": self.steps_trained,
             "config": to_dict(self.config),
             "rng": rng_state(),
-        })  # fmt: skip
+        }  # fmt: skip
+        try:
+            save_checkpoint(self.checkpoint_dir, name, state)
+        except CheckpointDiskFull as error:
+            self._stop(str(error))
         if self.config.train.keep_checkpoints > 0:
             prune_checkpoints(self.checkpoint_dir, self.config.train.keep_checkpoints)
 

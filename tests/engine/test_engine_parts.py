@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Collection
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 
 from pri3d.engine.checkpoint import (
+    CheckpointDiskFull,
     drop_optimizer_state,
     latest_checkpoint,
     load_checkpoint,
@@ -258,3 +260,60 @@ def test_bad_samples_in_a_run_that_trains_are_skipped_and_counted(tmp_path):
     last = trainer.fit()
     assert trainer.step == 3 and last["train/samples_skipped"] == trainer.samples_skipped > 0
     assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["step"] == 3
+
+
+def _fill_the_disk(monkeypatch, written: bytes = b"partial checkpoint") -> None:
+    """Make every `torch.save` write ``written`` and then fail as a full disk does."""
+
+    def save(obj, path):
+        with open(path, "wb") as handle:
+            handle.write(written)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", save)
+
+
+def test_a_full_disk_leaves_no_partial_file_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, "a.pth", {"model": {"w": torch.zeros(1000)}, "step": 1})
+    _fill_the_disk(monkeypatch)
+    weights = {"w": torch.zeros(2**18)}  # 1 MB of float32
+    with pytest.raises(CheckpointDiskFull, match=rf"no space left on the device of {tmp_path} while writing b\.pth: "
+                       r"it needs about 1\.0 MB, [0-9.]+ MB are free"):  # fmt: skip
+        save_checkpoint(tmp_path, "b.pth", {"model": weights, "step": 2})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "last"]
+    monkeypatch.undo()
+    assert load_checkpoint(latest_checkpoint(tmp_path))["step"] == 1
+
+
+def test_a_full_disk_stops_training_with_the_folder_and_keeps_resume_possible(tmp_path, monkeypatch):
+    _fit_trainer(tmp_path, 2).fit()
+    _fill_the_disk(monkeypatch)
+    trainer = _fit_trainer(tmp_path, 4)
+    assert trainer.resume_if_possible()
+    with pytest.raises(
+        TrainingStopped, match=r"no space left on the device of .*checkpoints.*free some space"
+    ):
+        trainer.fit()
+    checkpoints = tmp_path / "checkpoints"
+    assert not list(checkpoints.glob("*.tmp"))
+    assert "no space left" in (tmp_path / "train.log").read_text()
+    monkeypatch.undo()
+    resumed = _fit_trainer(tmp_path, 4)
+    assert resumed.resume_if_possible() and resumed.step == 2
+    resumed.fit()
+    assert resumed.step == 4
+
+
+def test_stale_temporary_files_are_removed_at_start(tmp_path):
+    """A crash or a full disk mid-write leaves `<name>.tmp`: it holds the space the next write needs."""
+    _fit_trainer(tmp_path, 2).fit()
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "step0000003.pth.tmp").write_bytes(b"half a checkpoint")
+    (checkpoints / "last.tmp").write_text("step0000003.pth")
+    trainer = _fit_trainer(tmp_path, 3)
+    assert not list(checkpoints.glob("*.tmp"))
+    assert (
+        "removed unfinished checkpoint files: last.tmp, step0000003.pth.tmp"
+        in (tmp_path / "train.log").read_text()
+    )
+    assert trainer.resume_if_possible() and trainer.step == 2
