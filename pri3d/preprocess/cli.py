@@ -34,9 +34,9 @@ def add_scannet_parser(datasets) -> None:
         description="Prepare ScanNet for pre-training from the raw scans as ScanNet distributes them: "
         "scans/<scene>/<scene>.sens (RGB-D stream), <scene>_vh_clean_2.ply, its segs.json and "
         "<scene>.aggregation.json, plus scannetv2-labels.combined.tsv. scannet_frames_25k (the "
-        "fine-tuning data) is not enough. Finished scenes are skipped on a re-run; a broken scene is "
-        "reported and the others go on; a second run on the same --out is refused. See docs/data.md "
-        "for every output file and for what happens to bad input.",
+        "fine-tuning data) is not enough. Finished scenes are checked and skipped on a re-run; a broken "
+        "scene is reported and the others go on; a second run on the same --out is refused. See "
+        "docs/data.md for every output file and for what happens to bad input.",
     )
     parser.add_argument("--scans", required=True, type=Path, help="ScanNet's raw scans/ folder")
     parser.add_argument("--out", required=True, type=Path, help="output folder (TARGET of pre-training)")
@@ -129,6 +129,8 @@ def summary_lines(report: dict, out: Path | None = None) -> list[str]:
     ]
     if no_cloud:
         lines.append(f"point cloud skipped (no mesh) for: {', '.join(no_cloud)}")
+    for entry in report["redone"]:
+        lines.append(f"redone {entry['scene']} (was incomplete: {entry['reason']})")
     for failure in report["failures"]:
         lines.append(f"FAILED {failure['scene']}: {failure['reason'].splitlines()[0]}")
     lines.append(f"report: {out / REPORT_NAME if out else REPORT_NAME} ({report['seconds']:.1f} s)")

@@ -32,6 +32,7 @@ from pri3d.io.sens import SensHeader, SensReader
 from pri3d.preprocess.overlap import VOXEL_SIZE, voxel_downsample
 
 __all__ = [
+    "CAMERA_FILES",
     "CHUNK_MARGIN",
     "MAX_CAMERA_DISTANCE",
     "RIGID_TOLERANCE",
@@ -48,6 +49,9 @@ __all__ = [
 
 #: Padding (metres) added on every side of a frame's chunk box.
 CHUNK_MARGIN = 0.1
+
+#: The camera matrices written once per scan, as ``intrinsic/<name>.txt``.
+CAMERA_FILES = ("intrinsic_color", "extrinsic_color", "intrinsic_depth", "extrinsic_depth")
 
 #: Reasons for not exporting a frame, as counted in :attr:`FrameExport.skipped`.
 SKIP_REASONS = ("invalid_pose", "no_valid_depth")
@@ -178,7 +182,7 @@ def chunk_box(points: np.ndarray, margin: float = CHUNK_MARGIN) -> np.ndarray:
 
 def _write_intrinsics(header: SensHeader, folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("intrinsic_color", "extrinsic_color", "intrinsic_depth", "extrinsic_depth"):
+    for name in CAMERA_FILES:
         write_matrix_txt(folder / f"{name}.txt", getattr(header, name))
 
 

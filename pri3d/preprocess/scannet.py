@@ -17,11 +17,13 @@ per scene and no meshes. Output under TARGET::
     preprocess_report.json             the run's report
 
 Each scene is written into ``TARGET/<scene>.tmp/`` and renamed when complete, so a scene folder
-exists only when it is whole and a re-run skips it. One run at a time may write TARGET
-(:mod:`pri3d.preprocess.output_folder`): a second is refused before it touches anything. Scenes run
-in parallel processes; a scene that fails (truncated ``.sens``, unknown label) is reported and the
-others go on. A scene without a mesh still gets frames and pairs; its point cloud is skipped and the
-report says so.
+exists only when it is whole. Its ``scene_report.json`` lists the frames and files it holds; a
+re-run skips a scene whose folder holds them all and redoes one that lost any. One run at a time
+may write TARGET (:mod:`pri3d.preprocess.output_folder`): a second is refused before it touches
+anything. Scenes run in parallel processes; a scene that fails (truncated ``.sens``, unknown label)
+is reported and the others go on; frames with an unusable pose or no depth are skipped and named in
+the scene's report. A scene without a mesh still gets frames and pairs; its point cloud is skipped
+and the report says so.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from tqdm import tqdm
 
 from pri3d import __version__
 from pri3d.io.scannet import read_label_map, scene_mesh_paths
-from pri3d.preprocess.frames import CHUNK_MARGIN, SKIP_REASONS, export_frames, write_chunk_boxes
+from pri3d.preprocess.frames import CAMERA_FILES, CHUNK_MARGIN, SKIP_REASONS, export_frames, write_chunk_boxes
 from pri3d.preprocess.output_folder import output_lock, prepare_output_folder
 from pri3d.preprocess.overlap import VOXEL_SIZE, overlap_matrix, pair_scores
 from pri3d.preprocess.pointcloud import save_point_cloud, scene_point_cloud
@@ -53,6 +55,7 @@ __all__ = [
     "LABEL_TSV",
     "REPORT_NAME",
     "SCENE_REPORT_NAME",
+    "SIZED_FILES",
     "ScanNetOptions",
     "build_pair_list",
     "find_label_table",
@@ -66,6 +69,8 @@ __all__ = [
 LABEL_TSV = "scannetv2-labels.combined.tsv"
 REPORT_NAME = "preprocess_report.json"
 SCENE_REPORT_NAME = "scene_report.json"
+#: Files of a scene folder whose sizes its report records, so that a re-run can tell they are whole.
+SIZED_FILES = ("overlap.txt", "chunk_boxes.txt")
 
 
 @dataclass
@@ -172,7 +177,8 @@ def preprocess_scene(
     """Produce ``out/<scene>/`` (and ``out/pointcloud/<scene>.npz``) from ``scans/<scene>``.
 
     Everything is written to ``out/<scene>.tmp/`` first and renamed at the end; on an exception
-    the temporary folder is removed and the exception propagates. Returns the scene's report.
+    the temporary folder is removed and the exception propagates. ``out/<scene>/`` must not exist.
+    Returns the scene's report.
     """
     start = time.perf_counter()
     scan_dir, out = Path(scans) / scene, Path(out)
@@ -207,9 +213,11 @@ def preprocess_scene(
             "settings": options.scene_settings(),
             "frames_read": exported.read,
             "frames_exported": len(exported.frames),
+            "frames": exported.frames,
             "frames_skipped": exported.skipped,
             "skipped_frames": {str(frame): why for frame, why in exported.skipped_frames.items()},
             "pairs": num_pairs,
+            "file_bytes": {name: (tmp / name).stat().st_size for name in SIZED_FILES},
             "pointcloud": pointcloud,
             "seconds": round(time.perf_counter() - start, 3),
             "pri3d_version": __version__,
@@ -303,8 +311,13 @@ def build_pair_list(out: str | os.PathLike[str], threshold: float) -> tuple[Path
 # --- the run --------------------------------------------------------------------------------------
 
 
-def _finished_report(out: Path, scene: str, options: ScanNetOptions) -> dict[str, Any] | None:
-    """The stored report of a finished scene, or None if the scene is not finished."""
+def _finished_report(out: Path, scene: str, options: ScanNetOptions) -> dict[str, Any] | str | None:
+    """The state of a scene's folder in ``out``.
+
+    Returns the stored report when the folder holds everything it lists, a sentence saying why the
+    folder is incomplete, or None when there is no folder. Raises if the folder was not made by
+    this command or was made with other settings.
+    """
     folder = out / scene
     if not folder.is_dir():
         return None
@@ -314,7 +327,12 @@ def _finished_report(out: Path, scene: str, options: ScanNetOptions) -> dict[str
             f"{folder} exists but has no {SCENE_REPORT_NAME}: not made by pri3d preprocess; "
             "move it away or use another --out"
         )
-    report = json.loads(path.read_text())
+    try:
+        report = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        return f"its {SCENE_REPORT_NAME} is not valid JSON ({error})"
+    if not isinstance(report, dict):
+        return f"its {SCENE_REPORT_NAME} is not a JSON object"
     settings = report.get("settings", {})
     wanted = options.scene_settings()
     changed = sorted(key for key in wanted if settings.get(key) != wanted[key])
@@ -323,7 +341,40 @@ def _finished_report(out: Path, scene: str, options: ScanNetOptions) -> dict[str
             f"{folder} was made with {', '.join(f'{k}={settings.get(k)!r}' for k in changed)}, this run asks "
             f"{', '.join(f'{k}={wanted[k]!r}' for k in changed)}; use another --out or remove that scene"
         )
-    return {**report, "status": "skipped_existing"}
+    return _incompleteness(folder, report) or report
+
+
+def _incompleteness(folder: Path, report: dict[str, Any]) -> str | None:
+    """Why a finished scene folder does not hold what its report lists, or None when it does.
+
+    Every listed frame's colour, depth and pose file and the camera files must exist, and the pair
+    and chunk-box files must have their recorded sizes. A folder that lost files, or that a second
+    run wrote over, would otherwise feed pairs of missing frames to pre-training.
+    """
+    frames, sizes = report.get("frames"), report.get("file_bytes")
+    if not isinstance(frames, list) or not isinstance(sizes, dict):
+        return f"its {SCENE_REPORT_NAME} does not list its frames and files (written by an older pri3d)"
+    expected = [f"intrinsic/{name}.txt" for name in CAMERA_FILES]
+    expected += [f"{sub}/{frame}{ext}" for frame in frames
+                 for sub, ext in (("color", ".jpg"), ("depth", ".png"), ("pose", ".txt"))]  # fmt: skip
+    present = set()
+    for sub in ("intrinsic", "color", "depth", "pose"):
+        if (folder / sub).is_dir():
+            present.update(f"{sub}/{name}" for name in os.listdir(folder / sub))
+    missing = [name for name in expected if name not in present]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f", ... ({len(missing)} in all)" if len(missing) > 5 else "")
+        return f"its {SCENE_REPORT_NAME} lists files it lacks: {shown}"
+    for name in SIZED_FILES:
+        path = folder / name
+        if not path.is_file():
+            return f"its {SCENE_REPORT_NAME} lists files it lacks: {name}"
+        if path.stat().st_size != sizes.get(name):
+            return (
+                f"{name} has {path.stat().st_size} bytes, not the {sizes.get(name)} its "
+                f"{SCENE_REPORT_NAME} records"
+            )
+    return None
 
 
 def preprocess_scannet(
@@ -358,13 +409,8 @@ def preprocess_scannet(
     # Every run writes the pair list and the report; scenes write their clouds into pointcloud/.
     prepare_output_folder(out, ("pointcloud", "splits"))
     with output_lock(out):
-        results: dict[str, dict[str, Any]] = {}
-        for name in names:
-            finished = _finished_report(out, name, options)
-            if finished is not None:
-                results[name] = finished
+        results, redone = _resume(out, names, options)
         todo = [name for name in names if name not in results]
-
         bar = tqdm(
             total=len(names), initial=len(results), unit="scene", desc="preprocess scannet",
             disable=not progress, dynamic_ncols=True,
@@ -392,15 +438,35 @@ def preprocess_scannet(
             bar.close()
 
         list_path, pair_counts = build_pair_list(out, options.overlap_threshold)
-        report = _summarise(names, results, pair_counts, list_path, out, options, scans, label_path)
+        report = _summarise(names, results, redone, pair_counts, list_path, out, options, scans, label_path)
         report["seconds"] = round(time.perf_counter() - start, 3)
         _atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=2) + "\n")
     return report
 
 
+def _resume(
+    out: Path, names: list[str], options: ScanNetOptions
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The reports of the finished, complete scenes of ``names``, and why each incomplete one is redone.
+
+    Incomplete scene folders are removed, so that the pair list cannot name their files should the
+    redo fail. Every scene is checked (settings, foreign folders) before anything is removed.
+    """
+    states = {name: _finished_report(out, name, options) for name in names}
+    results, redone = {}, {}
+    for name, state in states.items():
+        if isinstance(state, dict):
+            results[name] = {**state, "status": "skipped_existing"}
+        elif isinstance(state, str):
+            redone[name] = state
+            shutil.rmtree(out / name)
+    return results, redone
+
+
 def _summarise(
     names: list[str],
     results: dict[str, dict[str, Any]],
+    redone: dict[str, str],
     pair_counts: dict[str, tuple[int, int]],
     list_path: Path,
     out: Path,
@@ -447,5 +513,6 @@ def _summarise(
             for name, result in per_scene.items()
             if result["status"] == "failed"
         ],
+        "redone": [{"scene": name, "reason": reason} for name, reason in redone.items()],
         "per_scene": per_scene,
     }

@@ -1,5 +1,5 @@
 """`pri3d preprocess scannet` on bad input and in bad conditions: degenerate frames, an output folder
-that is read-only or in use by another run.
+that is read-only or in use by another run, and finished scenes changed after the fact.
 
 The scans are tiny (two scenes of 8 frames at 12×16, no meshes) so that each run takes well under a
 second.
@@ -22,7 +22,7 @@ from pri3d.io.scannet import write_label_tsv
 from pri3d.io.sens import SensWriter
 from pri3d.preprocess import output_folder, scannet
 from pri3d.preprocess.output_folder import LOCK_NAME, OutputFolderError, output_lock
-from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet
+from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet, read_pair_lines
 
 H, W = 12, 16
 K = np.array([[14.0, 0, 7.5], [0, 14.0, 5.5], [0, 0, 1]])
@@ -79,6 +79,7 @@ def test_an_absurd_pose_skips_its_frame_and_keeps_the_scene(tmp_path):
     assert report["frames"]["skipped"]["invalid_pose"] == 2
     stored = json.loads((tmp_path / "out" / SCENES[0] / "scene_report.json").read_text())
     assert stored["skipped_frames"] == scene["skipped_frames"]
+    assert stored["frames"] == [0, 1, 2, 4, 6, 7]
 
 
 def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path):
@@ -177,3 +178,52 @@ def test_an_output_folder_that_cannot_be_created_is_one_clear_error(tmp_path):
         match=rf"{re.escape(str(tmp_path / 'file' / 'out'))}: cannot create the output folder",
     ):
         _run(scans, tmp_path / "file" / "out")
+
+
+def test_a_finished_scene_that_lost_files_is_redone(tmp_path):
+    # A "finished" scene holding fewer frames than its pairs name is what two colliding runs left.
+    scans, out = _scans(tmp_path), tmp_path / "out"
+    first = _run(scans, out)
+    first_list = read_pair_lines(out / "splits" / "overlap10.txt")
+    (out / SCENES[0] / "depth" / "4.png").unlink()
+    overlap = out / SCENES[1] / "overlap.txt"
+    overlap.write_text("".join(overlap.read_text().splitlines(keepends=True)[:3]))
+    cut = overlap.stat().st_size
+    report = _run(scans, out)
+    assert report["scenes"] == {"selected": 2, "done": 2, "skipped_existing": 0, "failed": 0}
+    assert report["redone"] == [
+        {"scene": SCENES[0], "reason": "its scene_report.json lists files it lacks: depth/4.png"},
+        {"scene": SCENES[1], "reason": f"overlap.txt has {cut} bytes, not the "
+                                       f"{first['per_scene'][SCENES[1]]['file_bytes']['overlap.txt']} its "
+                                       "scene_report.json records"},
+    ]  # fmt: skip
+    assert (out / SCENES[0] / "depth" / "4.png").is_file()
+    assert report["pairs"] == first["pairs"]
+    listed = read_pair_lines(out / "splits" / "overlap10.txt")
+    assert listed == first_list
+    assert all((out / a).is_file() and (out / b).is_file() for a, b, _ in listed)
+    again = _run(scans, out)
+    assert again["scenes"]["skipped_existing"] == 2 and again["redone"] == []
+
+
+def test_a_scene_report_without_its_frame_list_is_redone(tmp_path):
+    scans, out = _scans(tmp_path), tmp_path / "out"
+    _run(scans, out)
+    path = out / SCENES[0] / "scene_report.json"
+    stored = json.loads(path.read_text())
+    del stored["frames"]  # as written by pri3d before finished scenes were verified
+    path.write_text(json.dumps(stored))
+    report = _run(scans, out)
+    assert [entry["scene"] for entry in report["redone"]] == [SCENES[0]]
+    assert "does not list its frames" in report["redone"][0]["reason"]
+    assert report["scenes"]["done"] == 1 and report["scenes"]["skipped_existing"] == 1
+
+
+def test_a_scene_report_that_is_not_json_is_redone(tmp_path):
+    scans, out = _scans(tmp_path), tmp_path / "out"
+    _run(scans, out)
+    (out / SCENES[1] / "scene_report.json").write_text('{"scene": "scene0001_00", "sta')  # cut short
+    report = _run(scans, out)
+    assert [entry["scene"] for entry in report["redone"]] == [SCENES[1]]
+    assert report["redone"][0]["reason"].startswith("its scene_report.json is not valid JSON")
+    assert json.loads((out / SCENES[1] / "scene_report.json").read_text())["status"] == "done"
