@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from pri3d.cli_types import image_size
 from pri3d.io.sens import SensReader
 from pri3d.preprocess.frames import depth_rays, world_points
 from pri3d.preprocess.overlap import (
@@ -99,7 +100,7 @@ def ensure_scan(root: Path, frames: int, size: tuple[int, int], seed: int) -> Pa
     config = SynthConfig(scenes=1, frames=frames, seed=seed, color_size=size, depth_size=size)
     start = time.perf_counter()
     generate(root, config, workers=1, progress=False)
-    print(f"scan: {frames} frames at {size[1]}x{size[0]} in {root} ({time.perf_counter() - start:.1f} s)")
+    print(f"scan: {frames} frames at {size[0]}x{size[1]} in {root} ({time.perf_counter() - start:.1f} s)")
     return root / "scans" / scene_name(0) / f"{scene_name(0)}.sens"
 
 
@@ -114,7 +115,9 @@ def main() -> None:
     parser.add_argument(
         "--frame-skip", type=int, default=5, help="keep every n-th frame (default 5: 100 kept)"
     )
-    parser.add_argument("--size", default="320x240", help="colour and depth WIDTHxHEIGHT (default 320x240)")
+    parser.add_argument(
+        "--size", type=image_size, default="240x320", help="colour and depth HEIGHTxWIDTH (default 240x320)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threshold", type=float, default=0.3)
     parser.add_argument(
@@ -128,11 +131,10 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="workers of the pipeline run (default 2)")
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.lower().split("x"))
     data = args.data or Path(tempfile.mkdtemp(prefix="pri3d-bench-overlap-"))
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPU cores, python {platform.python_version()}")
 
-    sens = ensure_scan(data / "overlap_scan", args.frames, (height, width), args.seed)
+    sens = ensure_scan(data / "overlap_scan", args.frames, args.size, args.seed)
     start = time.perf_counter()
     clouds = frame_clouds(sens, args.frame_skip)
     points = [len(c) for c in clouds]
@@ -176,7 +178,7 @@ def main() -> None:
 
     if args.pipeline_frames:
         root = data / "pipeline_scan"
-        ensure_scan(root, args.pipeline_frames, (height, width), args.seed + 1)
+        ensure_scan(root, args.pipeline_frames, args.size, args.seed + 1)
         target = data / "pipeline_out"
         shutil.rmtree(target, ignore_errors=True)  # a finished scene would be skipped, not timed
         start = time.perf_counter()

@@ -6,7 +6,7 @@ shuffled epoch: images, depths, pixel matches and, with the geometric prior, eac
 of the scene cloud with its voxel-pixel matches. This is the work each DataLoader worker does per
 pair. Example (the figures in docs/benchmarks.md; the pipeline's sizes of ``pri3d demo``)::
 
-    PYTHONPATH=. python benchmarks/pair_loading.py --scenes 4 --frames 150 --size 60 80 --voxel-size 0.12
+    PYTHONPATH=. python benchmarks/pair_loading.py --scenes 4 --frames 150 --size 60x80 --voxel-size 0.12
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from pri3d.cli_types import image_size
 from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet
 from pri3d.synth.generate import SynthConfig, generate
@@ -45,7 +46,7 @@ def main() -> None:
     )
     parser.add_argument("--scenes", type=int, default=4)
     parser.add_argument("--frames", type=int, default=150, help="frames per generated scan")
-    parser.add_argument("--size", type=int, nargs=2, default=(60, 80), metavar=("H", "W"))
+    parser.add_argument("--size", type=image_size, default="60x80", metavar="HxW")
     parser.add_argument("--voxel-size", type=float, default=0.12)
     parser.add_argument("--matches", type=int, default=512, help="matches per pair")
     parser.add_argument("--pairs", type=int, default=200, help="pairs timed per mode")

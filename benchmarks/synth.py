@@ -1,6 +1,6 @@
 """Time `pri3d synth`: scenes × frames at a resolution, end to end (render, encode, write).
 
-python benchmarks/synth.py --scenes 10 --frames 100 --size 320x240 --workers 2
+python benchmarks/synth.py --scenes 10 --frames 100 --size 240x320 --workers 2
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pri3d.synth.cli import parse_size
+from pri3d.cli_types import image_size
 from pri3d.synth.generate import SynthConfig, generate
 
 
@@ -23,7 +23,12 @@ def main() -> None:
     )
     parser.add_argument("--scenes", type=int, default=10)
     parser.add_argument("--frames", type=int, default=100)
-    parser.add_argument("--size", type=parse_size, default="320x240", help="colour and depth size, WxH")
+    parser.add_argument(
+        "--size",
+        type=image_size,
+        default="240x320",
+        help="colour and depth size, HEIGHTxWIDTH (default 240x320)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
@@ -42,7 +47,7 @@ def main() -> None:
     best = min(times)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
     print(
-        f"{args.scenes} scenes × {args.frames} frames at {args.size[1]}x{args.size[0]}, {args.workers} workers"
+        f"{args.scenes} scenes × {args.frames} frames at {args.size[0]}x{args.size[1]}, {args.workers} workers"
     )
     print(
         f"wall time: {best:.1f} s (best of {len(times)}), {frames / best:.1f} frames/s, output {size_mb:.0f} MB"

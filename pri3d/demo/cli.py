@@ -18,11 +18,13 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pri3d.cli_types import image_size
 from pri3d.demo import figures
 from pri3d.demo.study import (
     ARMS,
@@ -117,8 +119,8 @@ def register(subparsers) -> None:
         "--finetune-epochs", type=int, metavar="N", help="epochs of each fine-tuning (default: 10, --quick 2)"
     )
     parser.add_argument(
-        "--size", type=image_size, metavar="HxW",
-        help="image size of the rooms, the pre-training and the fine-tuning (default 60x80; the paper's "
+        "--size", type=partial(image_size, minimum=32), metavar="HxW",
+        help="image size, height x width, of the rooms, the pre-training and the fine-tuning (default 60x80; the paper's "
         "240x320 takes 12-15 times as long and needs a GPU, see docs/benchmarks.md)",
     )  # fmt: skip
     parser.add_argument(
@@ -127,16 +129,6 @@ def register(subparsers) -> None:
         "pre-trained models back, see docs/benchmarks.md)",
     )  # fmt: skip
     parser.set_defaults(run=run)
-
-
-def image_size(text: str) -> tuple[int, int]:
-    """``"240x320"`` -> (240, 320); a bad size is an argparse error naming the option and the value."""
-    height, sep, width = text.lower().partition("x")
-    if not (sep and height.isdigit() and width.isdigit()) or min(int(height), int(width)) < 32:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected HEIGHTxWIDTH in pixels, each at least 32 (e.g. 240x320)"
-        )
-    return int(height), int(width)
 
 
 def run(args: argparse.Namespace) -> int:

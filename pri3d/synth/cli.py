@@ -6,16 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from pri3d.cli_types import image_size
 from pri3d.synth.generate import SynthConfig, generate
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'WIDTHxHEIGHT' (as image sizes are usually written) -> (height, width)."""
-    try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 320x240, got {text!r}") from None
-    return height, width
 
 
 def add_synth_options(parser: argparse.ArgumentParser) -> None:
@@ -28,17 +20,17 @@ def add_synth_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--color-size",
-        type=parse_size,
-        default=f"{d.color_size[1]}x{d.color_size[0]}",
-        metavar="WxH",
-        help="colour resolution; ScanNet's is 1296x968 (default 320x240)",
+        type=image_size,
+        default=d.color_size,
+        metavar="HxW",
+        help=f"colour resolution, height x width; ScanNet's is 968x1296 (default {d.color_size[0]}x{d.color_size[1]})",
     )
     parser.add_argument(
         "--depth-size",
-        type=parse_size,
-        default=f"{d.depth_size[1]}x{d.depth_size[0]}",
-        metavar="WxH",
-        help="depth resolution; ScanNet's is 640x480 (default 320x240)",
+        type=image_size,
+        default=d.depth_size,
+        metavar="HxW",
+        help=f"depth resolution, height x width; ScanNet's is 480x640 (default {d.depth_size[0]}x{d.depth_size[1]})",
     )
     parser.add_argument(
         "--frames-25k-every",

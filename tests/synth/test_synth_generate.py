@@ -313,7 +313,7 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(tmp_path: Path)
 def test_cli_synth_with_preview(tmp_path: Path, capsys):
     out = tmp_path / "data"
     code = main(["synth", "--out", str(out), "--scenes", "1", "--frames", "4", "--frames-25k-every", "2",
-                 "--color-size", "80x60", "--depth-size", "40x30", "--workers", "1", "--quiet", "--preview"])  # fmt: skip
+                 "--color-size", "60x80", "--depth-size", "30x40", "--workers", "1", "--quiet", "--preview"])  # fmt: skip
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["generated"] == 1
@@ -325,4 +325,4 @@ def test_cli_rejects_bad_options_with_a_clear_message(tmp_path: Path, capsys):
     assert "depth_holes=1.5" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["synth", "--out", str(tmp_path), "--color-size", "640by480"])
-    assert "WIDTHxHEIGHT" in capsys.readouterr().err
+    assert "HEIGHTxWIDTH" in capsys.readouterr().err
