@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pri3d.engine.checkpoint import (
     CheckpointDiskFull,
+    check_output_folder,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -76,6 +77,8 @@ class Trainer:
             DistributedDataParallel(self.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
             if env.distributed else self.model
         )  # fmt: skip
+        if env.is_main:  # fine-tuning tasks too: a clear error instead of the logger's traceback
+            check_output_folder(self.log_dir, "train.log_dir")
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0

@@ -17,6 +17,7 @@ import torch
 from pri3d.data.collate import collate_pairs
 from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.engine import distributed
+from pri3d.engine.checkpoint import check_output_folder
 from pri3d.engine.config import PRETRAIN_RULES, PretrainRunConfig, check_run_config, load_config, to_yaml
 from pri3d.engine.trainer import Trainer, TrainingStopped
 from pri3d.models.pri3d import Pri3D
@@ -55,6 +56,8 @@ def pretrain(config: PretrainRunConfig) -> dict:
     check_run_config(config, PRETRAIN_RULES)
     env = distributed.setup(config.train.device)
     try:
+        if env.is_main:
+            check_output_folder(config.train.log_dir, "train.log_dir")
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         torch.manual_seed(config.train.seed)  # identical initialisation on every rank
@@ -62,7 +65,6 @@ def pretrain(config: PretrainRunConfig) -> dict:
         model = build_model(config)
         trainer = Trainer(model, dataset, collate_pairs, config, env)
         if env.is_main:
-            Path(config.train.log_dir).mkdir(parents=True, exist_ok=True)
             (Path(config.train.log_dir) / "config.yaml").write_text(to_yaml(config))
             trainer.logger.info("config:\n" + to_yaml(config))
         trainer.resume_if_possible()

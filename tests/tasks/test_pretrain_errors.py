@@ -117,6 +117,15 @@ def test_a_temperature_that_is_not_positive_is_refused_before_any_work(tmp_path,
     assert not log_dir.exists()
 
 
+def test_an_output_folder_that_cannot_be_written_stops_before_any_work(tmp_path, capsys):
+    (tmp_path / "file").write_text("a regular file, not a folder")
+    log_dir = tmp_path / "file" / "run"
+    assert cli.main(["pretrain", f"train.log_dir={log_dir}", f"dataset.path={tmp_path / 'absent'}"]) == 1
+    message = capsys.readouterr().err
+    assert f"pri3d pretrain: error: train.log_dir={log_dir}: cannot create the folder" in message
+    assert "Traceback" not in message and "absent" not in message  # refused before the data is read
+
+
 def test_bf16_and_channels_last_train_with_finite_losses(pretrain_root, tmp_path, tiny_pretrain):
     log_dir = tmp_path / "run"
     config = load_config(
