@@ -34,6 +34,8 @@ from types import TracebackType
 import numpy as np
 from PIL import Image
 
+from pri3d.io.atomic import atomic_write
+
 SENS_VERSION = 4
 
 COLOR_COMPRESSION = {-1: "unknown", 0: "raw", 1: "png", 2: "jpeg"}
@@ -364,8 +366,9 @@ class SensWriter:
     ...                 depth_width=320, depth_height=240) as sens:
     ...     sens.write_frame(camera_to_world, rgb, depth_mm)
 
-    Data goes to ``<path>.tmp``; the frame count is patched into the header and the file is renamed
-    onto ``path`` only when the ``with`` block (or :meth:`close`) ends cleanly. An exception inside the
+    Data goes to a temporary file beside ``path`` (:func:`pri3d.io.atomic.atomic_write`); the frame
+    count is patched into the header and the file is moved onto ``path`` only when the ``with`` block
+    (or :meth:`close`) ends cleanly. An exception inside the
     block deletes the temporary file, so a partial ``.sens`` never appears under the final name.
     Intrinsics/extrinsics are [4, 4] (a [3, 3] intrinsic is embedded); extrinsics default to identity.
     """
@@ -387,7 +390,6 @@ class SensWriter:
         jpeg_quality: int = 90,
     ) -> None:
         self.path = Path(path)
-        self.tmp_path = self.path.with_name(self.path.name + ".tmp")
         sizes = {
             "color_width": color_width,
             "color_height": color_height,
@@ -423,7 +425,8 @@ class SensWriter:
         header_bytes = _pack_header(self.header)
         # num_frames is the header's last field; it is written as 0 now and patched on close.
         self._num_frames_offset = len(header_bytes) - 8
-        self._file = open(self.tmp_path, "wb")  # owned by the writer; see close()
+        self._output = atomic_write(self.path, "wb")  # committed by close(), discarded by abort()
+        self._file = self._output.file
         self._file.write(header_bytes)
 
     @property
@@ -504,13 +507,11 @@ class SensWriter:
             return
         self._file.seek(self._num_frames_offset)
         self._file.write(struct.pack("<Q", self.header.num_frames))
-        self._file.close()
-        os.replace(self.tmp_path, self.path)
+        self._output.commit()
 
     def abort(self) -> None:
         """Discard everything written: close and delete the temporary file."""
-        self._file.close()
-        self.tmp_path.unlink(missing_ok=True)
+        self._output.discard()
 
     def __enter__(self) -> SensWriter:
         return self

@@ -27,11 +27,11 @@ File format, ``<scene>.npz`` (NumPy ``savez``, uncompressed, no pickled objects;
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
+from pri3d.io.atomic import atomic_write
 from pri3d.io.scannet import read_aggregation_json, read_mesh_ply, read_segs_json, scene_mesh_paths
 
 __all__ = ["POINT_CLOUD_ARRAYS", "load_point_cloud", "save_point_cloud", "scene_point_cloud"]
@@ -127,13 +127,8 @@ def save_point_cloud(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]
     path = Path(path)
     checked = _validate(arrays, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as file:
-            np.savez(file, **checked)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path, "wb") as file:
+        np.savez(file, **checked)
 
 
 def load_point_cloud(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

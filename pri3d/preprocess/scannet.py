@@ -35,7 +35,6 @@ import shutil
 import sys
 import time
 import traceback
-import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,6 +44,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pri3d import __version__
+from pri3d.io.atomic import atomic_write
 from pri3d.io.scannet import read_label_map, scene_mesh_paths
 from pri3d.preprocess.frames import CAMERA_FILES, CHUNK_MARGIN, SKIP_REASONS, export_frames, write_chunk_boxes
 from pri3d.preprocess.output_folder import output_lock, prepare_output_folder
@@ -280,12 +280,8 @@ def read_pair_lines(path: str | os.PathLike[str]) -> list[tuple[str, str, float]
 
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_write(path) as file:
+        file.write(text)
 
 
 def build_pair_list(out: str | os.PathLike[str], threshold: float) -> tuple[Path, dict[str, tuple[int, int]]]:
