@@ -37,7 +37,9 @@ from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "LoadReport",
+    "check_resnet_arch",
     "check_state",
+    "checkpoint_task",
     "detect_layout",
     "export_detectron2",
     "export_pri3d",
@@ -47,8 +49,10 @@ __all__ = [
     "load_pri3d_2d",
     "load_weights_file",
     "mocov2_to_pri3d",
+    "require_task",
     "resnet_arch",
     "resolve_weights_path",
+    "shape_mismatches",
     "skip_reason",
     "to_detectron2",
     "to_torchvision",
@@ -124,12 +128,17 @@ def _group(keys: list[str]) -> str:
 
 
 def _torch_load(path: Path):
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"{path}: empty file (0 bytes); expected a torch weights file (e.g. an interrupted copy)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for unsafe or corrupt files
         if "numpy" not in str(error):
+            first_line = (str(error).strip() or "no message").splitlines()[0]
             raise ValueError(f"{path}: cannot load as a weights-only torch file ({type(error).__name__}: "
-                             f"{str(error).splitlines()[0]})") from None  # fmt: skip
+                             f"{first_line})") from None  # fmt: skip
     # the original saves best_iou as a NumPy scalar; NumPy scalars and dtypes cannot run code
     core = getattr(np, "_core", None) or np.core
     allowed = [core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in "fdilbB?"}]
@@ -157,25 +166,45 @@ def resolve_weights_path(path: str | Path, option: str) -> Path:
 
 def torchvision_state_for(module: nn.Module, state: dict[str, torch.Tensor], source: str):
     """``state`` in torchvision's ResNet layout (:func:`to_torchvision`) for loading into ``module``;
-    BatchNorm counters that pre-0.4.1 torchvision files lack are taken from ``module``."""
+    BatchNorm counters that pre-0.4.1 torchvision files lack are taken from ``module`` for the
+    BatchNorm layers the file has (so a file of another ResNet keeps its own layers)."""
     tv, report = to_torchvision(state, source)
     for key, value in module.state_dict().items():
-        if key.endswith("num_batches_tracked") and key not in tv:
+        layer = key.removesuffix("num_batches_tracked")
+        if layer != key and key not in tv and f"{layer}running_mean" in tv:
             tv[key] = value
     return tv, report
 
 
+def shape_mismatches(own: dict, state: dict) -> list[str]:
+    """``"key: file (shape) vs model (shape)"`` for each key of both whose shapes differ, in ``own``'s order."""
+    return [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+            for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
+
+
 def check_state(own: dict, state: dict, source: str, what: str) -> None:
     """``ValueError`` naming ``source``, ``what`` and the keys unless ``state`` has exactly the keys and
-    shapes of ``own`` (tensors or arrays; only their shapes are read)."""
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(state)) if tuple(state[k].shape) != tuple(own[k].shape)]  # fmt: skip
+    shapes of ``own`` (tensors or arrays; only their shapes are read). Keys are listed in ``own``'s
+    (the model's) order, so the first ones shown are the first layers that differ."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = shape_mismatches(own, state)
     if missing or unexpected or mismatched:
         raise ValueError(
             f"{source} does not match {what}: missing {missing[:5]} ({len(missing)}), unexpected "
             f"{unexpected[:5]} ({len(unexpected)}), shape mismatches {mismatched[:5]}"
+        )
+
+
+def check_resnet_arch(own: dict, tv: dict[str, torch.Tensor], source: str, hint: str) -> None:
+    """``ValueError`` when the torchvision-layout encoder ``tv`` is another ResNet than ``own`` (a model's
+    encoder state), e.g. a ResNet-18 file for a ResNet-50 model: names both, the first keys whose
+    shapes differ, and ``hint`` (how to choose the model's ResNet)."""
+    found, expected = resnet_arch(tv), resnet_arch(own)
+    if found != expected:
+        raise ValueError(
+            f"{source} holds a {found} encoder, this model has a {expected} ({hint}); shapes differ, e.g. "
+            f"{shape_mismatches(own, tv)[:3]}"
         )
 
 
@@ -206,6 +235,42 @@ def load_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     if not state:
         raise ValueError(f"{path}: no tensors found (top-level keys: {sorted(obj)[:8]})")
     return state, extra
+
+
+#: task -> (what its checkpoints are, the task's name, what to do with such a checkpoint)
+_TASKS = {
+    "pretrain": ("a Pri3D pre-training checkpoint", "pre-training", "use it as init= of `pri3d finetune "
+                 "semseg` or `pri3d finetune insseg`, or convert it with `pri3d export`"),
+    "semseg": ("a pri3d semantic segmentation checkpoint", "semantic segmentation",
+               "evaluate it with `pri3d eval semseg`"),
+    "insseg": ("a pri3d instance segmentation checkpoint", "instance segmentation",
+               "evaluate it with `pri3d eval insseg`"),
+}  # fmt: skip
+
+
+def checkpoint_task(state: dict[str, torch.Tensor], extra: dict) -> str:
+    """The task a checkpoint was trained for: ``pretrain``, ``semseg``, ``insseg``, or ``""`` for a plain
+    state dict that does not say (e.g. another library's file, or an original Pri3D fine-tuned one).
+
+    pri3d checkpoints store their run config (``extra["config"]``); an original Pri3D pre-training
+    checkpoint has none, but its heads (``w2d``, ``w3d``, ``headnet``) and 3D network give it away.
+    """
+    config = extra.get("config") if isinstance(extra.get("config"), dict) else {}
+    if "pretrain" in config or any(k.split(".")[0] in ("w2d", "w3d", "headnet", "backbone3d") for k in state):
+        return "pretrain"
+    if any(k.startswith("detector.") for k in state):
+        return "insseg"
+    return "semseg" if "model" in (config.get("finetune") or {}) else ""
+
+
+def require_task(path: str | Path, state: dict[str, torch.Tensor], extra: dict, task: str) -> None:
+    """``ValueError`` naming what ``path`` is and what to do with it, when it is another task's checkpoint."""
+    found = checkpoint_task(state, extra)
+    if found and found != task:
+        what, _, use = _TASKS[found]
+        wanted = _TASKS[task][1]
+        article = "an" if wanted[0] in "aeiou" else "a"
+        raise ValueError(f"{path} is {what}, not {article} {wanted} one; {use}")
 
 
 def detect_layout(state: dict[str, torch.Tensor], source: str = "state dict") -> str:
@@ -293,7 +358,10 @@ def to_torchvision(state: dict[str, torch.Tensor], source: str = "state dict"):
         report.taken.append(name)
     if not out:
         raise ValueError(f"{source}: no ResNet encoder weights found ({layout} layout)")
-    resnet_arch(out)  # fails with the block counts if the encoder is incomplete
+    try:
+        resnet_arch(out)
+    except ValueError as error:  # an incomplete encoder: say whose
+        raise ValueError(f"{source} ({layout} layout): {error}") from None
     return out, report
 
 

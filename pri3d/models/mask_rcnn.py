@@ -13,6 +13,7 @@ from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.engine.distributed import DistEnv
 from pri3d.export import (
     LoadReport,
+    check_resnet_arch,
     load_weights_file,
     resolve_weights_path,
     torchvision_state_for,
@@ -129,7 +130,8 @@ def initialise_body(detector: nn.Module, init: str) -> LoadReport:
         state, _ = load_weights_file(path)
         source = str(path)
     tv, report = torchvision_state_for(body, state, source)
-    load_strict(body, tv, f"{source} (the Mask R-CNN ResNet-50 body)")
+    check_resnet_arch(body.state_dict(), tv, source, "Mask R-CNN here is R50-FPN: give a ResNet-50 file")
+    load_strict(body, tv, source, "the Mask R-CNN ResNet-50 body")
     report.taken = [f"detector.backbone.body.{k}" for k in report.taken]
     report.missing = others
     return report

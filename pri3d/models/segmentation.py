@@ -20,11 +20,14 @@ from torch import nn
 from pri3d.data.semseg import IGNORE_INDEX
 from pri3d.export import (
     LoadReport,
+    check_resnet_arch,
     check_state,
     detect_layout,
     load_weights_file,
     resolve_weights_path,
+    shape_mismatches,
     skip_reason,
+    to_torchvision,
     torchvision_state_for,
 )
 from pri3d.models.registry import build_backbone
@@ -204,6 +207,8 @@ def initialise(model: SegmentationModel, init: str, strict: bool = False) -> Loa
     path = resolve_weights_path(init, "finetune.pretrain")
     state, _ = load_weights_file(path)
     layout = detect_layout(state, str(path))
+    check_resnet_arch(encoder.state_dict(), to_torchvision(state, str(path))[0], str(path),
+                      "the model's ResNet is set by backbone=Res18UNet|Res50UNet")  # fmt: skip
     if isinstance(model, Semantic2D) and layout in ("pri3d", "unet"):
         if layout == "unet":
             state = {f"backbone.{k}": v for k, v in state.items()}
@@ -250,8 +255,11 @@ def _load_by_name(model: nn.Module, state: dict, source: str, layout: str, stric
     if strict and (report.missing or report.skipped):
         raise ValueError(f"{source} does not match the model strictly:\n{report.summary()}")
     if encoder_gaps:
+        absent = [k for k in encoder_gaps if k not in state]
+        reshaped = shape_mismatches({k: own[k] for k in encoder_gaps}, state)
         raise ValueError(
-            f"{source}: incomplete encoder ({len(encoder_gaps)} keys missing, e.g. {encoder_gaps[:3]})"
+            f"{source}: incomplete encoder for this model: {len(absent)} keys missing (e.g. {absent[:3]}), "
+            f"{len(reshaped)} of another shape (e.g. {reshaped[:3]})"
         )
     model.load_state_dict({**own, **take}, strict=True)
     return report
@@ -261,7 +269,8 @@ def _why_not_in_model(key: str) -> str:
     return f"not in this model: {skip_reason(key)}"
 
 
-def load_strict(model: nn.Module, state: dict, source: str) -> None:
-    """``load_state_dict(strict=True)`` with a ``ValueError`` that names the file and the keys."""
-    check_state(model.state_dict(), state, source, type(model).__name__)
+def load_strict(model: nn.Module, state: dict, source: str, what: str | None = None) -> None:
+    """``load_state_dict(strict=True)`` with a ``ValueError`` that names the file, ``what`` (default:
+    the model's class) and the keys."""
+    check_state(model.state_dict(), state, source, what or type(model).__name__)
     model.load_state_dict(state, strict=True)

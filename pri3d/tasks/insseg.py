@@ -46,7 +46,7 @@ from pri3d.engine.config import load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.export import load_weights_file, resolve_weights_path
+from pri3d.export import load_weights_file, require_task, resolve_weights_path
 from pri3d.models.mask_rcnn import InstanceSegmenter, build_detector, finalise_backbone, initialise_body
 from pri3d.models.segmentation import load_strict
 from pri3d.tasks.insseg_config import (
@@ -285,6 +285,7 @@ def evaluate_insseg(checkpoint: str | Path, overrides: list[str] | None = None, 
     """
     path = resolve_weights_path(checkpoint, "checkpoint")
     state, extra = load_weights_file(path)
+    require_task(path, state, extra, "insseg")  # another task's config would not merge into this one's
     state = {k.removeprefix("detector."): v for k, v in state.items()}
     items, _ = expand_short_forms(list(overrides or []), for_eval=True)
     base = extra.get("config") if isinstance(extra.get("config"), dict) else None

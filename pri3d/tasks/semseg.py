@@ -36,7 +36,7 @@ from pri3d.engine.config import load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.export import load_weights_file, resolve_weights_path
+from pri3d.export import load_weights_file, require_task, resolve_weights_path
 from pri3d.metrics import ConfusionMatrix, format_iou_table, iou_report
 from pri3d.models.segmentation import (
     SegmentationModel,
@@ -250,6 +250,7 @@ def evaluate_semseg(checkpoint: str | Path, overrides: list[str] | None = None, 
     """
     path = resolve_weights_path(checkpoint, "checkpoint")
     state, extra = load_weights_file(path)
+    require_task(path, state, extra, "semseg")  # another task's config would not merge into this one's
     items, _ = expand_short_forms(list(overrides or []), for_eval=True)
     base = extra.get("config") if isinstance(extra.get("config"), dict) else None
     config = load_config(SemsegRunConfig, items, base=base)

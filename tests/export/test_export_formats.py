@@ -273,3 +273,14 @@ def test_export_refuses_non_finite_weights(tmp_path, capsys, fmt):
     assert "non-finite" in error and re.search(r"(layer4\.1\.bn2|res5\.1\.conv2\.norm)\.running_var", error)
     assert re.search(r"\b(stem\.)?conv1\.weight", error)
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_an_empty_or_truncated_checkpoint_is_named(tmp_path, capsys):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    assert main(["export", "torchvision", str(tmp_path / "empty.pth"), str(tmp_path / "x.pth")]) == 1
+    assert f"{tmp_path / 'empty.pth'}: empty file (0 bytes)" in capsys.readouterr().err
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "r18.pth").read_bytes()[:1000])
+    assert main(["export", "torchvision", str(tmp_path / "cut.pth"), str(tmp_path / "x.pth")]) == 1
+    assert f"{tmp_path / 'cut.pth'}: cannot load as a weights-only torch file" in capsys.readouterr().err
+    assert not (tmp_path / "x.pth").exists()

@@ -16,8 +16,10 @@ from pri3d.cli import main
 from pri3d.data.insseg import build_insseg_dataset
 from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
+from pri3d.engine.config import PretrainRunConfig, to_dict
 from pri3d.tasks.insseg import evaluate_insseg, finetune_insseg
 from pri3d.tasks.insseg_config import insseg_config
+from pri3d.tasks.semseg_config import SemsegRunConfig
 
 #: Every image gets 10 detections (score threshold 0) from 100 proposals: the COCO results path runs
 #: whatever the barely trained scores are, at a fraction of the recipe's 1000-proposal test cost.
@@ -160,6 +162,22 @@ def test_cli_errors_and_help(insseg_root, tmp_path, capsys):
             main(argv)
         assert exit_info.value.code == 0
     assert "--save-vis" in capsys.readouterr().out
+
+
+def test_eval_names_a_checkpoint_of_another_task(tmp_path, capsys):
+    encoder = {f"backbone.encoder.{k}": v for k, v in torchvision.models.resnet50().state_dict().items()}
+    torch.save(
+        {"model": encoder, "config": to_dict(PretrainRunConfig()), "step": 3}, tmp_path / "pretrain.pth"
+    )
+    torch.save({"model": encoder, "config": to_dict(SemsegRunConfig())}, tmp_path / "semseg.pth")
+    assert main(["eval", "insseg", f"checkpoint={tmp_path / 'pretrain.pth'}"]) == 1
+    error = capsys.readouterr().err
+    assert "pretrain.pth is a Pri3D pre-training checkpoint, not an instance segmentation one" in error
+    assert "use it as init=" in error
+    assert main(["eval", "insseg", f"checkpoint={tmp_path / 'semseg.pth'}"]) == 1
+    error = capsys.readouterr().err
+    assert "semseg.pth is a pri3d semantic segmentation checkpoint, not an instance segmentation one" in error
+    assert "pri3d eval semseg" in error
 
 
 @pytest.mark.slow

@@ -62,8 +62,19 @@ def test_body_loads_from_a_pri3d_checkpoint_with_a_report(detector, tmp_path):
 
 def test_body_loading_is_strict(detector, tmp_path):
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), tmp_path / "r18.pth")
-    with pytest.raises(ValueError, match=r"r18\.pth .*does not match"):
+    with pytest.raises(
+        ValueError, match=r"r18\.pth holds a resnet18 encoder, this model has a resnet50"
+    ) as err:
         initialise_body(detector, str(tmp_path / "r18.pth"))
+    assert "layer1.0.conv1.weight: file (64, 64, 3, 3) vs model (64, 64, 1, 1)" in str(err.value)
+    state = _resnet50_state(3)
+    state["layer3.2.conv2.weight"] = torch.zeros(256, 256, 1, 1)
+    torch.save(state, tmp_path / "reshaped.pth")
+    with pytest.raises(
+        ValueError, match=r"reshaped\.pth does not match the Mask R-CNN ResNet-50 body"
+    ) as err:
+        initialise_body(detector, str(tmp_path / "reshaped.pth"))
+    assert "layer3.2.conv2.weight: file (256, 256, 1, 1) vs model (256, 256, 3, 3)" in str(err.value)
     with pytest.raises(FileNotFoundError, match=r"finetune\.pretrain=.*none\.pth: file not found"):
         initialise_body(detector, str(tmp_path / "none.pth"))
     scratch = initialise_body(detector, "scratch")

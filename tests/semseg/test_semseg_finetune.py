@@ -13,8 +13,10 @@ import torch
 from pri3d.cli import main
 from pri3d.data.semseg import shipped_split_dir
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from pri3d.engine.config import PretrainRunConfig, to_dict
 from pri3d.models.registry import build_backbone
 from pri3d.tasks import eval_cli, finetune_cli
+from pri3d.tasks.insseg_config import InssegRunConfig
 from pri3d.tasks.semseg import build_dataset, evaluate_semseg, finetune_semseg
 from pri3d.tasks.semseg_config import expand_short_forms, scene_list_dir, semseg_config
 
@@ -112,6 +114,23 @@ def test_eval_refuses_a_checkpoint_of_another_model(finetuned, semseg_root):
     base, _, _ = finetuned
     with pytest.raises(ValueError, match="does not match"):
         evaluate_semseg(base / "run", [f"dataset.path={semseg_root}", "model=pspnet"])
+
+
+def test_eval_names_a_checkpoint_of_another_task(tmp_path, capsys):
+    unet = {f"backbone.{k}": v for k, v in build_backbone("Res18UNet", 32).state_dict().items()}
+    pretrain = {"model": {**unet, "w2d.weight": torch.zeros(64, 32)}, "config": to_dict(PretrainRunConfig())}
+    save_checkpoint(tmp_path / "pretrain" / "checkpoints", "step0000010.pth", {**pretrain, "step": 10})
+    insseg = {"model": {"detector.backbone.body.conv1.weight": torch.zeros(64, 3, 7, 7)},
+              "config": to_dict(InssegRunConfig())}  # fmt: skip
+    torch.save(insseg, tmp_path / "insseg.pth")
+    assert main(["eval", "semseg", f"checkpoint={tmp_path / 'pretrain'}", "dataset.path=unused"]) == 1
+    error = capsys.readouterr().err
+    assert "step0000010.pth is a Pri3D pre-training checkpoint, not a semantic segmentation one" in error
+    assert "use it as init=" in error
+    assert main(["eval", "semseg", f"checkpoint={tmp_path / 'insseg.pth'}"]) == 1
+    error = capsys.readouterr().err
+    assert "insseg.pth is a pri3d instance segmentation checkpoint, not a semantic segmentation one" in error
+    assert "pri3d eval insseg" in error
 
 
 def test_short_forms_and_presets(capsys):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import urllib.error
 
 import pytest
@@ -147,3 +148,25 @@ def test_imagenet_init_offline_names_the_cache_file_and_the_ways_out(name, tmp_p
 
 def _offline(*args, **kwargs):
     raise urllib.error.URLError("[Errno 101] Network is unreachable")
+
+
+@pytest.mark.parametrize("name", ["unet", "pspnet"])
+def test_init_of_another_resnet_names_the_keys_and_both_shapes(name, tmp_path):
+    _pretrain_checkpoint(tmp_path / "r18.pth")  # a Res18UNet pre-training checkpoint
+    with pytest.raises(ValueError) as err:
+        initialise(build_segmentation_model(name, "Res50UNet", 21), str(tmp_path / "r18.pth"))
+    message = str(err.value)
+    assert "r18.pth" in message and "holds a resnet18 encoder, this model has a resnet50" in message
+    assert re.search(r"layer1\.0\.conv1\.weight: file \(64, 64, 3, 3\) vs model \(64, 64, 1, 1\)", message)
+
+
+def test_init_with_a_wrong_shape_names_the_key_and_both_shapes(tmp_path):
+    state = _pretrain_checkpoint(tmp_path / "pri3d.pth")
+    state["backbone.encoder.layer3.1.conv2.weight"] = torch.zeros(256, 256, 1, 1)
+    torch.save({"model": state}, tmp_path / "reshaped.pth")
+    with pytest.raises(ValueError, match="incomplete encoder") as err:
+        initialise(Semantic2D("Res18UNet", 21), str(tmp_path / "reshaped.pth"))
+    assert "0 keys missing" in str(err.value) and "1 of another shape" in str(err.value)
+    assert "backbone.encoder.layer3.1.conv2.weight: file (256, 256, 1, 1) vs model (256, 256, 3, 3)" in str(
+        err.value
+    )
