@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from torch import nn
 
 from pri3d import __version__
 from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
+from pri3d.io.atomic import AtomicFile, atomic_write
 
 __all__ = [
     "LoadReport",
@@ -498,26 +499,26 @@ def _check_unet_decoder(state: dict, arch: str, source: str) -> None:
     check_state(own, decoder, source, f"the {arch} UNet decoder (backbone.decoder.*)")
 
 
-def _write_verified(out: Path, write: Callable[[Path], None], verify: Callable[[Path], None],
+def _write_verified(out: Path, write: Callable[[IO[bytes]], None], verify: Callable[[Path], None],
                     meta: dict | None = None) -> None:  # fmt: skip
-    """``write`` a temporary file beside ``out``, ``verify`` it as read back, then move it (and the
-    ``<out>.json`` metadata) into place; on a failed check nothing is left behind."""
+    """``write`` into a temporary file beside ``out``, ``verify`` it as read back, then move it (and
+    the ``<out>.json`` metadata) into place; on a failed check nothing is left behind."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.stem}.partial{out.suffix}")  # the suffix tells safetensors from torch files
+    target = AtomicFile(out, "wb")
     try:
-        write(tmp)
-        verify(tmp)
+        write(target.file)
+        target.file.flush()
+        verify(target.tmp_path)
     except ValueError as error:
-        tmp.unlink(missing_ok=True)
+        target.discard()
         raise ValueError(f"{error}; nothing written to {out}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        target.discard()
         raise
+    target.commit()
     if meta is not None:
-        sidecar = _sidecar(tmp)
-        sidecar.write_text(json.dumps(meta, indent=2) + "\n")
-        os.replace(sidecar, _sidecar(out))
-    os.replace(tmp, out)
+        with atomic_write(_sidecar(out)) as handle:
+            handle.write(json.dumps(meta, indent=2) + "\n")
 
 
 def _metadata(arch: str, source: Path, layout: str, extra: dict, report: LoadReport) -> dict:
@@ -574,7 +575,7 @@ def export_torchvision(source: str | Path, out: str | Path, fmt: str = "pth") ->
     """
     if fmt not in ("pth", "safetensors"):
         raise ValueError(f"format {fmt!r}: expected pth or safetensors")
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     source, out = Path(source), Path(out)
     state, extra = load_weights_file(source)
@@ -583,11 +584,11 @@ def export_torchvision(source: str | Path, out: str | Path, fmt: str = "pth") ->
     meta = _metadata(arch, source, report.layout, extra, report)
     tv = {k: v.detach().contiguous().clone() for k, v in tv.items()}
 
-    def write(path: Path) -> None:
+    def write(handle: IO[bytes]) -> None:
         if fmt == "safetensors":
-            save_file(tv, str(path), metadata={"format": "pt", "pri3d": json.dumps(meta)})
+            handle.write(save(tv, metadata={"format": "pt", "pri3d": json.dumps(meta)}))
         else:
-            torch.save(tv, path)
+            torch.save(tv, handle)
 
     def verify(path: Path) -> None:
         written = load_file(str(path)) if fmt == "safetensors" else torch.load(path, weights_only=True)
@@ -622,10 +623,9 @@ def export_detectron2(source: str | Path, out: str | Path) -> tuple[Path, LoadRe
         **({"MODEL.RESNETS.RES2_OUT_CHANNELS": 64} if depth in (18, 34) else {}),
     }
 
-    def write(path: Path) -> None:
-        with open(path, "wb") as handle:
-            pickle.dump({"model": arrays, "__author__": "pri3d", "matching_heuristics": True,
-                         "pri3d_metadata": meta["detectron2_config"]}, handle)  # fmt: skip
+    def write(handle: IO[bytes]) -> None:
+        pickle.dump({"model": arrays, "__author__": "pri3d", "matching_heuristics": True,
+                     "pri3d_metadata": meta["detectron2_config"]}, handle)  # fmt: skip
 
     def verify(path: Path) -> None:
         with open(path, "rb") as handle:
@@ -655,9 +655,9 @@ def export_pri3d(source: str | Path, out: str | Path) -> tuple[Path, LoadReport]
         tv, report = to_torchvision(state, str(source))
         converted = {f"backbone.encoder.{k}": v for k, v in tv.items()}
 
-    def write(path: Path) -> None:
+    def write(handle: IO[bytes]) -> None:
         torch.save(
-            {"model": converted, "import_report": report.to_dict(), "pri3d_version": __version__}, path
+            {"model": converted, "import_report": report.to_dict(), "pri3d_version": __version__}, handle
         )
 
     def verify(path: Path) -> None:
