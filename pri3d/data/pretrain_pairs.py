@@ -17,6 +17,7 @@ Geometry follows `pri3d.geometry` (pixel (row, col), integer pixel centres, dept
 
 from __future__ import annotations
 
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,7 +102,10 @@ class ScanNetPairs(Dataset):
       voxels{v} [V, 3] int32 voxel coordinates (floor(p / voxel_size)), voxel_colors{v} [V, 3] float32
       RGB in [0, 1], vp_pixel{v} [S, 2] int64, vp_voxel{v} [S] int64 (row into voxels{v}),
       vp_valid{v} [S] bool.
-    A sample that cannot be read comes back as {"skip": reason, "index": i} (see `collate_pairs`).
+    A pair whose scene has no point cloud (preprocessing skips the cloud of a scene without a mesh;
+    listed in `scenes_without_cloud`) has an empty voxels{v} [0, 3] and an all-False vp_valid{v}:
+    it trains the 2D losses only. A sample that cannot be read comes back as
+    {"skip": reason, "index": i} (see `collate_pairs`).
     """
 
     def __init__(self, root: str | Path, pair_list: str = "splits/overlap30.txt", options: PairOptions | None = None,
@@ -110,6 +114,7 @@ class ScanNetPairs(Dataset):
         self.pointcloud_dir = Path(pointcloud_dir) if pointcloud_dir else self.root / "pointcloud"
         self.options = options or PairOptions()
         self.pairs = read_pair_list(self.root / pair_list)
+        self.scenes_without_cloud = self._scenes_without_cloud() if self.options.geometric_prior else {}
         self.epoch = 0
         self._clouds: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._boxes: dict[str, dict[int, np.ndarray]] = {}
@@ -141,18 +146,52 @@ class ScanNetPairs(Dataset):
         sample["match1"], sample["match2"], sample["match_valid"] = pos1[0], pos2[0], valid[0]
         if self.options.geometric_prior:
             for v, frame in enumerate((frame_a, frame_b), start=1):
-                chunk = self._voxel_chunk(scene, frame, sample[f"depth{v}"], sample[f"intrinsics{v}"],
-                                          sample[f"world_to_camera{v}"], generator)  # fmt: skip
-                if chunk is None:
-                    return {
-                        "skip": f"{scene} frame {frame}: no scene points inside the frame's chunk box",
-                        "index": index,
-                    }
+                if scene in self.scenes_without_cloud:
+                    chunk = self._no_chunk()
+                else:
+                    try:
+                        chunk = self._voxel_chunk(scene, frame, sample[f"depth{v}"], sample[f"intrinsics{v}"],
+                                                  sample[f"world_to_camera{v}"], generator)  # fmt: skip
+                    except (OSError, ValueError) as error:  # a damaged cloud file or chunk box list
+                        return {"skip": f"{scene} frame {frame}: {error}", "index": index}
+                    if chunk is None:
+                        return {
+                            "skip": f"{scene} frame {frame}: no scene points inside the frame's chunk box",
+                            "index": index,
+                        }
                 for key, value in chunk.items():
                     sample[f"{key}{v}"] = value
         return sample
 
     # ------------------------------------------------------------------------------------------
+    def _scenes_without_cloud(self) -> dict[str, int]:
+        """Scene -> number of its pairs, for the scenes of the pair list without a point cloud file."""
+        pairs_per_scene: dict[str, int] = {}
+        for scene, _, _ in self.pairs:
+            pairs_per_scene[scene] = pairs_per_scene.get(scene, 0) + 1
+        missing = {
+            scene: count for scene, count in pairs_per_scene.items()
+            if not (self.pointcloud_dir / f"{scene}.npz").is_file()
+        }  # fmt: skip
+        if len(missing) == len(pairs_per_scene):
+            raise FileNotFoundError(
+                f"no scene of the pair list has a point cloud in {self.pointcloud_dir} (preprocessing writes "
+                "one per scene with a mesh): the geometric prior cannot train; set dataset.pointcloud_path "
+                "or pretrain.geometric_prior=false"
+            )
+        return missing
+
+    def _no_chunk(self) -> dict:
+        """The 3D part of a pair whose scene has no point cloud: no voxels, no valid 3D-2D match."""
+        num = self.options.num_matches
+        return {
+            "voxels": torch.zeros(0, 3, dtype=torch.int32),
+            "voxel_colors": torch.zeros(0, 3),
+            "vp_pixel": torch.zeros(num, 2, dtype=torch.int64),
+            "vp_voxel": torch.zeros(num, dtype=torch.int64),
+            "vp_valid": torch.zeros(num, dtype=torch.bool),
+        }
+
     def _load_view(self, scene: str, frame: int, generator: torch.Generator) -> dict:
         height, width = self.options.size
         folder = self.root / scene
@@ -208,7 +247,11 @@ class ScanNetPairs(Dataset):
         if scene in self._clouds:
             self._clouds.move_to_end(scene)
             return self._clouds[scene]
-        data = load_point_cloud(self.pointcloud_dir / f"{scene}.npz")
+        path = self.pointcloud_dir / f"{scene}.npz"
+        try:
+            data = load_point_cloud(path)
+        except (OSError, ValueError, zipfile.BadZipFile) as error:  # e.g. a file cut short by a full disk
+            raise ValueError(f"{path}: cannot read the point cloud ({error})") from None
         cloud = (np.ascontiguousarray(data["points"].T), data["colors"])
         self._clouds[scene] = cloud
         budget = self.options.cloud_cache_mb * 2**20

@@ -1,7 +1,9 @@
 """The training loop: gradient accumulation, DDP, bf16/channels_last, checkpoints and exact resume.
 
 The model is any module whose forward takes a collated batch and returns a dict of scalar losses
-with `total_loss`. One optimizer step consumes one global batch (`train.batch_size` samples), split
+with `total_loss`. A batch also carries `batch_size` (usable samples, 0 when none), `skipped` (why the
+others failed to load) and optionally `counts`: named counters (e.g. pairs that train only some
+losses) that are added up over the run and logged as `train/<name>`. One optimizer step consumes one global batch (`train.batch_size` samples), split
 over ranks and accumulation micro-batches by `GlobalBatchSampler`. After every optimizer step the LR
 scheduler and the BN-momentum schedule advance (as the original).
 """
@@ -84,6 +86,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.samples_skipped = 0
         self.steps_trained = 0  # optimizer steps that had at least one usable sample
+        self.counts: dict[str, int] = {}  # the batches' `counts`, over the run (resumes included)
         self.logger = RunLogger(
             self.log_dir, enabled=env.is_main, name=train.exp_name, config=to_dict(config),
             tensorboard=config.logging.tensorboard, wandb_mode=config.logging.wandb,
@@ -119,6 +122,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.samples_skipped = state.get("samples_skipped", 0)
         self.steps_trained = state.get("steps_trained", self.step)  # older checkpoints did not count
+        self.counts = state.get("counts", {})
         set_rng_state(state["rng"])
         self.logger.info(
             f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})"
@@ -134,7 +138,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "bn_scheduler": self.bn_scheduler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "samples_skipped": self.samples_skipped, "steps_trained": self.steps_trained,
+            "samples_skipped": self.samples_skipped, "steps_trained": self.steps_trained, "counts": self.counts,
             "config": to_dict(self.config),
             "rng": rng_state(),
         }  # fmt: skip
@@ -179,6 +183,8 @@ class Trainer:
                     counted += 1
                     pairs += batch["batch_size"] * self.env.world_size
                     trained_in_step = True
+                    for name, count in batch.get("counts", {}).items():
+                        self.counts[name] = self.counts.get(name, 0) + count
                 micro += 1
                 if micro % self.accumulate == 0:
                     self._optimizer_step()
@@ -193,6 +199,7 @@ class Trainer:
                             "train/lr": self.optimizer.param_groups[0]["lr"],
                             "train/pairs_per_s": pairs / elapsed, "train/data_time_share": data_time / elapsed,
                             "train/samples_skipped": self.samples_skipped, "epoch": self.epoch,
+                            **{f"train/{name}": count for name, count in self.counts.items()},
                         })  # fmt: skip
                         self.logger.metrics(self.step, last)
                         self.logger.info(_format(self.step, self.total_steps, last))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import pytest
 import torch
 
 from pri3d.data.collate import collate_pairs
@@ -103,3 +104,57 @@ def test_point_cloud_cache_keeps_scenes_within_its_budget(pretrain_root):
             assert torch.equal(a[key], b[key]), key
     assert list(roomy._clouds) == order  # both scenes, least recently used first
     assert list(tight._clouds) == order[-1:]  # only the last one used
+
+
+def _first_pair_of(scene: str, root) -> int:
+    return next(
+        i for i, (name, _, _) in enumerate(read_pair_list(root / "splits" / "overlap30.txt")) if name == scene
+    )
+
+
+def test_a_scene_without_a_point_cloud_trains_the_2d_losses_only(pretrain_root, tmp_path):
+    """Preprocessing skips the cloud of a scene without a mesh; its pairs must not kill the run."""
+    copy = tmp_path / "pre"
+    shutil.copytree(pretrain_root, copy)
+    (copy / "pointcloud" / "scene0001_00.npz").unlink()
+    dataset = ScanNetPairs(copy, options=OPTIONS)
+    assert dataset.scenes_without_cloud == {"scene0001_00": 105}
+    with_cloud = dataset[_first_pair_of("scene0000_00", copy)]
+    without = dataset[_first_pair_of("scene0001_00", copy)]
+    assert "skip" not in without and without["match_valid"].any()  # the 2D part is whole
+    for v in (1, 2):
+        assert without[f"voxels{v}"].shape == (0, 3) and without[f"voxel_colors{v}"].shape == (0, 3)
+        assert without[f"vp_pixel{v}"].shape == (64, 2) and not without[f"vp_valid{v}"].any()
+
+    for samples in ([with_cloud, without], [without, with_cloud]):
+        batch = collate_pairs(samples)
+        assert batch["batch_size"] == 2 and batch["counts"] == {"pairs_without_point_cloud": 1}
+        for v in (1, 2):
+            assert len(batch[f"voxels{v}"]) == len(with_cloud[f"voxels{v}"])
+            assert batch[f"vp_voxel{v}"].max() < len(batch[f"voxels{v}"])  # every index is a real row
+            assert batch[f"vp_valid{v}"].sum() == with_cloud[f"vp_valid{v}"].sum()
+
+    # the 3D network cannot run on no voxels: a micro-batch of such pairs alone is skipped, with why
+    alone = collate_pairs([without, without])
+    assert alone["batch_size"] == 0 and len(alone["skipped"]) == 2
+    assert all("scene0001_00 has no point cloud" in reason for reason in alone["skipped"])
+
+
+def test_a_pair_list_without_any_point_cloud_is_refused_up_front(pretrain_root, tmp_path):
+    copy = tmp_path / "pre"
+    shutil.copytree(pretrain_root, copy)
+    shutil.rmtree(copy / "pointcloud")
+    with pytest.raises(
+        FileNotFoundError, match=r"no scene .* has a point cloud in .*pointcloud.*geometric_prior=false"
+    ):
+        ScanNetPairs(copy, options=OPTIONS)
+    assert ScanNetPairs(copy, options=PairOptions(size=(60, 80), num_matches=64))[0]["match_valid"].any()
+
+
+def test_an_unreadable_point_cloud_skips_the_sample(pretrain_root, tmp_path):
+    copy = tmp_path / "pre"
+    shutil.copytree(pretrain_root, copy)
+    cloud = copy / "pointcloud" / "scene0001_00.npz"
+    cloud.write_bytes(cloud.read_bytes()[:5000])  # cut short, as by a full disk
+    sample = ScanNetPairs(copy, options=OPTIONS)[_first_pair_of("scene0001_00", copy)]
+    assert "skip" in sample and "scene0001_00.npz: cannot read the point cloud" in sample["skip"]

@@ -199,7 +199,7 @@ class _Fit(nn.Module):
 def _collate_points(samples):
     good = [s for s in samples if isinstance(s, torch.Tensor)]
     batch = {"batch_size": len(good), "skipped": [s["skip"] for s in samples if isinstance(s, dict)]}
-    return {**batch, "x": torch.stack(good)} if good else batch
+    return {**batch, "x": torch.stack(good), "counts": {"points_used": len(good)}} if good else batch
 
 
 def _fit_trainer(log_dir, max_steps: int, *extra: str, unreadable: Collection[int] = ()) -> Trainer:
@@ -359,3 +359,11 @@ def test_a_read_only_output_folder_is_named(tmp_path):
             check_output_folder(folder, "train.log_dir")
     finally:
         folder.chmod(0o755)
+
+
+def test_batch_counts_add_up_over_the_run_and_its_resumes(tmp_path):
+    """`counts` of the batches (pre-training: pairs without a point cloud) are metrics and survive resume."""
+    assert _fit_trainer(tmp_path, 2).fit()["train/points_used"] == 4
+    resumed = _fit_trainer(tmp_path, 3)
+    assert resumed.resume_if_possible()
+    assert resumed.fit()["train/points_used"] == 6

@@ -126,6 +126,25 @@ def test_an_output_folder_that_cannot_be_written_stops_before_any_work(tmp_path,
     assert "Traceback" not in message and "absent" not in message  # refused before the data is read
 
 
+def test_a_scene_without_a_point_cloud_trains_and_is_counted(pretrain_root, tmp_path, tiny_pretrain):
+    """It used to stop the run at the same step on every resume (no pointcloud/<scene>.npz)."""
+    root = tmp_path / "data"
+    shutil.copytree(pretrain_root, root)
+    (root / "pointcloud" / "scene0001_00.npz").unlink()
+    log_dir = tmp_path / "run"
+    config = load_config(
+        PretrainRunConfig, tiny_pretrain(root, log_dir, "train.max_steps=3", "train.batch_size=4")
+    )
+    pretrain(config)
+    lines = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    assert all(math.isfinite(m["train/geo_loss"]) for m in lines)
+    assert lines[-1]["train/pairs_without_point_cloud"] > 0
+    log = (log_dir / "train.log").read_text()
+    assert "1 scene has no point cloud" in log and "scene0001_00 (105 pairs)" in log
+    assert load_checkpoint(latest_checkpoint(log_dir / "checkpoints"))["step"] == 3
+
+
 def test_bf16_and_channels_last_train_with_finite_losses(pretrain_root, tmp_path, tiny_pretrain):
     log_dir = tmp_path / "run"
     config = load_config(
