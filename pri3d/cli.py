@@ -33,10 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class UserError(Exception):
-    """A problem with the user's input or data: printed as one line, without a traceback."""
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -48,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pri3d: interrupted; finished work is kept and a re-run resumes it", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"pri3d {args.command}: error: {error}", file=sys.stderr)
         return 1
 
