@@ -1,7 +1,7 @@
 """Frame-pair overlap: pri3d's exact vectorised method against the original's per-point KD-tree loop.
 
 Generates one synthetic scan (``pri3d.synth``, ScanNet's formats), turns every kept frame into a
-5 cm-downsampled world cloud, and computes the overlap matrix m[i, j] (reference spec §3.3) with
+5 cm-downsampled world cloud, and computes the overlap matrix m[i, j] (the original's `compute_full_overlapping.py`) with
 
 * ``pri3d``: :func:`pri3d.preprocess.overlap.overlap_matrix`;
 * ``baseline, per point``: the original's loop: one cKDTree per frame i and a radius query

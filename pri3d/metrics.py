@@ -9,7 +9,7 @@ numbers on the same predictions:
   ``ignore_index``): IoU_c = TP / (TP + FP + FN) over labelled pixels; a prediction of the ignore
   class on a labelled pixel is an error (a false negative of the true class); classes absent from
   both ground truth and prediction are excluded from the mean (their IoU is NaN).
-* **original** (Pri3D UNet fine-tuning, spec §4.1): the ignore class's row *and column* are zeroed,
+* **original** (Pri3D UNet fine-tuning, the original's `common/iou.py`): the ignore class's row *and column* are zeroed,
   so predicting the ignore class on a labelled pixel is not counted at all; IoU_c = TP / (TP + FP +
   FN + 1e-15); the mean runs over every non-ignored class, absent classes contributing 0.
 """
@@ -97,7 +97,7 @@ def _original_class_iou(matrix: torch.Tensor | np.ndarray, ignore_index: int | N
 
 
 def miou_original(matrix: torch.Tensor | np.ndarray, ignore_index: int | None = 0) -> float:
-    """The original Pri3D UNet mIoU (spec §4.1); see the module docstring for how it differs."""
+    """The original Pri3D UNet mIoU; see the module docstring for how it differs."""
     iou = _original_class_iou(matrix, ignore_index)
     if ignore_index is not None:
         iou = np.delete(iou, ignore_index)

@@ -1,4 +1,5 @@
-"""COCO instance annotations from ScanNet ``scannet_frames_25k`` and NYUv2 instance PNGs (spec §5.1).
+"""COCO instance annotations from ScanNet ``scannet_frames_25k`` and NYUv2 instance PNGs, as the
+original's `downstream/insseg/dataset/scannet2coco.py` makes them.
 
 Both datasets store one instance image per frame whose value is ``label × 1000 + instance``:
 

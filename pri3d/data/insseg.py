@@ -1,4 +1,4 @@
-"""Instance-segmentation datasets: COCO-format annotations over an image folder (spec §5).
+"""Instance-segmentation datasets: COCO-format annotations over an image folder.
 
 | name | images (``dataset.path``) | annotations (``dataset.annotations``: a file, or a folder holding) |
 |---|---|---|

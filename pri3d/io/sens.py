@@ -1,6 +1,6 @@
 """ScanNet ``.sens`` RGB-D streams: a streaming reader and a writer.
 
-Binary layout, little-endian (reference spec §3.1)::
+Binary layout, little-endian (ScanNet's `SensorData.h`, version 4)::
 
     header  uint32 version (= 4) | uint64 n | n bytes sensor name
             4 x float32[16] intrinsic_color, extrinsic_color, intrinsic_depth, extrinsic_depth (row-major 4x4)

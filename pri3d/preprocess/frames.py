@@ -163,7 +163,7 @@ def world_points(depth_m: np.ndarray, rays: np.ndarray, camera_to_world: np.ndar
 def chunk_box(points: np.ndarray, margin: float = CHUNK_MARGIN) -> np.ndarray:
     """Axis-aligned box of a frame's world points, padded by ``margin`` metres on every side.
 
-    The geometric-prior loss crops the scene point cloud to this box (reference spec §3.6). The
+    The geometric-prior loss crops the scene point cloud to this box (the original's `chunk.py`). The
     original back-projected *all* pixels, so invalid zero depths put the camera centre inside
     every box, and rounded the box outward to whole metres: crops were often several times the
     visible volume. Using only valid pixels and a small margin keeps the crop to what the frame

@@ -1,4 +1,5 @@
-"""Labelled scene point clouds from ScanNet's meshes (reference spec §3.5).
+"""Labelled scene point clouds from ScanNet's meshes (the original's
+`collect_indoor3d_data.py`).
 
 The vertices of ``<scene>_vh_clean_2.ply`` become the points. Each vertex gets the over-segment
 of ``_vh_clean_2.0.010000.segs.json``; each object group of ``<scene>.aggregation.json`` names its

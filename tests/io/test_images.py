@@ -81,7 +81,7 @@ def test_label_png_keeps_uint8(tmp_path: Path) -> None:
 
 
 def test_instance_png_keeps_uint16(tmp_path: Path) -> None:
-    # ScanNet instance images: NYU40 label * 1000 + instance index (reference spec §5.1).
+    # ScanNet instance images: NYU40 label * 1000 + instance index.
     rng = np.random.default_rng(2)
     instances = (rng.integers(0, 41, size=(30, 40)) * 1000 + rng.integers(0, 50, size=(30, 40))).astype(
         np.uint16
