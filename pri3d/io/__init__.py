@@ -3,6 +3,8 @@
 * :mod:`pri3d.io.sens`: ScanNet ``.sens`` RGB-D streams (streaming reader, writer).
 * :mod:`pri3d.io.images`: 16-bit depth PNGs, label/instance PNGs, JPEG colour.
 * :mod:`pri3d.io.scannet`: meshes, over-segmentations, aggregations, the label table, matrix text files.
+* :mod:`pri3d.io.coco`: COCO instances JSON.
+* :mod:`pri3d.io.atomic`: the atomic write every writer uses.
 
 Nothing is re-exported here so that importing one format does not pull in the others' dependencies.
 """

@@ -19,7 +19,7 @@ from pri3d.coco.convert import (
     convert_scannet,
     encode_mask,
 )
-from pri3d.coco.evaluate import load_coco
+from pri3d.io.coco import load_coco
 from pri3d.io.images import read_label_png
 
 

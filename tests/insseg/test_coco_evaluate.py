@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pri3d.coco.evaluate import STAT_NAMES, evaluate_detections, gt_as_detections, load_coco
+from pri3d.coco.evaluate import STAT_NAMES, evaluate_detections, gt_as_detections
+from pri3d.io.coco import load_coco
 
 
 def test_ground_truth_against_itself_gives_ap_one(coco_dir):
