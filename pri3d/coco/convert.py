@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from pri3d.io.images import read_label_png
+from pri3d.io.scene_lists import require_scenes, scannet_frames_root, scannet_scene_list
 from pri3d.labels import NYU40_NAMES
 
 __all__ = [
@@ -295,21 +296,14 @@ def convert_scannet(frames: str | Path, phase: str, out: str | Path, split_dir: 
 
     Scene lists as `pri3d finetune semseg` reads them (``split_dir``, default: the data's own
     ``scannetv2_*.txt`` lists if it has them, else those shipped with pri3d; see
-    :func:`pri3d.tasks.semseg_config.scene_list_dir`); file names are ``<scene>/color/<id>.jpg``
-    relative to the ``scannet_frames_25k`` folder.
+    :mod:`pri3d.io.scene_lists`); file names are ``<scene>/color/<id>.jpg`` relative to the
+    ``scannet_frames_25k`` folder.
     """
-    from pri3d.data.semseg import scannet_frames_root, scannet_scene_list
-    from pri3d.tasks.semseg_config import scene_list_dir
-
-    root = scannet_frames_root(frames)
-    scenes, source = scannet_scene_list(phase, scene_list_dir(frames, split_dir), root)
-    missing = [s for s in scenes if not (root / s).is_dir()]
-    if missing:
-        raise FileNotFoundError(
-            f"{len(missing)} of {len(scenes)} scenes of {source} are not under {root} (e.g. "
-            f"{', '.join(missing[:3])}); pass --split-dir with your own scannetv2_<split>.txt lists, or put "
-            f"them in {root} or the folder above it"
-        )
+    root = scannet_frames_root(frames, option="--frames")
+    scenes, source = scannet_scene_list(
+        phase, split_dir, root, phase_option="--split", split_option="--split-dir"
+    )
+    require_scenes(scenes, source, root, option="--split-dir")
     frame_list = list(_scannet_frames(root, scenes))
     if not frame_list:
         raise FileNotFoundError(f"{root}: no <scene>/color/*.jpg frames in the {phase} scenes")

@@ -27,8 +27,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from pri3d.data.semseg import scannet_frames_root
 from pri3d.io.coco import load_coco
+from pri3d.io.scene_lists import scannet_frames_root
 
 __all__ = ["INSSEG_DATASETS", "CocoInstances", "annotation_file", "build_insseg_dataset", "collate_insseg"]
 

@@ -20,7 +20,6 @@ Augmentation randomness is a function of (seed, epoch, index), so runs and resum
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from pri3d.io.scene_lists import require_scenes, scannet_frames_root, scannet_scene_list
 from pri3d.labels import SCANNET20_NAMES, nyu40_to_scannet20_lut
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,10 +46,6 @@ CITYSCAPES19_NAMES = (
 #: Cityscapes label ids of the 19 evaluated classes, in train-id order (train id = position + 1).
 CITYSCAPES19_LABEL_IDS = (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
 
-#: Data-efficient ScanNet phases (percent of training *images*, as the original's lists).
-DATA_EFFICIENT_PERCENTS = (1, 5, 10, 20, 40, 60, 80)
-#: Total frames_25k training images the original's data-efficient lists were cut from.
-SCANNET_TRAIN_IMAGES = 19466
 KITTI_VAL_IMAGES = 40
 
 
@@ -192,79 +188,6 @@ def _blur(image: torch.Tensor, rng: np.random.Generator):
 # ScanNet
 
 
-def shipped_split_dir() -> Path:
-    """The ScanNet scene lists shipped with pri3d (train/val/test/trainval + data-efficient lists)."""
-    return Path(str(resources.files("pri3d.data") / "scannet_splits"))
-
-
-def scannet_frames_root(path: str | Path) -> Path:
-    """``path`` itself, or ``path/scannet_frames_25k`` when ``path`` is the folder above it."""
-    path = Path(path)
-    if (path / "scannet_frames_25k").is_dir():
-        return path / "scannet_frames_25k"
-    if not path.is_dir():
-        raise FileNotFoundError(f"dataset.path={path}: folder not found (expected scannet_frames_25k)")
-    return path
-
-
-def _read_list(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
-def data_efficient_scenes(train_scenes: list[str], frames_root: Path, percent: float,
-                          total_images: int | None = None) -> list[str]:  # fmt: skip
-    """The shortest prefix of ``train_scenes`` holding ``percent`` % of the training images.
-
-    This is how the original's data-efficient lists were built (`count_images.py`): walk the train
-    list in file order, adding scenes until the image count reaches ``percent/100 × total_images``
-    (``total_images`` defaults to the images of all listed scenes found under ``frames_root``).
-    """
-    counts = [len(list((frames_root / s / "color").glob("*.jpg"))) for s in train_scenes]
-    total = sum(counts) if total_images is None else total_images
-    target = percent / 100.0 * total
-    chosen, running = [], 0
-    for scene, count in zip(train_scenes, counts):
-        if running >= target:
-            break
-        chosen.append(scene)
-        running += count
-    return chosen
-
-
-def scannet_scene_list(phase: str, split_dir: str | Path | None, frames_root: Path) -> tuple[list[str], str]:
-    """Scene names of ``phase`` (train, val, test, trainval, train1 … train80) and where they came from.
-
-    ``split_dir`` (default: the shipped lists) holds ``scannetv2_<phase>.txt``; a data-efficient phase
-    ``train<p>`` reads ``scannetv2_train_<p>.txt`` there or in its ``data_efficient_by_images/``, and
-    when neither exists is derived from ``scannetv2_train.txt`` by image count (as the original built them).
-    """
-    folder = Path(split_dir) if split_dir else shipped_split_dir()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"dataset.split_dir={folder}: folder not found")
-    if phase in ("train", "val", "test", "trainval"):
-        path = folder / f"scannetv2_{phase}.txt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: scene list for train.phase={phase} not found")
-        return _read_list(path), str(path)
-    if phase.startswith("train") and phase[5:].isdigit():
-        percent = int(phase[5:])
-        for path in (folder / f"scannetv2_train_{percent}.txt",
-                     folder / "data_efficient_by_images" / f"scannetv2_train_{percent}.txt"):  # fmt: skip
-            if path.is_file():
-                return _read_list(path), str(path)
-        train_list = folder / "scannetv2_train.txt"
-        if not train_list.is_file():
-            raise FileNotFoundError(
-                f"{folder}: no scannetv2_train_{percent}.txt and no scannetv2_train.txt to derive it from"
-            )
-        scenes = data_efficient_scenes(_read_list(train_list), frames_root, percent)
-        return scenes, f"first {len(scenes)} scenes of {train_list} holding {percent}% of its images"
-    raise ValueError(
-        f"train.phase={phase!r}: expected train, val, test, trainval or train<percent> "
-        f"(shipped: {', '.join(f'train{p}' for p in DATA_EFFICIENT_PERCENTS)})"
-    )
-
-
 class ScanNetSemseg(SegmentationFrames):
     """ScanNet ``scannet_frames_25k`` with NYU40 labels mapped to the 20 benchmark classes (0 = ignore)."""
 
@@ -276,13 +199,7 @@ class ScanNetSemseg(SegmentationFrames):
                  train: bool | None = None) -> None:  # fmt: skip
         root = scannet_frames_root(path)
         scenes, source = scannet_scene_list(phase, split_dir, root)
-        missing = [s for s in scenes if not (root / s).is_dir()]
-        if missing:
-            raise FileNotFoundError(
-                f"{len(missing)} of {len(scenes)} scenes of {source} are not under {root} (e.g. "
-                f"{', '.join(missing[:3])}); set dataset.split_dir to a folder with your own "
-                f"scannetv2_<phase>.txt lists"
-            )
+        require_scenes(scenes, source, root)
         items, unlabelled = [], 0
         for scene in scenes:
             for color in sorted((root / scene / "color").glob("*.jpg")):

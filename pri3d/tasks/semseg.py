@@ -45,7 +45,7 @@ from pri3d.models.segmentation import (
     initialise,
     load_strict,
 )
-from pri3d.tasks.semseg_config import SemsegRunConfig, expand_short_forms, scene_list_dir, semseg_config
+from pri3d.tasks.semseg_config import SemsegRunConfig, expand_short_forms, semseg_config
 
 __all__ = ["evaluate_model", "evaluate_semseg", "finetune_semseg"]
 
@@ -58,8 +58,7 @@ def build_dataset(config: SemsegRunConfig, phase: str, train: bool) -> Segmentat
     d = config.dataset
     options = SemsegOptions(size=tuple(d.size), augment=d.augment, random_crop=d.random_crop,
                             color_interpolation=d.color_interpolation, seed=config.train.seed)  # fmt: skip
-    split_dir = scene_list_dir(d.path, d.split_dir) if d.name == "ScanNet" else None
-    return build_semseg_dataset(d.name, d.path, phase, options, split_dir=split_dir, train=train)
+    return build_semseg_dataset(d.name, d.path, phase, options, split_dir=d.split_dir or None, train=train)
 
 
 def _apply_head_recipe(trainer: Trainer, model: SegmentationModel, config: SemsegRunConfig) -> None:

@@ -7,7 +7,6 @@ Defaults are the original UNet recipe (spec §4.1); see :mod:`pri3d.tasks.semseg
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from pri3d.engine.config import (
     DistributedConfig,
@@ -29,7 +28,6 @@ __all__ = [
     "SemsegSchedulerConfig",
     "SemsegTrainConfig",
     "expand_short_forms",
-    "scene_list_dir",
     "semseg_config",
 ]
 
@@ -138,22 +136,3 @@ def semseg_config(items: list[str], base: dict | None = None) -> SemsegRunConfig
     if extra:
         raise ValueError(f"{', '.join(extra)}= is an argument of `pri3d eval semseg`, not of fine-tuning")
     return load_config(SemsegRunConfig, overrides, base=base)
-
-
-def scene_list_dir(path: str | Path, split_dir: str | Path | None) -> Path:
-    """The folder of ScanNet ``scannetv2_<phase>.txt`` scene lists for the data at ``path``.
-
-    ``split_dir`` when given; else the data's own lists when the ``scannet_frames_25k`` folder or the
-    folder above it holds ``scannetv2_*.txt`` files (as `pri3d synth` writes them: the shipped
-    official lists name none of its scenes); else the lists shipped with pri3d. `pri3d finetune
-    semseg` (``dataset.split_dir``) and `pri3d coco scannet` (``--split-dir``) share this default.
-    """
-    from pri3d.data.semseg import scannet_frames_root, shipped_split_dir
-
-    if split_dir:
-        return Path(split_dir)
-    root = scannet_frames_root(path)
-    for folder in (root, root.parent) if root.name == "scannet_frames_25k" else (root,):
-        if any(folder.glob("scannetv2_*.txt")):
-            return folder
-    return shipped_split_dir()

@@ -9,14 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pri3d.data.semseg import (
-    DATA_EFFICIENT_PERCENTS,
-    SemsegOptions,
-    build_semseg_dataset,
-    collate_semseg,
-    scannet_scene_list,
-    shipped_split_dir,
-)
+from pri3d.data.semseg import SemsegOptions, build_semseg_dataset, collate_semseg
+from pri3d.io.scene_lists import shipped_split_dir
 from pri3d.labels import nyu40_to_scannet20_lut
 
 SMALL = SemsegOptions(size=(60, 80))
@@ -47,20 +41,9 @@ def test_resizes_to_the_configured_size(semseg_root):
     assert sample["image"].shape == (3, 30, 40) and sample["label"].shape == (30, 40)
 
 
-def test_shipped_lists_are_nested_prefixes_of_the_train_list():
-    folder = shipped_split_dir()
-    train = (folder / "scannetv2_train.txt").read_text().split()
-    assert len(train) == 1201 and len((folder / "scannetv2_val.txt").read_text().split()) == 312
-    previous: list[str] = []
-    for percent in DATA_EFFICIENT_PERCENTS:
-        scenes, source = scannet_scene_list(f"train{percent}", None, Path("."))
-        assert scenes == train[: len(scenes)] and len(scenes) > len(previous), source
-        previous = scenes
-
-
 def test_shipped_lists_against_other_data_name_the_missing_scenes(semseg_root):
     with pytest.raises(FileNotFoundError, match=r"1198 of 1201 scenes .* dataset.split_dir"):
-        build_semseg_dataset("ScanNet", semseg_root, "train", SMALL)
+        build_semseg_dataset("ScanNet", semseg_root, "train", SMALL, split_dir=shipped_split_dir())
 
 
 def test_data_efficient_split_is_derived_by_image_count_when_not_listed(semseg_root):
