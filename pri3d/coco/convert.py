@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pri3d.io.atomic import atomic_write
 from pri3d.io.images import read_label_png
 from pri3d.io.scene_lists import require_scenes, scannet_frames_root, scannet_scene_list
 from pri3d.labels import NYU40_NAMES
@@ -268,11 +268,11 @@ def _convert(frames: list[_Frame], lut: np.ndarray, names: tuple[str, ...], desc
         "annotations": annotations,
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(document))
-    os.replace(tmp, out)
+    with atomic_write(out) as file:
+        json.dump(document, file)
     _validate(out, report)
-    out.with_name(out.name + ".report.json").write_text(json.dumps(asdict(report), indent=1) + "\n")
+    with atomic_write(out.with_name(out.name + ".report.json")) as file:
+        file.write(json.dumps(asdict(report), indent=1) + "\n")
     return report
 
 
