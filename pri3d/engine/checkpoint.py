@@ -12,7 +12,6 @@ temporary file; temporaries left by a killed process are removed by :func:`remov
 from __future__ import annotations
 
 import errno
-import os
 import random
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ import torch
 
 from pri3d import __version__
 from pri3d.engine.config import ConfigError
+from pri3d.io.atomic import atomic_write
 
 
 def check_output_folder(folder: str | Path, option: str) -> None:
@@ -94,7 +94,8 @@ def save_checkpoint(directory: str | Path, name: str, state: dict) -> Path:
     state = {**state, "pri3d_version": __version__}
     try:
         _save_atomically(state, path)
-        _write_replace(directory / "last", lambda tmp: tmp.write_text(name + "\n"))
+        with atomic_write(directory / "last") as pointer:
+            pointer.write(name + "\n")
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
@@ -108,7 +109,8 @@ def save_checkpoint(directory: str | Path, name: str, state: dict) -> Path:
 
 
 def remove_temporaries(directory: str | Path) -> list[Path]:
-    """Delete the ``*.tmp`` files a killed or failed write left in ``directory``; returns them.
+    """Delete the ``*.tmp`` files a killed write left in ``directory`` (those of `atomic_write`, and
+    ``<name>.tmp`` of earlier pri3d versions); returns them.
 
     Only call this while no other process writes checkpoints there (at the start of a run): a
     leftover holds the disk space that the next write needs.
@@ -148,20 +150,8 @@ def drop_optimizer_state(path: str | Path) -> int:
 
 
 def _save_atomically(state: dict, path: Path) -> None:
-    _write_replace(path, lambda tmp: torch.save(state, tmp))
-
-
-def _write_replace(path: Path, write) -> None:
-    """``write(tmp)``, make it durable, then rename it to ``path``; a failed write removes ``tmp``."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-    except BaseException:  # also Ctrl-C: a half-written temporary is never useful
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
+    with atomic_write(path, "wb") as handle:  # a failed write (a full disk) removes its temporary
+        torch.save(state, handle)
 
 
 def _tensor_bytes(value) -> int:

@@ -269,9 +269,8 @@ def test_bad_samples_in_a_run_that_trains_are_skipped_and_counted(tmp_path):
 def _fill_the_disk(monkeypatch, written: bytes = b"partial checkpoint") -> None:
     """Make every `torch.save` write ``written`` and then fail as a full disk does."""
 
-    def save(obj, path):
-        with open(path, "wb") as handle:
-            handle.write(written)
+    def save(obj, handle):
+        handle.write(written)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", save)
@@ -312,12 +311,12 @@ def test_stale_temporary_files_are_removed_at_start(tmp_path):
     """A crash or a full disk mid-write leaves `<name>.tmp`: it holds the space the next write needs."""
     _fit_trainer(tmp_path, 2).fit()
     checkpoints = tmp_path / "checkpoints"
-    (checkpoints / "step0000003.pth.tmp").write_bytes(b"half a checkpoint")
-    (checkpoints / "last.tmp").write_text("step0000003.pth")
+    (checkpoints / ".step0000003.pth.0123abcd.tmp").write_bytes(b"half a checkpoint")
+    (checkpoints / "step0000003.pth.tmp").write_bytes(b"left by an earlier pri3d version")
     trainer = _fit_trainer(tmp_path, 3)
     assert not list(checkpoints.glob("*.tmp"))
     assert (
-        "removed unfinished checkpoint files: last.tmp, step0000003.pth.tmp"
+        "removed unfinished checkpoint files: .step0000003.pth.0123abcd.tmp, step0000003.pth.tmp"
         in (tmp_path / "train.log").read_text()
     )
     assert trainer.resume_if_possible() and trainer.step == 2
