@@ -20,6 +20,7 @@ from pri3d.engine import distributed
 from pri3d.engine.checkpoint import check_output_folder
 from pri3d.engine.config import PRETRAIN_RULES, PretrainRunConfig, check_run_config, load_config, to_yaml
 from pri3d.engine.trainer import Trainer, TrainingStopped
+from pri3d.io.atomic import atomic_write
 from pri3d.models.pri3d import Pri3D
 
 PAIR_LISTS = {
@@ -65,7 +66,8 @@ def pretrain(config: PretrainRunConfig) -> dict:
         model = build_model(config)
         trainer = Trainer(model, dataset, collate_pairs, config, env)
         if env.is_main:
-            (Path(config.train.log_dir) / "config.yaml").write_text(to_yaml(config))
+            with atomic_write(Path(config.train.log_dir) / "config.yaml") as handle:
+                handle.write(to_yaml(config))
             trainer.logger.info("config:\n" + to_yaml(config))
         if dataset.scenes_without_cloud:
             missing = dataset.scenes_without_cloud
