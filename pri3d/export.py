@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from pri3d import __version__
-from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.io.atomic import AtomicFile, atomic_write
+from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "LoadReport",

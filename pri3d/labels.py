@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: The label of unlabelled pixels in every label set (NYU40, ScanNet-20, the datasets' train ids):
+#: the losses and the metrics ignore it.
+IGNORE_INDEX = 0
+
 #: NYU40 class names, index = NYU40 id (0 = unlabeled). Spelling as in ScanNet's label table.
 NYU40_NAMES: tuple[str, ...] = (
     "unlabeled", "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window",

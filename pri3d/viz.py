@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
+from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["class_palette", "colorize", "denormalize", "save_segmentation_figure"]
 

@@ -29,12 +29,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
+from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.io.scene_lists import require_scenes, scannet_frames_root, scannet_scene_list
-from pri3d.labels import SCANNET20_NAMES, nyu40_to_scannet20_lut
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-IGNORE_INDEX = 0
+from pri3d.labels import IGNORE_INDEX, SCANNET20_NAMES, nyu40_to_scannet20_lut
 
 NYU13_NAMES = ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "painting", "sofa",
                "table", "tv", "wall", "window")  # fmt: skip

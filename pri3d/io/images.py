@@ -15,6 +15,11 @@ import os
 import numpy as np
 from PIL import Image
 
+#: Mean and std per RGB channel of values in [0, 1]: the normalisation torchvision's ImageNet ResNets
+#: were trained with, which every pri3d backbone input gets (pre-training, fine-tuning, exports).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 # Pillow opens 16-bit greyscale PNGs as "I;16" (older versions: "I", a 32-bit int mode).
 _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I")
 

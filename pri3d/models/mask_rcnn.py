@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.engine.distributed import DistEnv
 from pri3d.export import (
     LoadReport,
@@ -18,6 +17,7 @@ from pri3d.export import (
     resolve_weights_path,
     torchvision_state_for,
 )
+from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.models.resunet import imagenet_state
 from pri3d.models.segmentation import load_strict
 

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pri3d.data.semseg import IGNORE_INDEX
 from pri3d.export import (
     LoadReport,
     check_resnet_arch,
@@ -30,6 +29,7 @@ from pri3d.export import (
     to_torchvision,
     torchvision_state_for,
 )
+from pri3d.labels import IGNORE_INDEX
 from pri3d.models.registry import build_backbone
 from pri3d.models.resunet import imagenet_state
 

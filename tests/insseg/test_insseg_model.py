@@ -8,8 +8,8 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from pri3d.data.semseg import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.engine.checkpoint import save_checkpoint
+from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.models.mask_rcnn import build_detector, finalise_backbone, initialise_body
 from pri3d.tasks.insseg import warmup_multistep
 from pri3d.tasks.insseg_config import InssegFinetuneConfig, input_sizes, insseg_config, scale_to_batch
