@@ -1,19 +1,13 @@
-"""Checkpoint interop: read any supported weights file, convert between layouts, report every key.
+"""Files for other libraries, and ready networks from any weights file.
 
-Layouts recognised by :func:`detect_layout` (the key each is recognised by):
+Exports: torchvision layout (``.pth`` or ``.safetensors``, plus JSON metadata), Detectron2 ``.pkl``,
+and pri3d's own layout from original Pri3D or MoCo checkpoints; each is read back and checked
+against the architecture it claims before it is put in place. :func:`load_backbone` builds a
+torchvision ResNet or a pri3d UNet from any supported file.
 
-| layout | example key | written by |
-|---|---|---|
-| ``pri3d`` | ``backbone.encoder.conv1.weight`` | `pri3d pretrain`, `pri3d finetune semseg` (UNet), the original Pri3D |
-| ``unet`` | ``encoder.conv1.weight`` + ``decoder.up1.*`` | a bare :class:`~pri3d.models.resunet.ResUNet` |
-| ``smp`` | ``encoder.conv1.weight`` + ``decoder.*``/``segmentation_head.*`` | `pri3d finetune semseg model=pspnet …` |
-| ``torchvision`` | ``conv1.weight``, ``layer1.0.conv1.weight`` | torchvision, timm, smp encoders, our exports |
-| ``moco`` | ``module.encoder_q.conv1.weight`` | MoCo v1/v2 (`main_moco.py`) |
-| ``moco_pri3d`` | ``backbone.conv1.weight`` | the original's `mocov2_to_pri3d.py` (its wrong prefix, fixed here) |
-
-Nothing is dropped silently: every conversion returns a :class:`LoadReport` listing the keys taken,
-the keys skipped with the reason, and the model keys left at their initial value.
-Files are read with ``torch.load(weights_only=True)`` (NumPy scalars allowed) or safetensors.
+Reading, recognising and converting weights files is :mod:`pri3d.weights`, below the networks. This
+module sits above them (it builds them to check and to load) and above the engine
+(:func:`resolve_weights_path` follows a run folder's checkpoint pointer).
 """
 
 from __future__ import annotations
@@ -21,136 +15,46 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import re
-from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-import numpy as np
 import torch
 from torch import nn
 
 from pri3d import __version__
 from pri3d.io.atomic import AtomicFile, atomic_write
 from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
+from pri3d.models.registry import build_backbone
+from pri3d.models.resunet import ResNetEncoder, UNetDecoder
+from pri3d.weights import (
+    LoadReport,
+    check_state,
+    detect_layout,
+    detectron2_name,
+    import_original_pri3d,
+    load_strict,
+    load_weights_file,
+    mocov2_to_pri3d,
+    resnet_arch,
+    to_detectron2,
+    to_torchvision,
+)
 
 __all__ = [
-    "LoadReport",
-    "check_resnet_arch",
-    "check_state",
-    "checkpoint_task",
-    "detect_layout",
     "export_detectron2",
     "export_pri3d",
     "export_torchvision",
-    "import_original_pri3d",
     "load_backbone",
-    "load_pri3d_2d",
-    "load_weights_file",
-    "mocov2_to_pri3d",
-    "require_task",
-    "resnet_arch",
     "resolve_weights_path",
-    "shape_mismatches",
-    "skip_reason",
-    "to_detectron2",
-    "to_torchvision",
-    "torchvision_state_for",
 ]
-
-# blocks per layer -> torchvision name, for BasicBlock (2 convs) and Bottleneck (3 convs) ResNets
-_RESNETS = {
-    ("basic", (2, 2, 2, 2)): "resnet18",
-    ("basic", (3, 4, 6, 3)): "resnet34",
-    ("bottleneck", (3, 4, 6, 3)): "resnet50",
-    ("bottleneck", (3, 4, 23, 3)): "resnet101",
-    ("bottleneck", (3, 8, 36, 3)): "resnet152",
-}
-_PRI3D_OTHER = {
-    "backbone.decoder": "UNet decoder: not part of a torchvision ResNet",
-    "backbone3d": "3D network (the original's are MinkowskiEngine-layout weights, not loadable by spconv)",
-    "w2d": "pre-training projection head (2D features -> 64-d)",
-    "w3d": "pre-training projection head (3D features -> 64-d)",
-    "headnet": "pre-training depth head",
-    "headloss": "frozen Sobel filter of the original's depth loss (a constant, not a weight)",
-}
-
-
-@dataclass
-class LoadReport:
-    """What a conversion or load did with each key.
-
-    Attributes:
-        source: the file read.
-        layout: its detected layout (see the module docstring).
-        taken: keys that were used, in the *target* naming.
-        skipped: file key -> why it was not used.
-        missing: target key -> why it has no value from the file (kept at its initial value).
-    """
-
-    source: str
-    layout: str
-    taken: list[str] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    missing: dict[str, str] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        """Readable lines: counts per module prefix for taken keys, grouped reasons for the others."""
-        lines = [f"{self.source} ({self.layout} layout): took {len(self.taken)} keys ({_group(self.taken)})"]
-        for title, table in (("skipped", self.skipped), ("left at initialisation", self.missing)):
-            by_reason: dict[str, list[str]] = defaultdict(list)
-            for key, reason in table.items():
-                by_reason[reason].append(key)
-            for reason, keys in by_reason.items():
-                lines.append(f"  {title} {len(keys)} keys ({_group(keys)}): {reason}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _prefix(key: str) -> str:
-    parts = key.split(".")
-    depth = 2 if parts[0] in ("backbone", "module", "encoder", "decoder") and len(parts) > 2 else 1
-    return ".".join(parts[:depth])
-
-
-def _group(keys: list[str]) -> str:
-    counts: dict[str, int] = defaultdict(int)
-    for key in keys:
-        counts[_prefix(key)] += 1
-    return ", ".join(f"{p}.* {n}" for p, n in counts.items()) or "none"
-
-
-# ------------------------------------------------------------------------------------------------
-# reading
-
-
-def _torch_load(path: Path):
-    if path.stat().st_size == 0:
-        raise ValueError(
-            f"{path}: empty file (0 bytes); expected a torch weights file (e.g. an interrupted copy)"
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for unsafe or corrupt files
-        if "numpy" not in str(error):
-            first_line = (str(error).strip() or "no message").splitlines()[0]
-            raise ValueError(f"{path}: cannot load as a weights-only torch file ({type(error).__name__}: "
-                             f"{first_line})") from None  # fmt: skip
-    # the original saves best_iou as a NumPy scalar; NumPy scalars and dtypes cannot run code
-    core = getattr(np, "_core", None) or np.core
-    allowed = [core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in "fdilbB?"}]
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def resolve_weights_path(path: str | Path, option: str) -> Path:
     """A weights file, or a run folder's newest checkpoint (``checkpoints/last``, or ``last`` in it).
 
-    ``option`` names the setting in error messages (e.g. ``finetune.pretrain``).
+    ``option`` names the setting in error messages (e.g. ``finetune.pretrain``). Here rather than in
+    :mod:`pri3d.weights` because the pointer is the engine's (:mod:`pri3d.engine.checkpoint`).
     """
     from pri3d.engine.checkpoint import latest_checkpoint
 
@@ -163,291 +67,6 @@ def resolve_weights_path(path: str | Path, option: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{option}={path}: file not found")
     return path
-
-
-def torchvision_state_for(module: nn.Module, state: dict[str, torch.Tensor], source: str):
-    """``state`` in torchvision's ResNet layout (:func:`to_torchvision`) for loading into ``module``;
-    BatchNorm counters that pre-0.4.1 torchvision files lack are taken from ``module`` for the
-    BatchNorm layers the file has (so a file of another ResNet keeps its own layers)."""
-    tv, report = to_torchvision(state, source)
-    for key, value in module.state_dict().items():
-        layer = key.removesuffix("num_batches_tracked")
-        if layer != key and key not in tv and f"{layer}running_mean" in tv:
-            tv[key] = value
-    return tv, report
-
-
-def shape_mismatches(own: dict, state: dict) -> list[str]:
-    """``"key: file (shape) vs model (shape)"`` for each key of both whose shapes differ, in ``own``'s order."""
-    return [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
-
-
-def check_state(own: dict, state: dict, source: str, what: str) -> None:
-    """``ValueError`` naming ``source``, ``what`` and the keys unless ``state`` has exactly the keys and
-    shapes of ``own`` (tensors or arrays; only their shapes are read). Keys are listed in ``own``'s
-    (the model's) order, so the first ones shown are the first layers that differ."""
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = shape_mismatches(own, state)
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{source} does not match {what}: missing {missing[:5]} ({len(missing)}), unexpected "
-            f"{unexpected[:5]} ({len(unexpected)}), shape mismatches {mismatched[:5]}"
-        )
-
-
-def check_resnet_arch(own: dict, tv: dict[str, torch.Tensor], source: str, hint: str) -> None:
-    """``ValueError`` when the torchvision-layout encoder ``tv`` is another ResNet than ``own`` (a model's
-    encoder state), e.g. a ResNet-18 file for a ResNet-50 model: names both, the first keys whose
-    shapes differ, and ``hint`` (how to choose the model's ResNet)."""
-    found, expected = resnet_arch(tv), resnet_arch(own)
-    if found != expected:
-        raise ValueError(
-            f"{source} holds a {found} encoder, this model has a {expected} ({hint}); shapes differ, e.g. "
-            f"{shape_mismatches(own, tv)[:3]}"
-        )
-
-
-def load_weights_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """Read a weights file; returns (flat state dict of tensors, the rest of the file's top level).
-
-    Accepts ``.safetensors`` and torch files holding a state dict directly or under ``model``,
-    ``state_dict`` or ``model_state`` (pri3d/Pri3D, MoCo, DeepLab checkpoints); a ``module.``
-    prefix from DataParallel is kept (MoCo's layout relies on it).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), {}
-    obj = _torch_load(path)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict (a state dict or a checkpoint), got {type(obj).__name__}")
-    extra: dict = {}
-    for name in ("model", "state_dict", "model_state"):
-        if isinstance(obj.get(name), dict):
-            extra = {k: v for k, v in obj.items() if k != name}
-            obj = obj[name]
-            break
-    state = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not state:
-        raise ValueError(f"{path}: no tensors found (top-level keys: {sorted(obj)[:8]})")
-    return state, extra
-
-
-#: task -> (what its checkpoints are, the task's name, what to do with such a checkpoint)
-_TASKS = {
-    "pretrain": ("a Pri3D pre-training checkpoint", "pre-training", "use it as init= of `pri3d finetune "
-                 "semseg` or `pri3d finetune insseg`, or convert it with `pri3d export`"),
-    "semseg": ("a pri3d semantic segmentation checkpoint", "semantic segmentation",
-               "evaluate it with `pri3d eval semseg`"),
-    "insseg": ("a pri3d instance segmentation checkpoint", "instance segmentation",
-               "evaluate it with `pri3d eval insseg`"),
-}  # fmt: skip
-
-
-def checkpoint_task(state: dict[str, torch.Tensor], extra: dict) -> str:
-    """The task a checkpoint was trained for: ``pretrain``, ``semseg``, ``insseg``, or ``""`` for a plain
-    state dict that does not say (e.g. another library's file, or an original Pri3D fine-tuned one).
-
-    pri3d checkpoints store their run config (``extra["config"]``); an original Pri3D pre-training
-    checkpoint has none, but its heads (``w2d``, ``w3d``, ``headnet``) and 3D network give it away.
-    """
-    config = extra.get("config") if isinstance(extra.get("config"), dict) else {}
-    if "pretrain" in config or any(k.split(".")[0] in ("w2d", "w3d", "headnet", "backbone3d") for k in state):
-        return "pretrain"
-    if any(k.startswith("detector.") for k in state):
-        return "insseg"
-    return "semseg" if "model" in (config.get("finetune") or {}) else ""
-
-
-def require_task(path: str | Path, state: dict[str, torch.Tensor], extra: dict, task: str) -> None:
-    """``ValueError`` naming what ``path`` is and what to do with it, when it is another task's checkpoint."""
-    found = checkpoint_task(state, extra)
-    if found and found != task:
-        what, _, use = _TASKS[found]
-        wanted = _TASKS[task][1]
-        article = "an" if wanted[0] in "aeiou" else "a"
-        raise ValueError(f"{path} is {what}, not {article} {wanted} one; {use}")
-
-
-def detect_layout(state: dict[str, torch.Tensor], source: str = "state dict") -> str:
-    """The layout name of ``state`` (see the module docstring); ValueError when none fits."""
-    keys = set(state)
-    if "module.encoder_q.conv1.weight" in keys:
-        return "moco"
-    if "backbone.encoder.conv1.weight" in keys:
-        return "pri3d"
-    if "backbone.conv1.weight" in keys:
-        return "moco_pri3d"
-    if "encoder.conv1.weight" in keys:
-        return "unet" if "decoder.up1.conv1.weight" in keys else "smp"
-    if "conv1.weight" in keys and "layer1.0.conv1.weight" in keys:
-        return "torchvision"
-    raise ValueError(
-        f"{source}: unrecognised weights layout (first keys: {sorted(keys)[:5]}); expected a pri3d/Pri3D, "
-        "torchvision, timm, smp or MoCo checkpoint"
-    )
-
-
-def resnet_arch(state: dict[str, torch.Tensor]) -> str:
-    """torchvision name (resnet18 … resnet152) of a torchvision-layout ResNet state dict."""
-    counts = []
-    for layer in range(1, 5):
-        blocks = {int(m.group(1)) for k in state if (m := re.match(rf"layer{layer}\.(\d+)\.", k))}
-        counts.append(max(blocks) + 1 if blocks else 0)
-    kind = "bottleneck" if "layer1.0.conv3.weight" in state else "basic"
-    name = _RESNETS.get((kind, tuple(counts)))
-    if name is None:
-        raise ValueError(f"not a standard ResNet: {kind} blocks per layer {counts}")
-    return name
-
-
-# ------------------------------------------------------------------------------------------------
-# conversions
-
-
-def mocov2_to_pri3d(state: dict[str, torch.Tensor], source: str = "MoCo checkpoint"):
-    """MoCo v1/v2 query encoder -> ``backbone.encoder.*`` (pri3d layout); returns (state, report).
-
-    The original's `mocov2_to_pri3d.py` wrote ``backbone.<name>``, which the UNet (``backbone.encoder.*``)
-    cannot load, and its shape-filtered loader then loaded nothing without a word. Here the prefix is
-    right; the MLP head ``fc.*``, the key encoder and the queue are skipped and reported.
-    """
-    layout = detect_layout(state, source)
-    prefix = {"moco": "module.encoder_q.", "moco_pri3d": "backbone."}.get(layout)
-    if prefix is None:
-        raise ValueError(f"{source}: expected a MoCo checkpoint, found the {layout} layout")
-    report = LoadReport(source, layout)
-    out = {}
-    for key, value in state.items():
-        name = key.removeprefix(prefix) if key.startswith(prefix) else None
-        if name is None:
-            report.skipped[key] = "MoCo key encoder / queue: not part of the query encoder"
-        elif name.startswith("fc."):
-            report.skipped[key] = "MoCo projection head (fc): not part of the backbone"
-        else:
-            out[f"backbone.encoder.{name}"] = value
-            report.taken.append(f"backbone.encoder.{name}")
-    return out, report
-
-
-def to_torchvision(state: dict[str, torch.Tensor], source: str = "state dict"):
-    """Any recognised layout -> torchvision ResNet names without ``fc``; returns (state, report)."""
-    layout = detect_layout(state, source)
-    if layout in ("moco", "moco_pri3d"):
-        state, first = mocov2_to_pri3d(state, source)
-        skipped = first.skipped
-    else:
-        skipped = {}
-    prefix = {"pri3d": "backbone.encoder.", "moco": "backbone.encoder.", "moco_pri3d": "backbone.encoder.",
-              "unet": "encoder.", "smp": "encoder.", "torchvision": ""}[layout]  # fmt: skip
-    report = LoadReport(source, layout, skipped=dict(skipped))
-    out = {}
-    for key, value in state.items():
-        if not key.startswith(prefix):
-            report.skipped[key] = skip_reason(key)
-            continue
-        name = key[len(prefix) :]
-        if name.startswith("fc."):
-            report.skipped[key] = "classifier (fc): not part of the exported backbone"
-            continue
-        out[name] = value
-        report.taken.append(name)
-    if not out:
-        raise ValueError(f"{source}: no ResNet encoder weights found ({layout} layout)")
-    try:
-        resnet_arch(out)
-    except ValueError as error:  # an incomplete encoder: say whose
-        raise ValueError(f"{source} ({layout} layout): {error}") from None
-    return out, report
-
-
-def skip_reason(key: str) -> str:
-    """Why ``key`` of a Pri3D/segmentation checkpoint is not part of a ResNet encoder."""
-    for prefix, reason in _PRI3D_OTHER.items():
-        if key == prefix or key.startswith(prefix + "."):
-            return reason
-    if key.startswith(("decoder.", "segmentation_head.", "classification_head.")):
-        return "segmentation decoder/head: not part of a torchvision ResNet"
-    return "not part of the ResNet encoder"
-
-
-def import_original_pri3d(state: dict[str, torch.Tensor], source: str = "Pri3D checkpoint"):
-    """An original (or pri3d) Pri3D checkpoint -> the 2D part in pri3d's ``Pri3D`` layout.
-
-    Keeps ``backbone.*`` (encoder and decoder), ``w2d.*``, ``w3d.*`` and ``headnet.*``; skips, with a
-    report, ``backbone3d.*`` (MinkowskiEngine kernel layout: not loadable into spconv) and
-    ``headloss.*`` (the frozen Sobel filter, a constant that pri3d's depth loss builds itself).
-    """
-    layout = detect_layout(state, source)
-    if layout != "pri3d":
-        raise ValueError(
-            f"{source}: expected a Pri3D checkpoint (backbone.encoder.*), found the {layout} layout"
-        )
-    report = LoadReport(source, layout)
-    out = {}
-    for key, value in state.items():
-        if key.startswith(("backbone.", "w2d.", "w3d.", "headnet.")):
-            out[key] = value
-            report.taken.append(key)
-        else:
-            report.skipped[key] = skip_reason(key)
-    return out, report
-
-
-def load_pri3d_2d(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Load the 2D part of a Pri3D checkpoint strictly into ``model.backbone``, ``w2d``, ``w3d``, ``headnet``.
-
-    Each submodule the model has must match the file exactly (``strict=True``); returns the names of
-    the submodules loaded. Submodules the model lacks (e.g. ``w2d`` without the geometric prior) and
-    the 3D network are left alone.
-    """
-    loaded = []
-    for name in ("backbone", "w2d", "w3d", "headnet"):
-        module = getattr(model, name, None)
-        if module is None:
-            continue
-        part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
-        if not part:
-            raise ValueError(f"the checkpoint has no {name}.* weights but the model has {name}")
-        module.load_state_dict(part, strict=True)
-        loaded.append(name)
-    return loaded
-
-
-_D2_RENAMES = (
-    (re.compile(r"^layer(\d)"), lambda m: f"res{int(m.group(1)) + 1}"),
-    (re.compile(r"\bbn(\d)\b"), lambda m: f"conv{m.group(1)}.norm"),
-    (re.compile(r"\bdownsample\.0\b"), lambda m: "shortcut"),
-    (re.compile(r"\bdownsample\.1\b"), lambda m: "shortcut.norm"),
-)
-
-
-def to_detectron2(state: dict[str, torch.Tensor]) -> tuple[dict[str, np.ndarray], list[str]]:
-    """torchvision ResNet names -> Detectron2's (spec §6); returns (arrays, dropped keys).
-
-    ``conv1``/``bn1`` -> ``stem.conv1``/``stem.conv1.norm``; ``layer1..4`` -> ``res2..5``;
-    ``bn{i}`` -> ``conv{i}.norm``; ``downsample.0/1`` -> ``shortcut``/``shortcut.norm``.
-    ``num_batches_tracked`` is dropped (Detectron2's FrozenBatchNorm has no such buffer).
-    """
-    out, dropped = {}, []
-    for key, value in state.items():
-        if key.endswith("num_batches_tracked") or key.startswith("fc."):
-            dropped.append(key)
-            continue
-        out[_detectron2_name(key)] = value.detach().cpu().numpy()
-    return out, dropped
-
-
-def _detectron2_name(key: str) -> str:
-    name = key if key.startswith("layer") else f"stem.{key}"
-    for pattern, repl in _D2_RENAMES:
-        name = pattern.sub(repl, name)
-    return name
 
 
 # ------------------------------------------------------------------------------------------------
@@ -482,8 +101,6 @@ def _check_resnet(state: dict, arch: str, source: str) -> None:
 
 def _check_unet_decoder(state: dict, arch: str, source: str) -> None:
     """The ``backbone.decoder.*`` part of a pri3d-layout ``state`` against the UNet decoder of ``arch``."""
-    from pri3d.models.resunet import ResNetEncoder, UNetDecoder
-
     decoder = {
         k.removeprefix("backbone.decoder."): v for k, v in state.items() if k.startswith("backbone.decoder.")
     }
@@ -630,7 +247,7 @@ def export_detectron2(source: str | Path, out: str | Path) -> tuple[Path, LoadRe
     def verify(path: Path) -> None:
         with open(path, "rb") as handle:
             written = pickle.load(handle)["model"]
-        expected = {_detectron2_name(k): v for k, v in _torchvision_resnet_state(arch).items()
+        expected = {detectron2_name(k): v for k, v in _torchvision_resnet_state(arch).items()
                     if not k.endswith("num_batches_tracked")}  # fmt: skip
         check_state(expected, written, str(source), f"Detectron2's {arch} (torchvision's, renamed)")
         _check_finite(written, str(source))
@@ -642,7 +259,7 @@ def export_detectron2(source: str | Path, out: str | Path) -> tuple[Path, LoadRe
 def export_pri3d(source: str | Path, out: str | Path) -> tuple[Path, LoadReport]:
     """Import an original Pri3D or a MoCo checkpoint into pri3d's layout (``{'model': ...}``).
 
-    The result initialises `pri3d finetune semseg init=OUT` and loads with :func:`load_pri3d_2d`.
+    The result initialises `pri3d finetune semseg init=OUT` and loads with :func:`pri3d.weights.load_pri3d_2d`.
     """
     source, out = Path(source), Path(out)
     state, _ = load_weights_file(source)
@@ -696,8 +313,6 @@ def load_backbone(path: str | Path, arch: str = "resnet50") -> nn.Module:
 
     state, _ = load_weights_file(path)
     if arch in ("Res18UNet", "Res50UNet"):
-        from pri3d.models.registry import build_backbone
-
         layout = detect_layout(state, str(path))
         prefix = {"pri3d": "backbone.", "unet": ""}.get(layout)
         if prefix is None:
@@ -707,7 +322,7 @@ def load_backbone(path: str | Path, arch: str = "resnet50") -> nn.Module:
         if "decoder.conv0.weight" not in unet:
             raise ValueError(f"{path}: no UNet decoder weights (decoder.conv0.weight)")
         model = build_backbone(arch, unet["decoder.conv0.weight"].shape[0])
-        _load_strict(model, unet, path, arch)
+        load_strict(model, unet, str(path), arch)
         return model
     tv, _ = to_torchvision(state, str(path))
     found = resnet_arch(tv)
@@ -715,17 +330,5 @@ def load_backbone(path: str | Path, arch: str = "resnet50") -> nn.Module:
         raise ValueError(f"{path} holds a {found}, not a {arch}")
     model = getattr(torchvision.models, arch)(weights=None)
     model.fc = nn.Identity()
-    _load_strict(model, tv, path, arch)
+    load_strict(model, tv, str(path), arch)
     return model
-
-
-def _load_strict(model: nn.Module, state: dict, path, arch: str) -> None:
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise ValueError(f"{path} does not match {arch}: {error}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path} does not match {arch}: missing {result.missing_keys[:5]} "
-            f"({len(result.missing_keys)}), unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
-        )

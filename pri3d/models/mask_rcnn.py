@@ -1,25 +1,29 @@
 """torchvision's Mask R-CNN R50-FPN as pri3d fine-tunes it: built without weights, its ResNet-50 body
 loaded strictly from a Pri3D checkpoint, an export or ImageNet, frozen stages and FrozenBN as the
-original's Detectron2 configs (see :mod:`pri3d.tasks.insseg` for the recipe)."""
+original's Detectron2 configs (see :mod:`pri3d.tasks.insseg` for the recipe).
+
+:func:`initialise_body` decides where a file's weights go in the detector; reading the file,
+converting it to torchvision's layout and the strict check are :mod:`pri3d.weights`'.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from pri3d.engine.distributed import DistEnv
-from pri3d.export import (
+from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
+from pri3d.weights import (
     LoadReport,
     check_resnet_arch,
+    imagenet_state,
+    load_strict,
     load_weights_file,
-    resolve_weights_path,
     torchvision_state_for,
 )
-from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
-from pri3d.models.resunet import imagenet_state
-from pri3d.models.segmentation import load_strict
 
 if TYPE_CHECKING:
     from pri3d.tasks.insseg_config import InssegFinetuneConfig
@@ -115,8 +119,9 @@ def finalise_backbone(
         detector.backbone.body = nn.SyncBatchNorm.convert_sync_batchnorm(body)
 
 
-def initialise_body(detector: nn.Module, init: str) -> LoadReport:
-    """Load the ResNet-50 body from ``scratch``, ``imagenet`` or a weights file / run folder, strictly."""
+def initialise_body(detector: nn.Module, init: str | Path) -> LoadReport:
+    """Load the ResNet-50 body from ``scratch``, ``imagenet`` or a weights file, strictly (a run folder
+    is not read here: the task turns it into its newest checkpoint first)."""
     body = detector.backbone.body
     others = {f"detector.{k}": "FPN, RPN and RoI heads: initialised from scratch"
               for k in detector.state_dict() if not k.startswith("backbone.body.")}  # fmt: skip
@@ -126,9 +131,8 @@ def initialise_body(detector: nn.Module, init: str) -> LoadReport:
     if init == "imagenet":
         state, source = imagenet_state("resnet50", "finetune.pretrain")
     else:
-        path = resolve_weights_path(init, "finetune.pretrain")
-        state, _ = load_weights_file(path)
-        source = str(path)
+        state, _ = load_weights_file(init)
+        source = str(init)
     tv, report = torchvision_state_for(body, state, source)
     check_resnet_arch(body.state_dict(), tv, source, "Mask R-CNN here is R50-FPN: give a ResNet-50 file")
     load_strict(body, tv, source, "the Mask R-CNN ResNet-50 body")

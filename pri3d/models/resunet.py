@@ -11,6 +11,9 @@ which become ``backbone.encoder.*`` / ``backbone.decoder.*`` under the pre-train
 Shapes for an input ``[B, 3, H, W]``: layer1..4 have strides 4, 8, 16, 32 (ceil division, as the
 convolutions round up) and the decoder output is ``[B, output_channels, 2·H1, 2·W1]`` where
 ``H1 × W1`` is the size of layer1, i.e. stride 2 (120×160 for 240×320 inputs).
+
+:func:`load_imagenet` fills an encoder with ImageNet weights; reading the file and the strict check
+are :mod:`pri3d.weights`'.
 """
 
 from __future__ import annotations
@@ -23,23 +26,23 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 
+from pri3d.weights import imagenet_state, load_strict, read_torch_file, with_batchnorm_counters
+
 __all__ = [
     "Res18UNet",
     "Res50UNet",
     "ResNetEncoder",
     "ResUNet",
     "UNetDecoder",
-    "WeightsUnavailable",
-    "imagenet_state",
     "load_imagenet",
 ]
 
 Block = type[tv_resnet.BasicBlock] | type[tv_resnet.Bottleneck]
 
-# name -> (block, blocks per layer, torchvision weights enum)
-_ARCHS: dict[str, tuple[Block, tuple[int, int, int, int], type]] = {
-    "resnet18": (tv_resnet.BasicBlock, (2, 2, 2, 2), tv_resnet.ResNet18_Weights),
-    "resnet50": (tv_resnet.Bottleneck, (3, 4, 6, 3), tv_resnet.ResNet50_Weights),
+# name -> (block, blocks per layer)
+_ARCHS: dict[str, tuple[Block, tuple[int, int, int, int]]] = {
+    "resnet18": (tv_resnet.BasicBlock, (2, 2, 2, 2)),
+    "resnet50": (tv_resnet.Bottleneck, (3, 4, 6, 3)),
 }
 
 
@@ -57,7 +60,7 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         if arch not in _ARCHS:
             raise ValueError(f"unknown ResNet arch {arch!r}; expected one of {sorted(_ARCHS)}")
-        block, layers, _ = _ARCHS[arch]
+        block, layers = _ARCHS[arch]
         self.arch = arch
         self._inplanes = 64
         self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
@@ -191,47 +194,6 @@ class Res50UNet(ResUNet):
         super().__init__("resnet50", output_channels)
 
 
-class WeightsUnavailable(FileNotFoundError):
-    """Weights that are neither on disk nor downloadable (a ``FileNotFoundError``, which the `pri3d`
-    command prints as one line without a traceback)."""
-
-
-def imagenet_state(arch: str, option: str) -> tuple[dict[str, torch.Tensor], str]:
-    """torchvision's ``IMAGENET1K_V1`` state dict of ``arch`` (with ``fc``) and its URL.
-
-    Read through torchvision's own loader: the file ``<torch.hub.get_dir()>/checkpoints/<name>``
-    (``$TORCH_HOME/hub/checkpoints``, by default ``~/.cache/torch/hub/checkpoints``), downloaded
-    there first when absent. ``option`` is the setting that asked for ImageNet weights
-    (``pretrain.pretrained``, ``finetune.pretrain``); errors name it with its alternatives.
-
-    Raises:
-        WeightsUnavailable: the file is not in the cache and the download failed (e.g. offline).
-        ValueError: the cached file cannot be read (e.g. a truncated download).
-    """
-    weights = _ARCHS[arch][2].IMAGENET1K_V1
-    name = weights.url.rsplit("/", 1)[-1]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
-    had_file = cached.is_file()
-    try:
-        state = weights.get_state_dict(progress=True, weights_only=True, map_location="cpu")
-    except Exception as error:  # urllib, socket, ssl, os and unpickling errors, depending on the cause
-        if had_file or cached.is_file():
-            # only the type: torch's unpickling message advises weights_only=False, wrong for a broken file
-            raise ValueError(
-                f"{option}=imagenet: {cached} (torchvision's {arch} ImageNet weights in the torch hub "
-                f"cache) cannot be read as a torch weights file ({type(error).__name__}); delete it to "
-                f"download it again, or use {option}=scratch or {option}=PATH with a local torchvision ResNet file"
-            ) from None
-        cause = f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
-        raise WeightsUnavailable(
-            f"{option}=imagenet: torchvision's {arch} ImageNet weights are not in the torch hub cache "
-            f"(looked for {cached}) and downloading {weights.url} failed ({cause}). "
-            f"Without internet: use {option}=scratch, or copy {name} to {cached} (TORCH_HOME moves the "
-            f"cache), or pass a local torchvision ResNet file as {option}=PATH"
-        ) from None
-    return state, weights.url
-
-
 def load_imagenet(
     encoder: ResNetEncoder, weights: str | Path | None = None, option: str = "pretrain.pretrained"
 ) -> ResNetEncoder:
@@ -241,10 +203,11 @@ def load_imagenet(
         encoder: the encoder to fill in place.
         weights: a local torchvision-layout ``.pth`` state dict, or ``None`` to use torchvision's
             ``IMAGENET1K_V1`` weights of the encoder's arch (the original's ``resnet18-5c106cde`` /
-            ``resnet50-19c8e357`` weights) through :func:`imagenet_state`.
+            ``resnet50-19c8e357`` weights) through :func:`pri3d.weights.imagenet_state`.
         option: the setting that chose these weights, named in errors.
 
-    Files are read with ``torch.load(weights_only=True)``. Missing ``num_batches_tracked`` buffers
+    Files are read by :func:`pri3d.weights.read_torch_file` (``weights_only=True``); errors name the
+    file. Missing ``num_batches_tracked`` buffers
     (pre-0.4.1 torchvision files lack them) are filled with the encoder's current value; any other
     missing, unexpected or mis-shaped key raises ``ValueError`` naming the source and the keys.
 
@@ -257,26 +220,10 @@ def load_imagenet(
         source = str(weights)
         if not Path(weights).is_file():
             raise FileNotFoundError(f"{option}={source}: ImageNet weights file not found")
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = read_torch_file(Path(weights))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{source}: expected a plain state dict of tensors (torchvision layout)")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-
-    own = encoder.state_dict()
-    for key, value in own.items():
-        if key.endswith("num_batches_tracked") and key not in state:
-            state[key] = value
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = sorted(
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"{source} does not match a torchvision {encoder.arch} without fc: "
-            f"missing keys {missing}, unexpected keys {unexpected}, shape mismatches {mismatched}"
-        )
-    encoder.load_state_dict(state, strict=True)
+    state = with_batchnorm_counters(state, encoder.state_dict())
+    load_strict(encoder, state, source, f"a torchvision {encoder.arch} without fc")
     return encoder

@@ -7,31 +7,34 @@ with cross-entropy ignoring label 0. ``forward(batch)`` returns the losses (for 
 State-dict layouts: ``Semantic2D`` keeps the original's ``backbone.encoder.*`` / ``backbone.decoder.*``
 so Pri3D checkpoints transfer by name; the smp heads keep smp's own names (``encoder.*``,
 ``decoder.*``, ``segmentation_head.*``), so a checkpoint also loads into the plain smp model.
+
+:func:`initialise` decides which weights of a file go where in these networks; reading the file,
+recognising its layout, converting it and the strict checks are :mod:`pri3d.weights`'.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pri3d.export import (
+from pri3d.labels import IGNORE_INDEX
+from pri3d.models.registry import build_backbone
+from pri3d.weights import (
     LoadReport,
     check_resnet_arch,
     check_state,
     detect_layout,
+    imagenet_state,
     load_weights_file,
-    resolve_weights_path,
     shape_mismatches,
     skip_reason,
     to_torchvision,
     torchvision_state_for,
 )
-from pri3d.labels import IGNORE_INDEX
-from pri3d.models.registry import build_backbone
-from pri3d.models.resunet import imagenet_state
 
 __all__ = [
     "SEGMENTATION_MODELS",
@@ -39,7 +42,6 @@ __all__ = [
     "SmpSegmenter",
     "build_segmentation_model",
     "initialise",
-    "load_strict",
 ]
 
 #: The CLI's short names -> registered model names.
@@ -182,10 +184,11 @@ def _encoder_module(model: SegmentationModel) -> nn.Module:
     return model.backbone.encoder if isinstance(model, Semantic2D) else model.encoder
 
 
-def initialise(model: SegmentationModel, init: str, strict: bool = False) -> LoadReport:
+def initialise(model: SegmentationModel, init: str | Path, strict: bool = False) -> LoadReport:
     """Initialise ``model`` from ``scratch``, ``imagenet`` or a weights file; report every key.
 
-    * a run folder stands for its newest checkpoint (``checkpoints/last``).
+    A run folder is not read here: the task turns it into its newest checkpoint first.
+
     * ``imagenet``: torchvision's ImageNet ResNet weights (``IMAGENET1K_V1``, the original's) into the
       encoder, strictly.
     * a Pri3D/pri3d checkpoint (``backbone.encoder.*``) into the UNet: every key whose name and shape
@@ -204,7 +207,7 @@ def initialise(model: SegmentationModel, init: str, strict: bool = False) -> Loa
         arch = "resnet50" if "layer1.0.conv3.weight" in encoder.state_dict() else "resnet18"
         state, url = imagenet_state(arch, "finetune.pretrain")
         return _load_encoder(model, encoder, state, url)
-    path = resolve_weights_path(init, "finetune.pretrain")
+    path = Path(init)
     state, _ = load_weights_file(path)
     layout = detect_layout(state, str(path))
     check_resnet_arch(encoder.state_dict(), to_torchvision(state, str(path))[0], str(path),
@@ -267,10 +270,3 @@ def _load_by_name(model: nn.Module, state: dict, source: str, layout: str, stric
 
 def _why_not_in_model(key: str) -> str:
     return f"not in this model: {skip_reason(key)}"
-
-
-def load_strict(model: nn.Module, state: dict, source: str, what: str | None = None) -> None:
-    """``load_state_dict(strict=True)`` with a ``ValueError`` that names the file, ``what`` (default:
-    the model's class) and the keys."""
-    check_state(model.state_dict(), state, source, what or type(model).__name__)
-    model.load_state_dict(state, strict=True)

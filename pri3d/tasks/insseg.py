@@ -46,9 +46,8 @@ from pri3d.engine.config import load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.export import load_weights_file, require_task, resolve_weights_path
+from pri3d.export import resolve_weights_path
 from pri3d.models.mask_rcnn import InstanceSegmenter, build_detector, finalise_backbone, initialise_body
-from pri3d.models.segmentation import load_strict
 from pri3d.tasks.insseg_config import (
     InssegRunConfig,
     InssegSchedulerConfig,
@@ -58,6 +57,7 @@ from pri3d.tasks.insseg_config import (
     insseg_config,
     scale_to_batch,
 )
+from pri3d.weights import load_strict, load_weights_file, require_task
 
 __all__ = ["evaluate_insseg", "evaluate_model", "finetune_insseg", "warmup_multistep"]
 
@@ -209,7 +209,12 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
         config = replace(config, finetune=finetune)
         detector = build_detector(train_set.num_classes, config.finetune, sizes)
         resuming = latest_checkpoint(log_dir / "checkpoints") is not None
-        init_report = None if resuming else initialise_body(detector, config.finetune.pretrain)
+        init_report = None
+        if not resuming:
+            init = config.finetune.pretrain
+            if init not in ("scratch", "imagenet"):  # a file, or a run folder: its newest checkpoint
+                init = resolve_weights_path(init, "finetune.pretrain")
+            init_report = initialise_body(detector, init)
         finalise_backbone(detector, config.finetune, env)
         model = InstanceSegmenter(detector, sizes["min_size_train"], sizes["min_size_test"])
         evaluation = _PeriodicEvaluation(eval_set, config, env)

@@ -36,16 +36,11 @@ from pri3d.engine.config import load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.export import load_weights_file, require_task, resolve_weights_path
+from pri3d.export import resolve_weights_path
 from pri3d.metrics import ConfusionMatrix, format_iou_table, iou_report
-from pri3d.models.segmentation import (
-    SegmentationModel,
-    SmpSegmenter,
-    build_segmentation_model,
-    initialise,
-    load_strict,
-)
+from pri3d.models.segmentation import SegmentationModel, SmpSegmenter, build_segmentation_model, initialise
 from pri3d.tasks.semseg_config import SemsegRunConfig, expand_short_forms, semseg_config
+from pri3d.weights import load_strict, load_weights_file, require_task
 
 __all__ = ["evaluate_model", "evaluate_semseg", "finetune_semseg"]
 
@@ -179,9 +174,12 @@ def finetune_semseg(config: SemsegRunConfig) -> dict:
             config.finetune.model, config.finetune.backbone, train_set.num_classes
         )
         resuming = latest_checkpoint(log_dir / "checkpoints") is not None
-        init_report = (
-            None if resuming else initialise(model, config.finetune.pretrain, config.finetune.strict_init)
-        )
+        init_report = None
+        if not resuming:
+            init = config.finetune.pretrain
+            if init not in ("scratch", "imagenet"):  # a file, or a run folder: its newest checkpoint
+                init = resolve_weights_path(init, "finetune.pretrain")
+            init_report = initialise(model, init, config.finetune.strict_init)
         evaluation = _ScheduledEvaluation(eval_set, config, env)
         trainer = Trainer(model, train_set, collate_semseg, config, env, on_epoch_end=evaluation)
         _apply_head_recipe(trainer, model, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 
 import numpy as np
@@ -149,10 +150,13 @@ def test_a_torchvision_state_dict_evaluates_too(finetuned, insseg_root, tmp_path
     assert report["segm"]["AP50"] == pytest.approx(summary["final"]["segm"]["AP50"])
 
 
-def test_cli_errors_and_help(insseg_root, tmp_path, capsys):
+def test_cli_errors_and_help(insseg_root, coco_dir, tmp_path, capsys):
     assert main(["finetune", "insseg", "dataset=scannet", f"dataset.path={insseg_root}",
                  f"dataset.annotations={tmp_path}", "train.log_dir=" + str(tmp_path / "run")]) == 1  # fmt: skip
     assert "write it with `pri3d coco scannet --split train" in capsys.readouterr().err
+    missing_init = _run(insseg_root, coco_dir, tmp_path / "run", f"init={tmp_path / 'none.pth'}")
+    assert main(["finetune", "insseg", *missing_init]) == 1
+    assert re.search(r"finetune\.pretrain=.*none\.pth: file not found", capsys.readouterr().err)
     assert main(["eval", "insseg", "dataset=scannet"]) == 1
     assert "checkpoint=PATH is required" in capsys.readouterr().err
     assert main(["eval", "insseg", f"checkpoint={tmp_path / 'none.pth'}"]) == 1
