@@ -111,3 +111,18 @@ def test_weights_sits_below_the_networks():
     imported = _imports(PACKAGE / "weights.py")
     assert {m for m in imported if m.split(".")[0] != "pri3d" and m.split(".")[0] not in allowed} == set()
     assert {m for m in imported if m.startswith("pri3d") and not m.startswith("pri3d.io")} == set()
+
+
+def test_lower_layers_import_nothing_above_them():
+    """io, data, models and weights never import the exporters, the tasks or the COCO tools."""
+    files = [
+        PACKAGE / "weights.py",
+        *(p for d in ("io", "data", "models") for p in (PACKAGE / d).rglob("*.py")),
+    ]
+    upward = {
+        f"{path.relative_to(PACKAGE)}: {module}"
+        for path in files
+        for module in _imports(path)
+        if module.startswith(("pri3d.export", "pri3d.tasks", "pri3d.coco"))
+    }
+    assert upward == set()

@@ -1,6 +1,7 @@
 """torchvision's Mask R-CNN R50-FPN as pri3d fine-tunes it: built without weights, its ResNet-50 body
 loaded strictly from a Pri3D checkpoint, an export or ImageNet, frozen stages and FrozenBN as the
-original's Detectron2 configs (see :mod:`pri3d.tasks.insseg` for the recipe).
+original's Detectron2 configs (see :mod:`pri3d.tasks.insseg` for the recipe, which the task passes
+here as plain values).
 
 :func:`initialise_body` decides where a file's weights go in the detector; reading the file,
 converting it to torchvision's layout and the strict check are :mod:`pri3d.weights`'.
@@ -9,12 +10,10 @@ converting it to torchvision's layout and the strict check are :mod:`pri3d.weigh
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from pri3d.engine.distributed import DistEnv
 from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.weights import (
     LoadReport,
@@ -24,9 +23,6 @@ from pri3d.weights import (
     load_weights_file,
     torchvision_state_for,
 )
-
-if TYPE_CHECKING:
-    from pri3d.tasks.insseg_config import InssegFinetuneConfig
 
 __all__ = ["InstanceSegmenter", "build_detector", "finalise_backbone", "initialise_body"]
 
@@ -69,19 +65,41 @@ class InstanceSegmenter(nn.Module):
         return outputs
 
 
-def build_detector(num_classes: int, finetune: InssegFinetuneConfig, sizes: dict) -> nn.Module:
+def build_detector(
+    num_classes: int,
+    min_size_train: tuple[int, ...],
+    max_size: int,
+    batch_size_per_image: int = 32,
+    score_thresh: float = 0.5,
+    detections_per_image: int = 100,
+    proposals_train: int = 1000,
+    proposals_test: int = 1000,
+) -> nn.Module:
     """torchvision's ``maskrcnn_resnet50_fpn`` without weights, K + 1 outputs (background), ImageNet RGB
-    normalisation, the recipe's RPN proposals, RoI sampling and test thresholds. Normalisation layers
-    are trainable BatchNorm here; :func:`finalise_backbone` freezes them once the body is initialised."""
+    normalisation. Normalisation layers are trainable BatchNorm here; :func:`finalise_backbone` freezes
+    them once the body is initialised.
+
+    Args:
+        num_classes: K, without the background.
+        min_size_train: the shorter sides drawn from in training (:class:`InstanceSegmenter` sets
+            the test size).
+        max_size: the most pixels on the longer side.
+        batch_size_per_image: RoIs sampled per training image.
+        score_thresh: the test score below which detections are dropped.
+        detections_per_image: the most detections kept per test image.
+        proposals_train, proposals_test: RPN proposals kept after NMS.
+
+    The defaults are the original's ScanNet config.
+    """
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     return maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=num_classes + 1,
-        min_size=sizes["min_size_train"], max_size=sizes["max_size"],
+        min_size=min_size_train, max_size=max_size,
         image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-        box_batch_size_per_image=finetune.batch_size_per_image, box_score_thresh=finetune.score_thresh_test,
-        box_detections_per_img=finetune.detections_per_image,
-        rpn_post_nms_top_n_train=finetune.proposals_train, rpn_post_nms_top_n_test=finetune.proposals_test,
+        box_batch_size_per_image=batch_size_per_image, box_score_thresh=score_thresh,
+        box_detections_per_img=detections_per_image,
+        rpn_post_nms_top_n_train=proposals_train, rpn_post_nms_top_n_test=proposals_test,
     )  # fmt: skip
 
 
@@ -103,19 +121,25 @@ def _freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def finalise_backbone(
-    detector: nn.Module, finetune: InssegFinetuneConfig, env: DistEnv | None = None
+    detector: nn.Module, freeze_at: int = 2, frozen_bn: bool = True, sync_bn: bool = False
 ) -> None:
-    """Frozen stages (``freeze_at``: no gradients, FrozenBN) and the normalisation of the rest."""
+    """Frozen stages and the normalisation of the rest of the ResNet body.
+
+    Args:
+        freeze_at: stages without gradients and with FrozenBN: 0 none, 1 the stem, 2 stem + res2, …
+        frozen_bn: FrozenBN in the whole body (the ScanNet/NYU configs); else trainable BatchNorm.
+        sync_bn: trainable BatchNorm becomes SyncBatchNorm (for DDP on CUDA).
+    """
     body = detector.backbone.body
-    for stage in _STAGES[: finetune.freeze_at]:
+    for stage in _STAGES[:freeze_at]:
         for name in stage:
             module = getattr(body, name)
             setattr(body, name, _freeze_batchnorm(module))
             for parameter in getattr(body, name).parameters():
                 parameter.requires_grad_(False)
-    if finetune.norm == "frozen":
+    if frozen_bn:
         _freeze_batchnorm(body)
-    elif env is not None and env.distributed and env.device.type == "cuda":
+    elif sync_bn:
         detector.backbone.body = nn.SyncBatchNorm.convert_sync_batchnorm(body)
 
 

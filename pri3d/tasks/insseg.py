@@ -49,6 +49,7 @@ from pri3d.engine.trainer import Trainer, TrainingStopped
 from pri3d.export import resolve_weights_path
 from pri3d.models.mask_rcnn import InstanceSegmenter, build_detector, finalise_backbone, initialise_body
 from pri3d.tasks.insseg_config import (
+    InssegFinetuneConfig,
     InssegRunConfig,
     InssegSchedulerConfig,
     check_config,
@@ -180,6 +181,23 @@ def warmup_multistep(optimizer: torch.optim.Optimizer, scheduler: InssegSchedule
     return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
 
 
+def _build_detector(num_classes: int, finetune: InssegFinetuneConfig, sizes: dict) -> nn.Module:
+    """The recipe's Mask R-CNN at the resolved input ``sizes`` (:func:`input_sizes`)."""
+    return build_detector(
+        num_classes, sizes["min_size_train"], sizes["max_size"], batch_size_per_image=finetune.batch_size_per_image,
+        score_thresh=finetune.score_thresh_test, detections_per_image=finetune.detections_per_image,
+        proposals_train=finetune.proposals_train, proposals_test=finetune.proposals_test,
+    )  # fmt: skip
+
+
+def _finalise_backbone(
+    detector: nn.Module, finetune: InssegFinetuneConfig, env: DistEnv | None = None
+) -> None:
+    """The recipe's frozen stages and normalisation; trainable BatchNorm is synchronised under DDP on CUDA."""
+    sync = env is not None and env.distributed and env.device.type == "cuda"
+    finalise_backbone(detector, finetune.freeze_at, frozen_bn=finetune.norm == "frozen", sync_bn=sync)
+
+
 def finetune_insseg(config: InssegRunConfig) -> dict:
     """Fine-tune (or resume) Mask R-CNN and evaluate; returns the summary written to ``<log_dir>/results.json``.
 
@@ -207,7 +225,7 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
         finetune = replace(config.finetune, min_size_train=list(sizes["min_size_train"]),
                            min_size_test=sizes["min_size_test"], max_size=sizes["max_size"])  # fmt: skip
         config = replace(config, finetune=finetune)
-        detector = build_detector(train_set.num_classes, config.finetune, sizes)
+        detector = _build_detector(train_set.num_classes, config.finetune, sizes)
         resuming = latest_checkpoint(log_dir / "checkpoints") is not None
         init_report = None
         if not resuming:
@@ -215,7 +233,7 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
             if init not in ("scratch", "imagenet"):  # a file, or a run folder: its newest checkpoint
                 init = resolve_weights_path(init, "finetune.pretrain")
             init_report = initialise_body(detector, init)
-        finalise_backbone(detector, config.finetune, env)
+        _finalise_backbone(detector, config.finetune, env)
         model = InstanceSegmenter(detector, sizes["min_size_train"], sizes["min_size_test"])
         evaluation = _PeriodicEvaluation(eval_set, config, env)
         trainer = Trainer(model, train_set, collate_insseg, config, env, on_epoch_end=evaluation)
@@ -306,8 +324,8 @@ def evaluate_insseg(checkpoint: str | Path, overrides: list[str] | None = None, 
     )
     dataset = build_dataset(config, config.finetune.eval_phase, train=False)
     sizes = input_sizes(config.finetune, dataset.image_size())
-    detector = build_detector(dataset.num_classes, config.finetune, sizes)
-    finalise_backbone(detector, config.finetune)
+    detector = _build_detector(dataset.num_classes, config.finetune, sizes)
+    _finalise_backbone(detector, config.finetune)
     load_strict(detector, state, str(path))
     model = InstanceSegmenter(detector, sizes["min_size_train"], sizes["min_size_test"]).to(run_device)
     t0 = time.perf_counter()

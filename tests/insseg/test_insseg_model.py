@@ -15,7 +15,7 @@ from pri3d.models.mask_rcnn import build_detector, finalise_backbone, initialise
 from pri3d.tasks.insseg import warmup_multistep
 from pri3d.tasks.insseg_config import InssegFinetuneConfig, input_sizes, insseg_config, scale_to_batch
 
-SIZES = {"min_size_train": (48, 60), "min_size_test": 60, "max_size": 80}
+SIZES = {"min_size_train": (48, 60), "max_size": 80}
 
 
 def _resnet50_state(seed: int) -> dict[str, torch.Tensor]:
@@ -26,10 +26,12 @@ def _resnet50_state(seed: int) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def detector():
-    return build_detector(18, InssegFinetuneConfig(), SIZES)
+    return build_detector(18, **SIZES)
 
 
 def test_detector_is_torchvision_mask_rcnn_with_the_backbones_normalisation(detector):
+    recipe = InssegFinetuneConfig()  # the defaults are the recipe's
+    assert (recipe.batch_size_per_image, recipe.score_thresh_test) == (32, 0.5)
     assert isinstance(detector, torchvision.models.detection.MaskRCNN)
     assert detector.roi_heads.box_predictor.cls_score.out_features == 19  # 18 classes + background
     assert detector.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 19
@@ -40,6 +42,11 @@ def test_detector_is_torchvision_mask_rcnn_with_the_backbones_normalisation(dete
     assert (
         detector.roi_heads.fg_bg_sampler.batch_size_per_image == 32 and detector.roi_heads.score_thresh == 0.5
     )
+    assert detector.roi_heads.detections_per_img == recipe.detections_per_image == 100
+    assert detector.rpn._post_nms_top_n == {"training": 1000, "testing": 1000}
+    other = build_detector(3, (60,), 80, batch_size_per_image=8, score_thresh=0.05, proposals_test=300)
+    assert other.roi_heads.fg_bg_sampler.batch_size_per_image == 8 and other.roi_heads.score_thresh == 0.05
+    assert other.rpn._post_nms_top_n["testing"] == 300
 
 
 def test_body_loads_from_a_pri3d_checkpoint_with_a_report(detector, tmp_path):
@@ -106,9 +113,9 @@ def _offline(*args, **kwargs):
 
 
 def test_frozen_norm_and_stages():
-    frozen = build_detector(3, InssegFinetuneConfig(), SIZES)
+    frozen = build_detector(3, **SIZES)
     before = frozen.backbone.body.layer2[0].bn1.running_var.clone()
-    finalise_backbone(frozen, InssegFinetuneConfig())
+    finalise_backbone(frozen)  # the recipe's: FrozenBN, stem + res2 frozen
     body = frozen.backbone.body
     assert not any(isinstance(m, nn.BatchNorm2d) for m in body.modules())
     assert isinstance(body.layer2[0].bn1, FrozenBatchNorm2d) and torch.equal(
@@ -116,8 +123,8 @@ def test_frozen_norm_and_stages():
     )
     assert not any(p.requires_grad for p in [*body.conv1.parameters(), *body.layer1.parameters()])
     assert all(p.requires_grad for p in body.layer2.parameters())
-    trainable = build_detector(3, InssegFinetuneConfig(norm="bn", freeze_at=1), SIZES)
-    finalise_backbone(trainable, InssegFinetuneConfig(norm="bn", freeze_at=1))
+    trainable = build_detector(3, **SIZES)
+    finalise_backbone(trainable, freeze_at=1, frozen_bn=False)
     body = trainable.backbone.body
     assert isinstance(body.bn1, FrozenBatchNorm2d) and isinstance(body.layer1[0].bn1, nn.BatchNorm2d)
     assert all(p.requires_grad for p in body.layer1.parameters()) and not body.conv1.weight.requires_grad
