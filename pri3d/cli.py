@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pri3d: interrupted; finished work is kept and a re-run resumes it", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # bad input or data, a full disk, a read-only folder: one line
         print(f"pri3d {args.command}: error: {error}", file=sys.stderr)
         return 1
 
