@@ -16,7 +16,7 @@ from torch import nn
 from pri3d.losses import DepthLoss, batched_info_nce, feature_indices
 from pri3d.models.registry import build_backbone, build_backbone3d
 
-#: Output channels of the 2D backbone during pre-training (spec §1.4).
+#: Output channels of the 2D backbone during pre-training (the original's ``model/model.py``).
 PRETRAIN_CHANNELS = {"Res50UNet": 128, "Res18UNet": 32}
 PROJECTION_DIM = 64
 FEATURE3D_DIM = 96

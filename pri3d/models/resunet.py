@@ -1,7 +1,7 @@
 """2D backbones: a torchvision-layout ResNet encoder with an up-projection decoder (stride-2 output).
 
-The layout follows the original Pri3D ``Res18UNet`` / ``Res50UNet`` (spec §1.4) so that the 2D part
-of released Pri3D checkpoints loads strictly. State-dict keys of a backbone are
+The layout follows the original's ``Res18UNet`` / ``Res50UNet`` (its ``model/backbone/resunet.py``) so
+that the 2D part of released Pri3D checkpoints loads strictly. State-dict keys of a backbone are
 
 * ``encoder.<torchvision ResNet names>`` (``conv1``, ``bn1``, ``layer1.0.conv1``, ...; no ``fc``),
 * ``decoder.up{1..4}.{conv1,bn1,conv1_2,bn1_2,conv2,bn2}.*`` and ``decoder.conv0.{weight,bias}``,

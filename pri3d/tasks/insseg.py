@@ -9,11 +9,14 @@ The detector is torchvision's ``maskrcnn_resnet50_fpn`` built without weights; i
 loaded (strictly) from ``init=``: a Pri3D/pri3d checkpoint, a torchvision-layout export, MoCo, or
 ``imagenet`` (torchvision's ``IMAGENET1K_V1`` through torchvision's own loader). Images are
 normalised with the ImageNet RGB mean/std the backbone was trained with; the original fine-tuned
-torchvision-layout weights under Detectron2's caffe/BGR settings (spec §5.2), which is not repeated.
+torchvision-layout weights under Detectron2's caffe/BGR settings (its
+``downstream/insseg/config/mask_rcnn_R_50_FPN_*.yaml``; see ``docs/deviations.md``), which is not
+repeated.
 
-Defaults are the original's Detectron2 ScanNet config (spec §5.2): global batch 16, SGD lr 0.0025
-(momentum 0.9, weight decay 1e-4), 1000 warm-up steps, ×0.1 at 60k and 80k, 90k steps, FrozenBN,
-stem + res2 frozen, 32 RoIs per image, test score threshold 0.5, evaluation every 10k steps. Input
+Defaults are the original's Detectron2 ScanNet config (``mask_rcnn_R_50_FPN_ScanNet.yaml``): global
+batch 16, SGD lr 0.0025 (momentum 0.9, weight decay 1e-4), 1000 warm-up steps, ×0.1 at 60k and 80k,
+90k steps, FrozenBN, stem + res2 frozen, 32 RoIs per image, test score threshold 0.5, evaluation
+every 10k steps. Input
 sizes follow the data: evaluation at the images' own shorter side, training at 0.8–1.0 × that (the
 original's 640–800 range around its 800 test size). A different ``train.batch_size`` scales the
 learning rate linearly and the step counts inversely (Detectron2's rule for other GPU counts).
@@ -62,7 +65,7 @@ from pri3d.weights import load_strict, load_weights_file, require_task
 
 __all__ = ["evaluate_insseg", "evaluate_model", "finetune_insseg", "warmup_multistep"]
 
-REFERENCE = ("spec §8.1, Mask R-CNN R50-FPN AP50 bbox / mask, Pri3D View+Geo: ScanNet 44.5 / 35.8 "
+REFERENCE = ("original README, Mask R-CNN R50-FPN AP50 bbox / mask, Pri3D View+Geo: ScanNet 44.5 / 35.8 "
              "(MoCoV2-supIN→SN 43.5 / 33.9), NYUv2 34.0 / 29.5 (31.1 / 27.2); COCO 60.6 / 57.5 (Pri3D View)")  # fmt: skip
 
 

@@ -1,7 +1,8 @@
 """Configuration of `pri3d finetune insseg` / `pri3d eval insseg`: the run config, dataset presets,
 Detectron2 key names, checks, the linear batch-scaling rule and the input sizes.
 
-Defaults are the original's Detectron2 ScanNet config (spec §5.2); see :mod:`pri3d.tasks.insseg`.
+Defaults are the original's Detectron2 ScanNet config (its
+``downstream/insseg/config/mask_rcnn_R_50_FPN_ScanNet.yaml``); see :mod:`pri3d.tasks.insseg`.
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ class InssegRunConfig:
 
 
 _COCO_SIZES = list(range(640, 801, 32))
-#: ``dataset=<short>`` -> overrides: the original's per-dataset configs (spec §5.2).
+#: ``dataset=<short>`` -> overrides: the original's per-dataset configs
+#: (``downstream/insseg/config/mask_rcnn_R_50_FPN_{ScanNet,NYU,COCO}.yaml``).
 DATASET_PRESETS: dict[str, dict[str, object]] = {
     "scannet": {"dataset.name": "ScanNet", "dataset.path": "data/scannet_frames_25k",
                 "dataset.annotations": "data/scannet_coco"},

@@ -4,8 +4,9 @@
         dataset.path=data/scannet_frames_25k [dataset.split=train20] [train.batch_size=8 ...]
     pri3d eval semseg checkpoint=runs/semseg dataset.path=data/scannet_frames_25k --save-vis 8
 
-Defaults are the original UNet recipe (spec §4.1): SGD lr 0.01 (momentum 0.9, dampening 0.1, no weight
-decay), poly 0.9 per step, 80 epochs, batch 8, 240×320, label 0 ignored, BN-momentum decay. The
+Defaults are the original UNet recipe (its ``downstream/semseg/unet/config/default.yaml`` and
+``scripts/scannet.sh``): SGD lr 0.01 (momentum 0.9, dampening 0.1, no weight decay), poly 0.9 per
+step, 80 epochs, batch 8, 240×320, label 0 ignored, BN-momentum decay. The
 short forms ``dataset=``, ``model=``, ``backbone=``, ``init=``, ``dataset.split=`` (and ``checkpoint=``,
 ``out=`` for eval) expand to the original's keys plus per-dataset/per-model presets
 (:mod:`pri3d.tasks.semseg_config`); explicit ``key=value`` overrides win.
@@ -223,7 +224,7 @@ def _summarise(log_dir: Path, final: dict, checkpoint: Path | None, config: Sems
         "model": {"name": config.finetune.model, "backbone": config.finetune.backbone,
                   "init": config.finetune.pretrain},
         "init": json.loads(init_file.read_text()) if init_file.is_file() else None,
-        "reference": "spec §8.1: ScanNet R50 UNet Pri3D View+Geo 61.7 mIoU (original definition, best-on-val)",
+        "reference": "original README: ScanNet R50 UNet Pri3D View+Geo 61.7 mIoU (original definition, best-on-val)",
     }  # fmt: skip
 
 

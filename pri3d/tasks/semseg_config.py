@@ -1,7 +1,8 @@
 """Configuration of `pri3d finetune semseg` / `pri3d eval semseg`: the run config, the per-dataset and
 per-model presets behind the short forms, and their expansion.
 
-Defaults are the original UNet recipe (spec §4.1); see :mod:`pri3d.tasks.semseg`.
+Defaults are the original UNet recipe (its ``downstream/semseg/unet/config/default.yaml``); see
+:mod:`pri3d.tasks.semseg`.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class SemsegRunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
-#: ``dataset=<short>`` -> overrides (the original's per-dataset scripts, spec §4.1).
+#: ``dataset=<short>`` -> overrides (the original's ``downstream/semseg/unet/scripts/*.sh``).
 DATASET_PRESETS: dict[str, dict[str, object]] = {
     "scannet": {"dataset.name": "ScanNet", "dataset.path": "data/scannet_frames_25k"},
     "nyuv2": {"dataset.name": "NYUv2", "dataset.path": "data/nyuv2"},
@@ -103,7 +104,8 @@ DATASET_PRESETS: dict[str, dict[str, object]] = {
 }  # fmt: skip
 _SMP_COMMON = {"train.batch_size": 16, "optimizer.weight_decay": 1e-4, "optimizer.sgd_dampening": 0.0,
                "finetune.bn_schedule": False, "dataset.augment": True, "dataset.color_interpolation": "bilinear"}  # fmt: skip
-#: ``model=<short>`` -> overrides (the original PSPNet / DeepLab recipes, spec §4.2–4.3).
+#: ``model=<short>`` -> overrides (the original PSPNet / DeepLab recipes, its
+#: ``downstream/semseg/pspnet/config/scannet/scannet_pspnet50.yaml`` and ``deeplabv3/scripts/*.sh``).
 MODEL_PRESETS: dict[str, dict[str, object]] = {
     "unet": {"finetune.model": "Semantic2D"},
     "pspnet": {"finetune.model": "PSPNet", **_SMP_COMMON, "scheduler.max_epochs": 50,
