@@ -10,7 +10,14 @@ import torch
 import torchvision
 from torch import nn
 
-from pri3d.models import Res18UNet, Res50UNet, ResNetEncoder, build_backbone, load_imagenet
+from pri3d.models import (
+    Res18UNet,
+    Res50UNet,
+    ResNetEncoder,
+    available_backbones,
+    build_backbone,
+    load_imagenet,
+)
 
 _BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -35,21 +42,32 @@ class _Wrapper(nn.Module):
         self.backbone = backbone
 
 
-@pytest.mark.parametrize(
-    ("cls", "tv_fn", "params_m"),
-    [(Res18UNet, torchvision.models.resnet18, 20.7), (Res50UNet, torchvision.models.resnet50, 175.0)],
-)
-def test_state_dict_layout_and_param_count(cls, tv_fn, params_m):
+@pytest.mark.parametrize("name", available_backbones())
+def test_state_dict_layout(name):
     with torch.device("meta"):
-        model = cls()
-        tv_model = tv_fn()
+        model = build_backbone(name, 32)
+        tv_model = torchvision.models.get_model(model.encoder.arch)
     assert list(model.state_dict()) == _expected_keys(tv_model)
     wrapped = list(_Wrapper(model).state_dict())
     assert wrapped[0] == "backbone.encoder.conv1.weight"
     assert "backbone.decoder.up4.bn1_2.running_var" in wrapped
     assert wrapped[-2:] == ["backbone.decoder.conv0.weight", "backbone.decoder.conv0.bias"]
+
+
+# the sizes of the original's networks at their pre-training output channels
+@pytest.mark.parametrize(
+    ("name", "channels", "params_m"), [("Res18UNet", 32, 20.7), ("Res50UNet", 128, 175.0)]
+)
+def test_param_count(name, channels, params_m):
+    with torch.device("meta"):
+        model = build_backbone(name, channels)
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params == pytest.approx(params_m * 1e6, rel=0.01)
+
+
+def test_default_output_channels_are_the_pretraining_ones():
+    with torch.device("meta"):
+        assert (Res18UNet().output_channels, Res50UNet().output_channels) == (32, 128)
 
 
 def test_res18_output_shape_and_layer_strides():
@@ -67,11 +85,12 @@ def test_res18_output_shape_and_layer_strides():
     assert out.shape == (2, 32, 32, 40)
 
 
-def test_res50_output_shape():
-    model = Res50UNet().eval()
+@pytest.mark.parametrize("name", available_backbones())
+def test_every_backbone_gives_a_stride_2_map(name):
+    model = build_backbone(name, 16).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 80))
-    assert out.shape == (1, 128, 32, 40)
+    assert out.shape == (1, 16, 32, 40)
 
 
 def test_odd_input_size_and_backward():

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from pri3d.models.registry import build_backbone
-from pri3d.models.segmentation import Semantic2D, SmpSegmenter, build_segmentation_model, initialise
+from pri3d.models.segmentation import (
+    SEGMENTATION_MODELS,
+    Semantic2D,
+    SmpSegmenter,
+    build_segmentation_model,
+    initialise,
+)
 
 
 def _batch(b=2, h=60, w=80, k=21):
@@ -18,28 +24,32 @@ def _batch(b=2, h=60, w=80, k=21):
             "label": torch.randint(0, k, (b, h, w), generator=generator)}  # fmt: skip
 
 
-def test_unet_logits_at_label_size_and_loss_ignores_label_0():
-    model = Semantic2D("Res18UNet", 21)
-    batch = _batch()
-    assert model.logits(batch["image"], (60, 80)).shape == (2, 21, 60, 80)
+@pytest.mark.parametrize("name", sorted(SEGMENTATION_MODELS))
+def test_every_model_gives_logits_at_any_size_and_its_loss_ignores_label_0(name):
+    model = build_segmentation_model(name, "Res18UNet", 21)
+    batch = _batch(b=2, h=36, w=44)  # not a multiple of the output stride; ASPP's pooled BN needs b > 1
+    assert model.logits(batch["image"], (36, 44)).shape == (2, 21, 36, 44)
     losses = model(batch)
     assert losses["total_loss"].ndim == 0 and torch.isfinite(losses["total_loss"])
     losses["total_loss"].backward()
-    assert model.backbone.encoder.conv1.weight.grad is not None
+    encoder = model.backbone.encoder if isinstance(model, Semantic2D) else model.encoder
+    assert encoder.conv1.weight.grad is not None
     empty = {**batch, "label": torch.zeros_like(batch["label"])}  # nothing labelled: 0, not NaN
     assert model(empty)["total_loss"].item() == 0.0
+
+
+def test_unet_logits_at_label_size_and_original_key_names():
+    model = Semantic2D("Res18UNet", 21)
+    assert model.logits(_batch()["image"], (60, 80)).shape == (2, 21, 60, 80)
     assert {k.split(".")[1] for k in model.state_dict()} == {"encoder", "decoder"}
 
 
-@pytest.mark.parametrize("name", ["pspnet", "deeplabv3", "deeplabv3plus"])
-def test_smp_heads_pad_any_size_and_keep_smp_key_names(name):
+@pytest.mark.parametrize("name", sorted(set(SEGMENTATION_MODELS) - {"Semantic2D"}))
+def test_smp_heads_keep_smp_key_names(name):
     import segmentation_models_pytorch as smp
 
     model = build_segmentation_model(name, "Res18UNet", 21)
     assert isinstance(model, SmpSegmenter)
-    batch = _batch(b=2, h=36, w=44)  # not a multiple of the output stride; ASPP's pooled BN needs b > 1
-    assert model.logits(batch["image"], (36, 44)).shape == (2, 21, 36, 44)
-    model(batch)["total_loss"].backward()
     plain = {
         "PSPNet": lambda: smp.PSPNet(
             "resnet18", None, encoder_depth=5, output_stride=8, upsampling=8, classes=21
@@ -50,8 +60,9 @@ def test_smp_heads_pad_any_size_and_keep_smp_key_names(name):
         "DeepLabV3Plus": lambda: smp.DeepLabV3Plus(
             "resnet18", encoder_weights=None, decoder_aspp_separable=False, classes=21
         ),
-    }[model.arch]()
-    plain.load_state_dict(model.state_dict(), strict=True)
+    }
+    assert model.arch in plain, f"add the plain smp {model.arch} this model must load into"
+    plain[model.arch]().load_state_dict(model.state_dict(), strict=True)
 
 
 def test_unknown_model_and_backbone():
@@ -133,7 +144,7 @@ def test_incomplete_encoder_is_an_error(tmp_path):
         initialise(Semantic2D("Res18UNet", 21), str(tmp_path / "broken.pth"))
 
 
-@pytest.mark.parametrize("name", ["unet", "pspnet"])
+@pytest.mark.parametrize("name", sorted(SEGMENTATION_MODELS))
 def test_imagenet_init_offline_names_the_cache_file_and_the_ways_out(name, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)
@@ -150,7 +161,7 @@ def _offline(*args, **kwargs):
     raise urllib.error.URLError("[Errno 101] Network is unreachable")
 
 
-@pytest.mark.parametrize("name", ["unet", "pspnet"])
+@pytest.mark.parametrize("name", sorted(SEGMENTATION_MODELS))
 def test_init_of_another_resnet_names_the_keys_and_both_shapes(name, tmp_path):
     _pretrain_checkpoint(tmp_path / "r18.pth")  # a Res18UNet pre-training checkpoint
     with pytest.raises(ValueError) as err:
