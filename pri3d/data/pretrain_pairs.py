@@ -36,18 +36,17 @@ from pri3d.geometry import (
     voxel_pixel_correspondences,
     voxelize,
 )
-from pri3d.io.images import read_depth_png
+from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD, read_depth_png
+from pri3d.io.pairs import read_pair_list
 from pri3d.io.scannet import read_matrix_txt
 from pri3d.preprocess.frames import read_chunk_boxes
 from pri3d.preprocess.pointcloud import load_point_cloud
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 @dataclass(frozen=True)
 class PairOptions:
-    """What a pair sample contains. Defaults are the released recipe (spec §2.1, §1.3)."""
+    """What a pair sample contains. Defaults are the released recipe (the original's
+    `config/default.yaml` and `scripts/*.sh`)."""
 
     size: tuple[int, int] = (240, 320)  # (H, W) fed to the network
     num_matches: int = 1024  # sampled 2D–2D (and 3D–2D) correspondences per pair / view
@@ -58,37 +57,6 @@ class PairOptions:
     augment: bool = True  # colour jitter, grayscale, blur (never geometric)
     seed: int = 0
     cloud_cache_mb: float = 256.0  # scene point clouds kept per process (always at least the last one)
-
-
-def read_pair_list(path: str | Path) -> list[tuple[str, int, int]]:
-    """(scene, frame_i, frame_j) for every line of a pair list; errors name the file and line."""
-    pairs = []
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pair list not found (run `pri3d preprocess scannet` first)")
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        if len(tokens) < 2:
-            raise ValueError(
-                f"{path}:{number}: expected '<scene>/color/<i>.jpg <scene>/color/<j>.jpg [score]'"
-            )
-        try:
-            (scene_a, frame_a), (scene_b, frame_b) = (_scene_frame(t) for t in tokens[:2])
-        except ValueError:
-            raise ValueError(f"{path}:{number}: cannot read scene and frame from {tokens[:2]}") from None
-        if scene_a != scene_b:
-            raise ValueError(f"{path}:{number}: a pair must come from one scene, got {scene_a} and {scene_b}")
-        pairs.append((scene_a, frame_a, frame_b))
-    if not pairs:
-        raise ValueError(f"{path}: the pair list is empty")
-    return pairs
-
-
-def _scene_frame(token: str) -> tuple[str, int]:
-    parts = Path(token).parts
-    return parts[-3], int(Path(parts[-1]).stem)
 
 
 class ScanNetPairs(Dataset):
@@ -113,7 +81,14 @@ class ScanNetPairs(Dataset):
         self.root = Path(root)
         self.pointcloud_dir = Path(pointcloud_dir) if pointcloud_dir else self.root / "pointcloud"
         self.options = options or PairOptions()
-        self.pairs = read_pair_list(self.root / pair_list)
+        list_path = self.root / pair_list
+        if not list_path.is_file():
+            raise FileNotFoundError(
+                f"{list_path}: pair list not found (run `pri3d preprocess scannet` first)"
+            )
+        self.pairs = read_pair_list(list_path)
+        if not self.pairs:
+            raise ValueError(f"{list_path}: the pair list is empty")
         self.scenes_without_cloud = self._scenes_without_cloud() if self.options.geometric_prior else {}
         self.epoch = 0
         self._clouds: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -128,7 +103,7 @@ class ScanNetPairs(Dataset):
         self.epoch = epoch
 
     def __getitem__(self, index: int) -> dict:
-        scene, frame_a, frame_b = self.pairs[index]
+        scene, frame_a, frame_b, _ = self.pairs[index]
         generator = torch.Generator().manual_seed(_sample_seed(self.options.seed, self.epoch, index))
         try:
             views = [self._load_view(scene, frame, generator) for frame in (frame_a, frame_b)]
@@ -167,7 +142,7 @@ class ScanNetPairs(Dataset):
     def _scenes_without_cloud(self) -> dict[str, int]:
         """Scene -> number of its pairs, for the scenes of the pair list without a point cloud file."""
         pairs_per_scene: dict[str, int] = {}
-        for scene, _, _ in self.pairs:
+        for scene, *_ in self.pairs:
             pairs_per_scene[scene] = pairs_per_scene.get(scene, 0) + 1
         missing = {
             scene: count for scene, count in pairs_per_scene.items()

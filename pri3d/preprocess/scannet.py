@@ -45,6 +45,7 @@ from tqdm import tqdm
 
 from pri3d import __version__
 from pri3d.io.atomic import atomic_write
+from pri3d.io.pairs import FramePair, pair_line, read_pair_list
 from pri3d.io.scannet import read_label_map, scene_mesh_paths
 from pri3d.preprocess.frames import CAMERA_FILES, CHUNK_MARGIN, SKIP_REASONS, export_frames, write_chunk_boxes
 from pri3d.preprocess.output_folder import output_lock, prepare_output_folder
@@ -63,7 +64,6 @@ __all__ = [
     "pair_list_name",
     "preprocess_scannet",
     "preprocess_scene",
-    "read_pair_lines",
 ]
 
 LABEL_TSV = "scannetv2-labels.combined.tsv"
@@ -161,9 +161,8 @@ def find_label_table(scans: str | os.PathLike[str], labels: str | os.PathLike[st
 
 def _write_overlap_txt(path: Path, scene: str, frames: list[int], m: np.ndarray) -> int:
     first, second, scores = pair_scores(m)
-    names = [f"{scene}/color/{frame}.jpg" for frame in frames]
-    lines = [f"{names[i]} {names[j]} {score:.6f}\n" for i, j, score in zip(first, second, scores)]
-    path.write_text("".join(lines))
+    lines = [pair_line(FramePair(scene, frames[i], frames[j], s)) for i, j, s in zip(first, second, scores)]
+    path.write_text("".join(lines))  # inside the scene's temporary folder, renamed when complete
     return len(lines)
 
 
@@ -259,25 +258,6 @@ def _worker_init() -> None:
 # --- pair list ------------------------------------------------------------------------------------
 
 
-def read_pair_lines(path: str | os.PathLike[str]) -> list[tuple[str, str, float]]:
-    """Lines ``<path_i> <path_j> <score>`` of an overlap file or pair list."""
-    pairs = []
-    with open(path, encoding="utf-8") as file:
-        for line_number, line in enumerate(file, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                if len(fields) != 3:
-                    raise ValueError(f"{len(fields)} fields")
-                pairs.append((fields[0], fields[1], float(fields[2])))
-            except ValueError as exc:
-                raise ValueError(
-                    f"{path}: line {line_number}: expected '<path_i> <path_j> <score>' ({exc})"
-                ) from exc
-    return pairs
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as file:
@@ -295,8 +275,8 @@ def build_pair_list(out: str | os.PathLike[str], threshold: float) -> tuple[Path
         scene = overlap.parent.name
         if scene.endswith(".tmp"):
             continue
-        pairs = read_pair_lines(overlap)
-        kept = [f"{a} {b} {score:.6f}\n" for a, b, score in pairs if score >= threshold]
+        pairs = read_pair_list(overlap)
+        kept = [pair_line(pair) for pair in pairs if pair.score >= threshold]
         lines.extend(kept)
         counts[scene] = (len(pairs), len(kept))
     path = out / "splits" / pair_list_name(threshold)

@@ -8,15 +8,16 @@ import pytest
 import torch
 
 from pri3d.data.collate import collate_pairs
-from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs, read_pair_list
+from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.geometry import invert_rigid, project_points, transform_points
+from pri3d.io.pairs import read_pair_list
 
 OPTIONS = PairOptions(size=(60, 80), num_matches=64, geometric_prior=True)
 
 
 def test_pair_list_paths_are_relative_and_parse(pretrain_root):
     pairs = read_pair_list(pretrain_root / "splits" / "overlap30.txt")
-    assert pairs and all(scene.startswith("scene") and a != b for scene, a, b in pairs)
+    assert pairs and all(scene.startswith("scene") and a != b for scene, a, b, _ in pairs)
 
 
 def test_matches_are_geometrically_consistent(pretrain_root):
@@ -85,7 +86,7 @@ def test_collate_offsets_voxel_indices(pretrain_root):
 def test_unreadable_frame_is_skipped_not_fatal(pretrain_root, tmp_path):
     copy = tmp_path / "pre"
     shutil.copytree(pretrain_root, copy)
-    scene, frame, _ = read_pair_list(copy / "splits" / "overlap30.txt")[0]
+    scene, frame, *_ = read_pair_list(copy / "splits" / "overlap30.txt")[0]
     (copy / scene / "color" / f"{frame}.jpg").write_bytes(b"not a jpeg")
     sample = ScanNetPairs(copy, options=OPTIONS)[0]
     assert "skip" in sample and f"{frame}" in sample["skip"]
@@ -93,7 +94,7 @@ def test_unreadable_frame_is_skipped_not_fatal(pretrain_root, tmp_path):
 
 def test_point_cloud_cache_keeps_scenes_within_its_budget(pretrain_root):
     pairs = read_pair_list(pretrain_root / "splits" / "overlap30.txt")
-    first = {scene: index for index, (scene, _, _) in reversed(list(enumerate(pairs)))}
+    first = {scene: index for index, (scene, *_) in reversed(list(enumerate(pairs)))}
     order = sorted(first)  # visit scene0000_00, scene0001_00, then both again
     assert len(order) == 2
     roomy = ScanNetPairs(pretrain_root, options=OPTIONS)
@@ -108,7 +109,7 @@ def test_point_cloud_cache_keeps_scenes_within_its_budget(pretrain_root):
 
 def _first_pair_of(scene: str, root) -> int:
     return next(
-        i for i, (name, _, _) in enumerate(read_pair_list(root / "splits" / "overlap30.txt")) if name == scene
+        i for i, (name, *_) in enumerate(read_pair_list(root / "splits" / "overlap30.txt")) if name == scene
     )
 
 

@@ -18,11 +18,12 @@ import numpy as np
 import pytest
 
 import pri3d.cli
+from pri3d.io.pairs import read_pair_list
 from pri3d.io.scannet import write_label_tsv
 from pri3d.io.sens import SensWriter
 from pri3d.preprocess import output_folder, scannet
 from pri3d.preprocess.output_folder import LOCK_NAME, OutputFolderError, output_lock
-from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet, read_pair_lines
+from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet
 
 H, W = 12, 16
 K = np.array([[14.0, 0, 7.5], [0, 14.0, 5.5], [0, 0, 1]])
@@ -184,7 +185,7 @@ def test_a_finished_scene_that_lost_files_is_redone(tmp_path):
     # A "finished" scene holding fewer frames than its pairs name is what two colliding runs left.
     scans, out = _scans(tmp_path), tmp_path / "out"
     first = _run(scans, out)
-    first_list = read_pair_lines(out / "splits" / "overlap10.txt")
+    first_list = read_pair_list(out / "splits" / "overlap10.txt")
     (out / SCENES[0] / "depth" / "4.png").unlink()
     overlap = out / SCENES[1] / "overlap.txt"
     overlap.write_text("".join(overlap.read_text().splitlines(keepends=True)[:3]))
@@ -199,9 +200,10 @@ def test_a_finished_scene_that_lost_files_is_redone(tmp_path):
     ]  # fmt: skip
     assert (out / SCENES[0] / "depth" / "4.png").is_file()
     assert report["pairs"] == first["pairs"]
-    listed = read_pair_lines(out / "splits" / "overlap10.txt")
+    listed = read_pair_list(out / "splits" / "overlap10.txt")
     assert listed == first_list
-    assert all((out / a).is_file() and (out / b).is_file() for a, b, _ in listed)
+    assert all((out / s / "color" / f"{i}.jpg").is_file() and (out / s / "color" / f"{j}.jpg").is_file()
+               for s, i, j, _ in listed)  # fmt: skip
     again = _run(scans, out)
     assert again["scenes"]["skipped_existing"] == 2 and again["redone"] == []
 

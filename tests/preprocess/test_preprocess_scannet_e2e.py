@@ -17,13 +17,14 @@ import torch
 import pri3d.cli
 from pri3d.geometry import depth_to_world
 from pri3d.io.images import read_depth_png
+from pri3d.io.pairs import read_pair_list
 from pri3d.io.scannet import read_matrix_txt
 from pri3d.io.sens import SensReader
 from pri3d.preprocess.cli import register, summary_lines
 from pri3d.preprocess.frames import read_chunk_boxes
 from pri3d.preprocess.overlap import overlap_matrix_kdtree, pair_scores, voxel_downsample
 from pri3d.preprocess.pointcloud import load_point_cloud
-from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet, read_pair_lines
+from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet
 from pri3d.synth.generate import SynthConfig, build_scene, generate
 from pri3d.synth.mesh import tessellate
 
@@ -135,27 +136,35 @@ def test_pairs_match_the_kdtree_definition(run):
     frames = sorted(int(p.stem) for p in (folder / "pose").iterdir())
     raw, clouds = _clouds_from_exported_files(folder, frames)
     first, second, scores = pair_scores(overlap_matrix_kdtree(clouds))
-    pairs = read_pair_lines(folder / "overlap.txt")
-    assert [(a, b) for a, b, _ in pairs] == [
-        (f"{GOOD}/color/{frames[i]}.jpg", f"{GOOD}/color/{frames[j]}.jpg") for i, j in zip(first, second)
+    pairs = read_pair_list(folder / "overlap.txt")
+    assert (
+        (folder / "overlap.txt")
+        .read_text()
+        .splitlines()[0]
+        .startswith(f"{GOOD}/color/{frames[first[0]]}.jpg ")
+    )
+    assert [(scene, i, j) for scene, i, j, _ in pairs] == [
+        (GOOD, frames[i], frames[j]) for i, j in zip(first, second)
     ]
-    written = np.array([score for _, _, score in pairs])
+    written = np.array([pair.score for pair in pairs])
     np.testing.assert_allclose(written, scores, atol=2e-6)  # 6 decimals in the file
     assert ((written >= 0) & (written <= 1)).all()
     assert written.max() > 0.3 > written.min()  # both kinds of pairs occur
 
     # the combined list: every pair >= 0.3 of every finished scene, paths relative to TARGET
-    listed = read_pair_lines(out / "splits" / "overlap30.txt")
+    listed = read_pair_list(out / "splits" / "overlap30.txt")
     expected = [
-        line
+        pair
         for scene in (GOOD, NO_MESH)
-        for line in read_pair_lines(out / scene / "overlap.txt")
-        if line[2] >= 0.3
+        for pair in read_pair_list(out / scene / "overlap.txt")
+        if pair.score >= 0.3
     ]
     assert listed == expected
     assert report["pairs"]["at_threshold"] == len(listed) == report["pair_list"]["pairs"]
-    for a, b, _ in listed:
-        assert (out / a).is_file() and (out / b).is_file()
+    for scene, i, j, _ in listed:
+        assert (out / scene / "color" / f"{i}.jpg").is_file() and (
+            out / scene / "color" / f"{j}.jpg"
+        ).is_file()
 
     # chunk boxes: the frame's valid points padded by the margin
     boxes = read_chunk_boxes(folder / "chunk_boxes.txt")
@@ -195,8 +204,8 @@ def test_resume_skips_finished_scenes_and_a_new_threshold_only_rebuilds_the_list
     assert not (out / f"{TRUNCATED}.tmp").exists()
     assert report["per_scene"][GOOD]["frames_exported"] == run[2]["per_scene"][GOOD]["frames_exported"]
     assert report["frames"] == run[2]["frames"] and report["pairs"]["total"] == run[2]["pairs"]["total"]
-    listed = read_pair_lines(out / "splits" / "overlap50.txt")
-    assert listed and all(score >= 0.5 for _, _, score in listed)
+    listed = read_pair_list(out / "splits" / "overlap50.txt")
+    assert listed and all(pair.score >= 0.5 for pair in listed)
     assert report["pairs"]["at_threshold"] == len(listed)
 
     with pytest.raises(ValueError, match="frame_skip=5, this run asks frame_skip=10"):
