@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pri3d.losses import DepthLoss, batched_info_nce, feature_indices
+from pri3d.losses import DepthLoss, InfoNCE, feature_indices
 from pri3d.models.registry import build_backbone, build_backbone3d
 
 #: Output channels of the 2D backbone during pre-training (the original's ``model/model.py``).
@@ -45,7 +45,7 @@ class Pri3D(nn.Module):
         self.view_invariant = view_invariant
         self.geometric_prior = geometric_prior
         self.use_depth = depth
-        self.temperature = temperature
+        self.info_nce = InfoNCE(temperature)  # both contrastive losses; refuses T <= 0 here, not at step 0
         self.backbone = build_backbone(
             backbone, channels, None if pretrained in (None, "scratch") else pretrained
         )
@@ -70,9 +70,7 @@ class Pri3D(nn.Module):
         if self.view_invariant:
             q = _gather_pixels(features[0], batch["match1"])  # [B, S, C]
             k = _gather_pixels(features[1], batch["match2"])  # [B, S, C]
-            losses["view_loss"], _ = batched_info_nce(
-                q.float(), k.float(), batch["match_valid"], self.temperature
-            )
+            losses["view_loss"] = self.info_nce(q.float(), k.float(), batch["match_valid"])
             contrastive = contrastive + losses["view_loss"]
         if self.geometric_prior:
             geo = []
@@ -84,8 +82,7 @@ class Pri3D(nn.Module):
                     )  # [N, 96]
                 q = self.w2d(_gather_pixels(feature, batch[f"vp_pixel{v}"]).float())  # [B, S, 64]
                 k = self.w3d(voxel_features[batch[f"vp_voxel{v}"]])  # [B, S, 64]
-                loss, _ = batched_info_nce(q, k, batch[f"vp_valid{v}"], self.temperature)
-                geo.append(loss)
+                geo.append(self.info_nce(q, k, batch[f"vp_valid{v}"]))
             losses["geo_loss"] = (geo[0] + geo[1]) / 2  # weight ½ per view, as the original
             contrastive = contrastive + losses["geo_loss"]
         losses["contrastive_loss"] = contrastive
