@@ -1,4 +1,4 @@
-"""Semantic-segmentation datasets in the layouts the original Pri3D reads (spec §4.1).
+"""Semantic-segmentation datasets in the layouts the original Pri3D reads (its `downstream/semseg` datasets).
 
 Every dataset yields ``{"image": [3, H, W] float32 (ImageNet-normalised RGB), "label": [H, W] int64,
 "index": int, "name": str}`` with label **0 = ignore** and classes 1..K-1, as the original UNet's

@@ -2,7 +2,7 @@
 
 * ``depth/*.png``: 16-bit single-channel PNG, uint16 depth in millimetres, 0 = no measurement.
 * ``label/*.png``: 8-bit (NYU40 ids) or 16-bit PNG; ``instance/*.png`` is 16-bit with
-  value = NYU40 label * 1000 + instance index (reference spec §5.1), so it needs uint16.
+  value = NYU40 label * 1000 + instance index, so it needs uint16.
 * ``color/*.jpg``: 8-bit RGB JPEG.
 
 All arrays are [H, W] or [H, W, 3] (row, column[, channel]). Errors name the file.

@@ -1,7 +1,7 @@
 """The 3D network of the geometric prior: a MinkUNet34C-layout sparse residual UNet on spconv 2.x.
 
-Layout as the original's ``ResUNet3D`` (MinkowskiEngine MinkUNet34C, spec §1.5): a k5 stem, four
-stride-2 (k2 s2) downsamplings with BasicBlock stages of 32, 64, 128, 256 channels (2, 3, 4, 6
+Layout as the original's ``ResUNet3D`` (MinkowskiEngine MinkUNet34C, `model/backbone/resunet3d.py`):
+a k5 stem, four stride-2 (k2 s2) downsamplings with BasicBlock stages of 32, 64, 128, 256 channels (2, 3, 4, 6
 blocks), four k2 s2 transposed convolutions back to stride 1, each followed by a concatenation
 with the skip of the same level and two BasicBlocks (256, 128, 96, 96 channels), then a linear
 per-voxel layer (the 1×1 conv with bias) to ``out_channels`` (96).
