@@ -17,7 +17,6 @@ Geometry follows `pri3d.geometry` (pixel (row, col), integer pixel centres, dept
 
 from __future__ import annotations
 
-import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,11 +221,7 @@ class ScanNetPairs(Dataset):
         if scene in self._clouds:
             self._clouds.move_to_end(scene)
             return self._clouds[scene]
-        path = self.pointcloud_dir / f"{scene}.npz"
-        try:
-            data = load_point_cloud(path)
-        except (OSError, ValueError, zipfile.BadZipFile) as error:  # e.g. a file cut short by a full disk
-            raise ValueError(f"{path}: cannot read the point cloud ({error})") from None
+        data = load_point_cloud(self.pointcloud_dir / f"{scene}.npz")  # errors name the file
         cloud = (np.ascontiguousarray(data["points"].T), data["colors"])
         self._clouds[scene] = cloud
         budget = self.options.cloud_cache_mb * 2**20

@@ -28,6 +28,7 @@ File format, ``<scene>.npz`` (NumPy ``savez``, uncompressed, no pickled objects;
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,16 @@ def save_point_cloud(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]
 
 
 def load_point_cloud(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read a point cloud written by :func:`save_point_cloud`; checks names, dtypes and shapes."""
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
+    """Read a point cloud written by :func:`save_point_cloud`; checks names, dtypes and shapes.
+
+    A missing file raises FileNotFoundError; a file that is not a whole ``.npz`` (e.g. cut short by a
+    full disk) or holds other arrays raises ValueError naming it.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable point cloud .npz ({error})") from None
     return _validate(arrays, str(path))

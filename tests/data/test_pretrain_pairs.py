@@ -158,4 +158,4 @@ def test_an_unreadable_point_cloud_skips_the_sample(pretrain_root, tmp_path):
     cloud = copy / "pointcloud" / "scene0001_00.npz"
     cloud.write_bytes(cloud.read_bytes()[:5000])  # cut short, as by a full disk
     sample = ScanNetPairs(copy, options=OPTIONS)[_first_pair_of("scene0001_00", copy)]
-    assert "skip" in sample and "scene0001_00.npz: cannot read the point cloud" in sample["skip"]
+    assert "skip" in sample and "scene0001_00.npz: not a readable point cloud .npz" in sample["skip"]

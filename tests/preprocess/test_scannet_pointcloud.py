@@ -88,3 +88,16 @@ def test_npz_round_trip_without_pickle(tmp_path):
         assert sorted(data.files) == ["colors", "instance", "points", "semantic"]
     with pytest.raises(ValueError, match="'colors' has shape"):
         save_point_cloud(path, {**cloud, "colors": cloud["colors"][:3]})
+
+
+def test_a_cut_short_cloud_is_an_error_naming_the_file(tmp_path):
+    groups = [{"objectId": 0, "label": "wall", "segments": [0]}]
+    _write_scan(tmp_path / "scan", groups)
+    cloud, _ = scene_point_cloud(tmp_path / "scan", SCENE, LABELS)
+    path = tmp_path / f"{SCENE}.npz"
+    save_point_cloud(path, cloud)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=rf"{SCENE}\.npz: not a readable point cloud \.npz"):
+        load_point_cloud(path)
+    with pytest.raises(FileNotFoundError):
+        load_point_cloud(tmp_path / "absent.npz")
