@@ -188,8 +188,9 @@ def _execute(kind: str, log_dir: str, overrides: list[str], threads: int) -> dic
     with open(log / "console.txt", "a", buffering=1) as console:
         sys.stdout = sys.stderr = console
         if kind == "pretrain":
-            from pri3d.engine.config import PretrainRunConfig, load_config
+            from pri3d.engine.config import load_config
             from pri3d.tasks.pretrain import pretrain
+            from pri3d.tasks.pretrain_config import PretrainRunConfig
 
             metrics = pretrain(load_config(PretrainRunConfig, [f"train.log_dir={log}", *overrides]))
             result = {"last_metrics": metrics}

@@ -1,8 +1,9 @@
 """Typed configs with overrides in the original's Hydra style (`train.batch_size=64`).
 
-Every key of the original Pri3D pre-training config keeps its name and meaning, so recipes and
-scripts carry over; keys the original ignored are accepted and documented as unused. An unknown
-key is an error that names the nearest valid key.
+The sections every task's run config shares (`train`, `optimizer`, `scheduler`, `distributed`,
+`logging`), loading with overrides, and the checks of their values. Each task's schema lives beside
+its runner (`pri3d.tasks.*_config`) and keeps the original's key names. An unknown key is an error
+that names the nearest valid key.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from operator import attrgetter
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 
@@ -25,11 +26,14 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    phase: str = "train"  # pair list: train -> splits/overlap30.txt, val -> overlap30_val.txt
-    is_train: bool = True  # unused in pre-training (kept for the original's scripts)
-    exp_name: str = "pri3d"  # run name (logs, Weights & Biases)
-    log_dir: str = "runs/pretrain"  # output folder: checkpoints, logs, resolved config
-    batch_size: int = 64  # global batch: split over DDP ranks, then over accumulation steps
+    """The training loop's keys. No run name, folder or batch fits every task: each task's subclass
+    sets them (a schema that forgets one fails to load, naming the key)."""
+
+    phase: str = "train"  # the training split (each task says what it names)
+    is_train: bool = True  # unused (kept for the original's scripts)
+    exp_name: str = MISSING  # run name (logs, Weights & Biases)
+    log_dir: str = MISSING  # output folder: checkpoints, logs, resolved config
+    batch_size: int = MISSING  # global batch: split over DDP ranks, then over accumulation steps
     report_batch: int = 10  # log every N optimizer steps
     report_epoch: int = 1  # also checkpoint at the end of every N epochs
     workers: int = 2  # DataLoader workers per rank (the original ignored this key)
@@ -74,47 +78,10 @@ class DistributedConfig:
 
 
 @dataclass
-class PretrainConfig:
-    model: str = "Pri3D"
-    nceT: float = 0.4  # InfoNCE temperature (both losses)
-    npos: float = 2.0  # unused
-    backbone: str = "Res50UNet"  # Res50UNet or Res18UNet
-    weights: str = ""  # unused
-    pretrained: str = "imagenet"  # imagenet, scratch, or a path to torchvision ResNet weights
-    depth: bool = True  # auxiliary depth-prediction loss
-    save_feature: bool = False  # unused
-    view_invariant: bool = True  # pixel <-> pixel InfoNCE across the two views
-    geometric_prior: bool = True  # pixel <-> voxel InfoNCE against the 3D network
-    sample_points: int = 1024  # correspondences sampled per pair (and per view for the 3D loss)
-    thresh: float = 0.05  # metres: depth agreement for pixel <-> pixel matches
-    voxel_size: float = 0.02  # metres: voxels of the 3D network's input (the original's 2 cm)
-
-
-@dataclass
-class DatasetConfig:
-    name: str = "ScanNet"
-    size: list[int] = field(default_factory=lambda: [240, 320])  # (H, W)
-    path: str = "data/scannet_pretrain"  # output of `pri3d preprocess scannet`
-    pointcloud_path: str = ""  # default: <path>/pointcloud
-    chunk: bool = False  # unused: chunks are loaded when pretrain.geometric_prior is on
-
-
-@dataclass
 class LoggingConfig:
     tensorboard: bool = True
     wandb: str = "disabled"  # disabled, online or offline; never prompts
     wandb_project: str = "pri3d"
-
-
-@dataclass
-class PretrainRunConfig:
-    train: TrainConfig = field(default_factory=TrainConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def all_keys(schema: Any, prefix: str = "") -> list[str]:
@@ -158,46 +125,35 @@ def load_config(schema: type, overrides: list[str], base: dict | None = None) ->
 Rule = tuple[Callable[[Any], bool], str]  # (test of a value, what is expected, for the message)
 
 
-def _integer_at_least(minimum: int) -> Rule:
+def integer_at_least(minimum: int) -> Rule:
     return lambda value: value >= minimum, f"an integer ≥ {minimum}"
 
 
-_POSITIVE: Rule = (lambda value: math.isfinite(value) and value > 0, "a finite number > 0")
+POSITIVE: Rule = (lambda value: math.isfinite(value) and value > 0, "a finite number > 0")
 _NON_NEGATIVE: Rule = (lambda value: math.isfinite(value) and value >= 0, "a finite number ≥ 0")
 _BETA: Rule = (lambda value: 0 <= value < 1, "a number in [0, 1)")
 
-#: The `train`, `optimizer` and `scheduler` keys every task's run config shares with pre-training.
+#: The `train`, `optimizer` and `scheduler` keys every task's run config has.
 TRAINING_RULES: dict[str, Rule] = {
-    "train.batch_size": _integer_at_least(1),
-    "train.report_batch": _integer_at_least(1),
-    "train.report_epoch": _integer_at_least(1),
-    "train.workers": _integer_at_least(0),
-    "train.max_steps": _integer_at_least(0),
-    "train.checkpoint_every": _integer_at_least(0),
-    "train.keep_checkpoints": _integer_at_least(0),
-    "train.max_bad_samples": _integer_at_least(1),
-    "train.threads": _integer_at_least(0),
-    "optimizer.lr": _POSITIVE,
-    "optimizer.accumulate_step": _integer_at_least(1),
+    "train.batch_size": integer_at_least(1),
+    "train.report_batch": integer_at_least(1),
+    "train.report_epoch": integer_at_least(1),
+    "train.workers": integer_at_least(0),
+    "train.max_steps": integer_at_least(0),
+    "train.checkpoint_every": integer_at_least(0),
+    "train.keep_checkpoints": integer_at_least(0),
+    "train.max_bad_samples": integer_at_least(1),
+    "train.threads": integer_at_least(0),
+    "optimizer.lr": POSITIVE,
+    "optimizer.accumulate_step": integer_at_least(1),
     "optimizer.sgd_momentum": _NON_NEGATIVE,
     "optimizer.weight_decay": _NON_NEGATIVE,
     "optimizer.adam_beta1": _BETA,
     "optimizer.adam_beta2": _BETA,
-    "scheduler.max_epochs": _integer_at_least(0),  # 0 where train.max_steps sets the length (insseg)
-    "scheduler.step_size": _integer_at_least(1),
-    "scheduler.lr_decay": _POSITIVE,
+    "scheduler.max_epochs": integer_at_least(0),  # 0 where train.max_steps sets the length (insseg)
+    "scheduler.step_size": integer_at_least(1),
+    "scheduler.lr_decay": POSITIVE,
     "scheduler.poly_power": _NON_NEGATIVE,
-}
-PRETRAIN_RULES: dict[str, Rule] = {
-    **TRAINING_RULES,
-    "dataset.size": (
-        lambda size: len(size) == 2 and all(side >= 1 for side in size),
-        "[height, width], both integers ≥ 1",
-    ),
-    "pretrain.nceT": _POSITIVE,
-    "pretrain.sample_points": _integer_at_least(1),
-    "pretrain.thresh": _POSITIVE,
-    "pretrain.voxel_size": _POSITIVE,
 }
 
 

@@ -3,7 +3,8 @@
     pri3d pretrain dataset.path=data/scannet_pretrain pretrain.backbone=Res18UNet train.batch_size=8
     torchrun --nproc_per_node 8 -m pri3d.cli pretrain dataset.path=... train.batch_size=64
 
-Re-running with the same `train.log_dir` resumes from its last checkpoint.
+Re-running with the same `train.log_dir` resumes from its last checkpoint. The options and the checks
+of their values live in :mod:`pri3d.tasks.pretrain_config`.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from pri3d.data.collate import collate_pairs
 from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.engine import distributed
 from pri3d.engine.checkpoint import check_output_folder
-from pri3d.engine.config import PRETRAIN_RULES, PretrainRunConfig, check_run_config, load_config, to_yaml
+from pri3d.engine.config import check_run_config, load_config, to_yaml
 from pri3d.engine.trainer import Trainer, TrainingStopped
 from pri3d.io.atomic import atomic_write
 from pri3d.models.pri3d import Pri3D
+from pri3d.tasks.pretrain_config import PRETRAIN_RULES, PretrainRunConfig
 
 PAIR_LISTS = {
     "train": "splits/overlap30.txt",

@@ -9,7 +9,8 @@ from PIL import Image
 from pri3d.data.semseg import SemsegOptions, build_semseg_dataset
 from pri3d.demo import figures
 from pri3d.demo.study import ARMS, StudyConfig, labelled_frames, pretrain_jobs
-from pri3d.engine.config import PretrainRunConfig, load_config
+from pri3d.engine.config import load_config
+from pri3d.tasks.pretrain_config import PretrainRunConfig
 
 
 def _frames(root, scene, count):

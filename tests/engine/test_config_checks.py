@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pri3d.engine.config import PRETRAIN_RULES, ConfigError, PretrainRunConfig, check_run_config, load_config
+from pri3d.engine.config import ConfigError, check_run_config, load_config
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.trainer import Trainer
 from pri3d.tasks.pretrain import pretrain
+from pri3d.tasks.pretrain_config import PRETRAIN_RULES, PretrainRunConfig
 
 BAD_VALUES = [
     ("train.batch_size=0", r"train\.batch_size=0: expected an integer ≥ 1"),

@@ -6,10 +6,12 @@ import errno
 import os
 import tempfile
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 
 from pri3d.engine.checkpoint import (
@@ -23,22 +25,12 @@ from pri3d.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pri3d.engine.config import ConfigError, PretrainRunConfig, expand_overrides, load_config
+from pri3d.engine.config import ConfigError, TrainConfig, expand_overrides, load_config
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.sampler import GlobalBatchSampler
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
 from pri3d.engine.trainer import Trainer, TrainingStopped
-
-
-def test_defaults_are_the_released_recipe():
-    c = load_config(PretrainRunConfig, [])
-    assert (c.optimizer.optimizer, c.optimizer.lr, c.optimizer.sgd_momentum, c.optimizer.sgd_dampening) == (
-        "SGD", 0.1, 0.9, 0.1)  # fmt: skip
-    assert (
-        c.optimizer.weight_decay == 0.0 and c.scheduler.scheduler == "PolyLR" and c.scheduler.max_epochs == 5
-    )
-    assert c.train.batch_size == 64 and c.pretrain.sample_points == 1024 and c.pretrain.nceT == 0.4
-    assert c.pretrain.thresh == 0.05 and c.pretrain.depth and c.dataset.size == [240, 320]
+from pri3d.tasks.pretrain_config import PretrainRunConfig
 
 
 def test_overrides_in_the_original_style():
@@ -46,6 +38,17 @@ def test_overrides_in_the_original_style():
                                         "pretrain.geometric_prior=False", "dataset.size=[120,160]"])  # fmt: skip
     assert c.train.batch_size == 8 and c.pretrain.backbone == "Res18UNet"
     assert c.pretrain.geometric_prior is False and c.dataset.size == [120, 160]
+
+
+def test_a_task_schema_that_leaves_the_run_name_folder_or_batch_unset_fails_to_load():
+    """No value fits every task: the base leaves them to each task's schema."""
+
+    @dataclass
+    class Unnamed:
+        train: TrainConfig = field(default_factory=TrainConfig)
+
+    with pytest.raises(MissingMandatoryValue, match=r"train\.exp_name"):
+        load_config(Unnamed, [])
 
 
 def test_short_forms_expand_to_presets_then_explicit_overrides():

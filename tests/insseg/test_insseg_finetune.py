@@ -16,10 +16,11 @@ from torchvision.transforms.v2 import functional as TF
 from pri3d.cli import main
 from pri3d.data.insseg import build_insseg_dataset
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
-from pri3d.engine.config import PretrainRunConfig, to_dict
+from pri3d.engine.config import to_dict
 from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.tasks.insseg import evaluate_insseg, finetune_insseg
 from pri3d.tasks.insseg_config import insseg_config
+from pri3d.tasks.pretrain_config import PretrainRunConfig
 from pri3d.tasks.semseg_config import SemsegRunConfig
 
 #: Every image gets 10 detections (score threshold 0) from 100 proposals: the COCO results path runs

@@ -12,11 +12,12 @@ import torch
 
 from pri3d.cli import main
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from pri3d.engine.config import PretrainRunConfig, to_dict
+from pri3d.engine.config import to_dict
 from pri3d.io.scene_lists import scene_list_dir, shipped_split_dir
 from pri3d.models.registry import build_backbone
 from pri3d.tasks import eval_cli, finetune_cli
 from pri3d.tasks.insseg_config import InssegRunConfig
+from pri3d.tasks.pretrain_config import PretrainRunConfig
 from pri3d.tasks.semseg import build_dataset, evaluate_semseg, finetune_semseg
 from pri3d.tasks.semseg_config import expand_short_forms, semseg_config
 

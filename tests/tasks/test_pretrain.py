@@ -15,9 +15,10 @@ import pytest
 import torch
 
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
-from pri3d.engine.config import PretrainRunConfig, load_config
+from pri3d.engine.config import load_config
 from pri3d.models.pri3d import Pri3D
 from pri3d.tasks.pretrain import build_model, pretrain
+from pri3d.tasks.pretrain_config import PretrainRunConfig
 
 REPO = Path(__file__).resolve().parents[2]
 

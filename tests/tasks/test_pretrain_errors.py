@@ -12,11 +12,12 @@ import torch
 
 from pri3d import cli
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
-from pri3d.engine.config import PretrainRunConfig, load_config
+from pri3d.engine.config import load_config
 from pri3d.engine.trainer import TrainingStopped
 from pri3d.models.pri3d import Pri3D
 from pri3d.tasks import pretrain as pretrain_task
 from pri3d.tasks.pretrain import pretrain
+from pri3d.tasks.pretrain_config import PretrainRunConfig
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_step(

@@ -1,0 +1,43 @@
+"""The pre-training run config: the original's key names and the released recipe's defaults."""
+
+from __future__ import annotations
+
+from pri3d.engine.config import load_config, to_dict
+from pri3d.tasks.pretrain_config import PretrainRunConfig
+
+#: Every key and default of a pre-training run, as checkpoints and config.yaml record them: recipes,
+#: scripts and `pri3d eval`'s recognition of a pre-training checkpoint depend on them.
+RELEASED_RECIPE = {
+    "train": {
+        "phase": "train", "is_train": True, "exp_name": "pri3d", "log_dir": "runs/pretrain", "batch_size": 64,
+        "report_batch": 10, "report_epoch": 1, "workers": 2, "write_result": False, "max_steps": 0,
+        "checkpoint_every": 500, "keep_checkpoints": 0, "seed": 0, "device": "auto", "bf16": False,
+        "channels_last": False, "max_bad_samples": 50, "threads": 0,
+    },
+    "optimizer": {
+        "optimizer": "SGD", "lr": 0.1, "sgd_momentum": 0.9, "sgd_dampening": 0.1, "adam_beta1": 0.9,
+        "adam_beta2": 0.999, "weight_decay": 0.0, "bn_momentum": 0.02, "accumulate_step": 1,
+    },
+    "scheduler": {
+        "scheduler": "PolyLR", "max_epochs": 5, "decay_epochs": [80, 120, 160], "lr_decay": 0.1, "step_size": 80,
+        "poly_power": 0.9,
+    },
+    "distributed": {"num_gpus": 1},
+    "pretrain": {
+        "model": "Pri3D", "nceT": 0.4, "npos": 2.0, "backbone": "Res50UNet", "weights": "", "pretrained": "imagenet",
+        "depth": True, "save_feature": False, "view_invariant": True, "geometric_prior": True,
+        "sample_points": 1024, "thresh": 0.05, "voxel_size": 0.02,
+    },
+    "dataset": {
+        "name": "ScanNet", "size": [240, 320], "path": "data/scannet_pretrain", "pointcloud_path": "", "chunk": False,
+    },
+    "logging": {"tensorboard": True, "wandb": "disabled", "wandb_project": "pri3d"},
+}  # fmt: skip
+
+
+def test_defaults_are_the_released_recipe_under_the_original_key_names():
+    resolved = to_dict(load_config(PretrainRunConfig, []))
+    assert resolved == RELEASED_RECIPE
+    for section, keys in RELEASED_RECIPE.items():  # the order config.yaml lists them in
+        assert list(resolved[section]) == list(keys), section
+    assert list(resolved) == list(RELEASED_RECIPE)
