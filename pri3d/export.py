@@ -6,8 +6,7 @@ against the architecture it claims before it is put in place. :func:`load_backbo
 torchvision ResNet or a pri3d UNet from any supported file.
 
 Reading, recognising and converting weights files is :mod:`pri3d.weights`, below the networks. This
-module sits above them (it builds them to check and to load) and above the engine
-(:func:`resolve_weights_path` follows a run folder's checkpoint pointer).
+module sits above them (it builds them to check and to load).
 """
 
 from __future__ import annotations
@@ -46,27 +45,7 @@ __all__ = [
     "export_pri3d",
     "export_torchvision",
     "load_backbone",
-    "resolve_weights_path",
 ]
-
-
-def resolve_weights_path(path: str | Path, option: str) -> Path:
-    """A weights file, or a run folder's newest checkpoint (``checkpoints/last``, or ``last`` in it).
-
-    ``option`` names the setting in error messages (e.g. ``finetune.pretrain``). Here rather than in
-    :mod:`pri3d.weights` because the pointer is the engine's (:mod:`pri3d.engine.checkpoint`).
-    """
-    from pri3d.engine.checkpoint import latest_checkpoint
-
-    path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
-        if found is None:
-            raise FileNotFoundError(f"{option}={path}: a folder without checkpoints/last")
-        return found
-    if not path.is_file():
-        raise FileNotFoundError(f"{option}={path}: file not found")
-    return path
 
 
 # ------------------------------------------------------------------------------------------------

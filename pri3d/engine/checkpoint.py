@@ -3,7 +3,8 @@
 A checkpoint is a dict with `model`, `optimizer`, `scheduler`, `bn_scheduler`, `step`, `epoch`,
 `batch_in_epoch`, `config` (resolved, plain dict), `rng` (Python, NumPy and torch states) and
 `pri3d_version`. `<dir>/last` names the newest checkpoint; it is replaced only after the checkpoint
-file itself is complete, so a crash at any moment leaves a loadable `last`. A finished run's
+file itself is complete, so a crash at any moment leaves a loadable `last`. A run folder stands for its
+newest checkpoint wherever weights are read (:func:`resolve_weights_path`). A finished run's
 checkpoint may have its optimizer state dropped (:func:`drop_optimizer_state`): it then still
 initialises and evaluates models but no longer resumes. A write that fails (a full disk) removes its
 temporary file; temporaries left by a killed process are removed by :func:`remove_temporaries`.
@@ -174,6 +175,28 @@ def latest_checkpoint(directory: str | Path) -> Path | None:
     if not path.is_file():
         raise FileNotFoundError(f"{pointer} names {path.name}, which does not exist")
     return path
+
+
+def resolve_weights_path(path: str | Path, option: str) -> Path:
+    """A weights file, or a run folder's newest checkpoint (``checkpoints/last``, or ``last`` in it).
+
+    ``option`` names the setting in error messages (e.g. ``finetune.pretrain``).
+    """
+    path = Path(path)
+    if path.is_dir():
+        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{option}={path}: a folder without checkpoints/last")
+        return found
+    if not path.is_file():
+        raise FileNotFoundError(f"{option}={path}: file not found")
+    return path
+
+
+def resolve_init(value: str, option: str) -> str | Path:
+    """A fine-tuning ``init``: ``scratch`` and ``imagenet`` as they are, anything else the weights file
+    it names (:func:`resolve_weights_path`: a run folder gives its newest checkpoint)."""
+    return value if value in ("scratch", "imagenet") else resolve_weights_path(value, option)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -16,7 +16,8 @@ import argparse
 import json
 from pathlib import Path
 
-from pri3d.export import export_detectron2, export_pri3d, export_torchvision, resolve_weights_path
+from pri3d.engine.checkpoint import resolve_weights_path
+from pri3d.export import export_detectron2, export_pri3d, export_torchvision
 
 FORMATS = {
     "torchvision": "torchvision ResNet state dict (.pth, no fc) + OUT.json metadata",

@@ -44,12 +44,11 @@ from tqdm import tqdm
 from pri3d.coco.evaluate import evaluate_detections, format_coco_table, percent, to_coco_results
 from pri3d.data.insseg import CocoInstances, build_insseg_dataset, collate_insseg
 from pri3d.engine import distributed
-from pri3d.engine.checkpoint import latest_checkpoint
+from pri3d.engine.checkpoint import latest_checkpoint, resolve_init, resolve_weights_path
 from pri3d.engine.config import load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.export import resolve_weights_path
 from pri3d.models.mask_rcnn import InstanceSegmenter, build_detector, finalise_backbone, initialise_body
 from pri3d.tasks.insseg_config import (
     InssegFinetuneConfig,
@@ -232,9 +231,7 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
         resuming = latest_checkpoint(log_dir / "checkpoints") is not None
         init_report = None
         if not resuming:
-            init = config.finetune.pretrain
-            if init not in ("scratch", "imagenet"):  # a file, or a run folder: its newest checkpoint
-                init = resolve_weights_path(init, "finetune.pretrain")
+            init = resolve_init(config.finetune.pretrain, "finetune.pretrain")
             init_report = initialise_body(detector, init)
         _finalise_backbone(detector, config.finetune, env)
         model = InstanceSegmenter(detector, sizes["min_size_train"], sizes["min_size_test"])

@@ -32,12 +32,11 @@ from torch.utils.data import DataLoader, Subset
 
 from pri3d.data.semseg import SegmentationFrames, SemsegOptions, build_semseg_dataset, collate_semseg
 from pri3d.engine import distributed
-from pri3d.engine.checkpoint import latest_checkpoint
+from pri3d.engine.checkpoint import latest_checkpoint, resolve_init, resolve_weights_path
 from pri3d.engine.config import load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.export import resolve_weights_path
 from pri3d.metrics import ConfusionMatrix, format_iou_table, iou_report
 from pri3d.models.segmentation import SegmentationModel, SmpSegmenter, build_segmentation_model, initialise
 from pri3d.tasks.semseg_config import SemsegRunConfig, expand_short_forms, semseg_config
@@ -177,9 +176,7 @@ def finetune_semseg(config: SemsegRunConfig) -> dict:
         resuming = latest_checkpoint(log_dir / "checkpoints") is not None
         init_report = None
         if not resuming:
-            init = config.finetune.pretrain
-            if init not in ("scratch", "imagenet"):  # a file, or a run folder: its newest checkpoint
-                init = resolve_weights_path(init, "finetune.pretrain")
+            init = resolve_init(config.finetune.pretrain, "finetune.pretrain")
             init_report = initialise(model, init, config.finetune.strict_init)
         evaluation = _ScheduledEvaluation(eval_set, config, env)
         trainer = Trainer(model, train_set, collate_semseg, config, env, on_epoch_end=evaluation)

@@ -21,6 +21,8 @@ from pri3d.engine.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
+    resolve_init,
+    resolve_weights_path,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -152,6 +154,21 @@ def test_checkpoint_is_atomic_and_loads_safely(tmp_path):
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"bad\.pth"):
         load_checkpoint(tmp_path / "bad.pth")
+
+
+def test_weights_are_read_from_a_file_or_a_run_folders_newest_checkpoint(tmp_path):
+    newest = save_checkpoint(tmp_path / "run" / "checkpoints", "step0000002.pth", {"step": 2})
+    assert resolve_weights_path(tmp_path / "run", "init") == newest
+    assert resolve_weights_path(tmp_path / "run" / "checkpoints", "init") == newest
+    assert resolve_weights_path(newest, "init") == newest
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"^init=.*empty: a folder without checkpoints/last$"):
+        resolve_weights_path(tmp_path / "empty", "init")
+    with pytest.raises(FileNotFoundError, match=r"^finetune\.pretrain=.*none\.pth: file not found$"):
+        resolve_init(str(tmp_path / "none.pth"), "finetune.pretrain")
+    assert resolve_init("scratch", "finetune.pretrain") == "scratch"
+    assert resolve_init("imagenet", "finetune.pretrain") == "imagenet"
+    assert resolve_init(str(tmp_path / "run"), "finetune.pretrain") == newest
 
 
 def test_prune_checkpoints_keeps_the_newest_and_the_last(tmp_path):

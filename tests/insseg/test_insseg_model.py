@@ -8,8 +8,7 @@ import torchvision
 from torch import nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from pri3d.engine.checkpoint import save_checkpoint
-from pri3d.export import resolve_weights_path
+from pri3d.engine.checkpoint import resolve_weights_path, save_checkpoint
 from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.models.mask_rcnn import build_detector, finalise_backbone, initialise_body
 from pri3d.tasks.insseg import warmup_multistep
