@@ -6,6 +6,10 @@ others failed to load) and optionally `counts`: named counters (e.g. pairs that 
 losses) that are added up over the run and logged as `train/<name>`. One optimizer step consumes one global batch (`train.batch_size` samples), split
 over ranks and accumulation micro-batches by `GlobalBatchSampler`. After every optimizer step the LR
 scheduler and the BN-momentum schedule advance (as the original).
+
+The run's log stays open after `fit()`, so that the runner's last words (a final evaluation) go to
+the same `train.log` and `metrics.jsonl`; use the Trainer as a context manager (`with Trainer(...) as
+trainer:`), which closes the log on leaving the block however it is left, or call `close()`.
 """
 
 from __future__ import annotations
@@ -87,15 +91,27 @@ class Trainer:
         self.samples_skipped = 0
         self.steps_trained = 0  # optimizer steps that had at least one usable sample
         self.counts: dict[str, int] = {}  # the batches' `counts`, over the run (resumes included)
+        # before the log opens: nothing after it may raise, or the log would be left open
+        leftovers = remove_temporaries(self.checkpoint_dir) if env.is_main else []
         self.logger = RunLogger(
             self.log_dir, enabled=env.is_main, name=train.exp_name, config=to_dict(config),
             tensorboard=config.logging.tensorboard, wandb_mode=config.logging.wandb,
             wandb_project=config.logging.wandb_project,
         )  # fmt: skip
-        if env.is_main and (leftovers := remove_temporaries(self.checkpoint_dir)):
+        if leftovers:
             self.logger.info(
                 "removed unfinished checkpoint files: " + ", ".join(path.name for path in leftovers)
             )
+
+    def close(self) -> None:
+        """Close the run's log (text, metrics, TensorBoard, Weights & Biases)."""
+        self.logger.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------------------------------
     @property
@@ -151,7 +167,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------
     def fit(self) -> dict:
-        """Train until `total_steps`; returns the last logged metrics."""
+        """Train until `total_steps`; returns the last logged metrics. The log stays open (see `close`)."""
         train = self.config.train
         self.logger.info(
             f"training {self.total_steps} steps ({self.steps_per_epoch} per epoch), global batch {train.batch_size} "
@@ -236,7 +252,6 @@ class Trainer:
             f"done: {self.step} steps ({self.steps_trained} with usable samples), {self.samples_skipped} samples "
             f"skipped; checkpoints in {self.checkpoint_dir}"
         )
-        self.logger.close()
         return last
 
     def _forward_backward(self, batch: dict) -> dict[str, float]:
@@ -293,9 +308,8 @@ class Trainer:
         )
 
     def _stop(self, reason: str) -> NoReturn:
-        """Write the reason to the run's log too (stderr may be lost), close it, and stop."""
+        """Write the reason to the run's log too (stderr may be lost), and stop."""
         self.logger.info(f"stopped: {reason}")
-        self.logger.close()
         raise TrainingStopped(reason)
 
 

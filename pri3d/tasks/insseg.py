@@ -103,7 +103,8 @@ def evaluate_model(model: InstanceSegmenter, dataset: CocoInstances, batch_size:
 
 
 class _PeriodicEvaluation:
-    """The Trainer's epoch-end hook: evaluate at the first epoch end after each ``eval_period`` steps."""
+    """The Trainer's epoch-end hook: evaluate at the first epoch end after each ``eval_period`` steps and
+    record every result in ``eval/<name>.json`` and the run's log."""
 
     def __init__(self, dataset: CocoInstances, config: InssegRunConfig, env: DistEnv) -> None:
         self.dataset, self.config, self.env = dataset, config, env
@@ -117,12 +118,12 @@ class _PeriodicEvaluation:
             and trainer.step // period > self.last_step // period
             and trainer.step < trainer.total_steps
         ):
-            self.run(trainer.model, trainer.step, f"step{trainer.step:07d}", trainer.logger)
+            self.run(trainer, f"step{trainer.step:07d}")
 
-    def run(self, model: InstanceSegmenter, step: int, name: str, logger=None) -> dict:
-        self.last_step = step
+    def run(self, trainer: Trainer, name: str) -> dict:
+        step = self.last_step = trainer.step
         t0 = time.perf_counter()
-        report = evaluate_model(model, self.dataset, self.config.finetune.eval_batch_size, self.env,
+        report = evaluate_model(trainer.model, self.dataset, self.config.finetune.eval_batch_size, self.env,
                                 self.config.train.workers)  # fmt: skip
         report.update({"step": step, "seconds": round(time.perf_counter() - t0, 1)})
         if self.env.is_main:
@@ -137,16 +138,8 @@ class _PeriodicEvaluation:
             line = (f"eval {name} (step {step}): AP50 bbox {percent(box['AP50'])}, mask {percent(mask['AP50'])}; "
                     f"AP bbox {percent(box['AP'])}, mask {percent(mask['AP'])}; {report['detections']} "
                     f"detections on {report['images']} images")  # fmt: skip
-            if logger is not None:  # during Trainer.fit
-                logger.metrics(step, values)
-                logger.info(line)
-            else:  # after Trainer.fit, which closes its logger: append to the same files
-                log_dir = Path(self.config.train.log_dir)
-                with open(log_dir / "metrics.jsonl", "a") as handle:
-                    handle.write(json.dumps({"step": step, **values}) + "\n")
-                with open(log_dir / "train.log", "a") as handle:
-                    handle.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
-                print(line, file=sys.stderr)
+            trainer.logger.metrics(step, values)
+            trainer.logger.info(line)
         return report
 
 
@@ -236,29 +229,31 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
         _finalise_backbone(detector, config.finetune, env)
         model = InstanceSegmenter(detector, sizes["min_size_train"], sizes["min_size_test"])
         evaluation = _PeriodicEvaluation(eval_set, config, env)
-        trainer = Trainer(model, train_set, collate_insseg, config, env, on_epoch_end=evaluation)
-        trainer.optimizer = build_optimizer(
-            _param_groups(model, config.optimizer.weight_decay), config.optimizer
-        )
-        trainer.scheduler = warmup_multistep(trainer.optimizer, config.scheduler)
-        m = config.optimizer.bn_momentum  # constant: the Trainer's default decays it as pre-training does
-        trainer.bn_scheduler = BNMomentumScheduler(model, initial=m, decay=1.0, every=1, minimum=m)
-        if env.is_main:
-            (log_dir / "config.yaml").write_text(to_yaml(config))
-            trainer.logger.info("config:\n" + to_yaml(config))
-            for note in [*train_set.notes, *eval_set.notes, scale_note]:
-                if note:
-                    trainer.logger.info(note)
-            trainer.logger.info(
-                f"input sizes: {sizes} (the training images are mostly {train_set.image_size()} H×W)"
+        with Trainer(model, train_set, collate_insseg, config, env, on_epoch_end=evaluation) as trainer:
+            trainer.optimizer = build_optimizer(
+                _param_groups(model, config.optimizer.weight_decay), config.optimizer
             )
-            if init_report is not None:
-                trainer.logger.info("initialisation: " + init_report.summary())
-                (log_dir / "init_report.json").write_text(json.dumps(init_report.to_dict(), indent=1) + "\n")
-        if trainer.resume_if_possible():
-            evaluation.last_step = trainer.step
-        trainer.fit()
-        final = evaluation.run(trainer.model, trainer.step, "final")
+            trainer.scheduler = warmup_multistep(trainer.optimizer, config.scheduler)
+            m = config.optimizer.bn_momentum  # constant: the Trainer's default decays it as pre-training does
+            trainer.bn_scheduler = BNMomentumScheduler(model, initial=m, decay=1.0, every=1, minimum=m)
+            if env.is_main:
+                (log_dir / "config.yaml").write_text(to_yaml(config))
+                trainer.logger.info("config:\n" + to_yaml(config))
+                for note in [*train_set.notes, *eval_set.notes, scale_note]:
+                    if note:
+                        trainer.logger.info(note)
+                trainer.logger.info(
+                    f"input sizes: {sizes} (the training images are mostly {train_set.image_size()} H×W)"
+                )
+                if init_report is not None:
+                    trainer.logger.info("initialisation: " + init_report.summary())
+                    (log_dir / "init_report.json").write_text(
+                        json.dumps(init_report.to_dict(), indent=1) + "\n"
+                    )
+            if trainer.resume_if_possible():
+                evaluation.last_step = trainer.step
+            trainer.fit()
+            final = evaluation.run(trainer, "final")
         summary = _summarise(log_dir, final, config, sizes)
         if env.is_main:
             (log_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -66,21 +66,21 @@ def pretrain(config: PretrainRunConfig) -> dict:
         torch.manual_seed(config.train.seed)  # identical initialisation on every rank
         dataset = build_dataset(config)
         model = build_model(config)
-        trainer = Trainer(model, dataset, collate_pairs, config, env)
-        if env.is_main:
-            with atomic_write(Path(config.train.log_dir) / "config.yaml") as handle:
-                handle.write(to_yaml(config))
-            trainer.logger.info("config:\n" + to_yaml(config))
-        if dataset.scenes_without_cloud:
-            missing = dataset.scenes_without_cloud
-            trainer.logger.info(
-                f"{len(missing)} scene{'s have' if len(missing) > 1 else ' has'} no point cloud in "
-                f"{dataset.pointcloud_dir}; their {sum(missing.values())} of {len(dataset)} pairs train the 2D "
-                "losses only (train/pairs_without_point_cloud counts them): "
-                + ", ".join(f"{scene} ({count} pairs)" for scene, count in sorted(missing.items()))
-            )
-        trainer.resume_if_possible()
-        return trainer.fit()
+        with Trainer(model, dataset, collate_pairs, config, env) as trainer:
+            if env.is_main:
+                with atomic_write(Path(config.train.log_dir) / "config.yaml") as handle:
+                    handle.write(to_yaml(config))
+                trainer.logger.info("config:\n" + to_yaml(config))
+            if dataset.scenes_without_cloud:
+                missing = dataset.scenes_without_cloud
+                trainer.logger.info(
+                    f"{len(missing)} scene{'s have' if len(missing) > 1 else ' has'} no point cloud in "
+                    f"{dataset.pointcloud_dir}; their {sum(missing.values())} of {len(dataset)} pairs train the 2D "
+                    "losses only (train/pairs_without_point_cloud counts them): "
+                    + ", ".join(f"{scene} ({count} pairs)" for scene, count in sorted(missing.items()))
+                )
+            trainer.resume_if_possible()
+            return trainer.fit()
     finally:
         distributed.teardown()
 

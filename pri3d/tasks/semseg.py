@@ -115,8 +115,9 @@ def evaluate_model(model: SegmentationModel, dataset: SegmentationFrames, device
     return report
 
 
-class _ScheduledEvaluation:
-    """The Trainer's epoch-end hook: evaluate at the original's epochs and record every result."""
+class _PeriodicEvaluation:
+    """The Trainer's epoch-end hook: evaluate at the original's epochs and record every result in
+    ``eval/<name>.json`` and the run's log."""
 
     def __init__(self, dataset: SegmentationFrames, config: SemsegRunConfig, env: DistEnv) -> None:
         self.dataset, self.config, self.env = dataset, config, env
@@ -124,11 +125,12 @@ class _ScheduledEvaluation:
 
     def __call__(self, trainer: Trainer, epoch: int) -> None:
         if (epoch - 1) % self.config.train.report_epoch == 0:  # 0-based epoch % report_epoch == 0
-            self.run(trainer.model, trainer.step, epoch, f"epoch{epoch:03d}", trainer.logger)
+            self.run(trainer, f"epoch{epoch:03d}", epoch)
 
-    def run(self, model, step: int, epoch: float, name: str, logger=None) -> dict:
+    def run(self, trainer: Trainer, name: str, epoch: float) -> dict:
+        step = trainer.step
         t0 = time.perf_counter()
-        report = evaluate_model(model, self.dataset, self.env.device, self.config.finetune.eval_batch_size,
+        report = evaluate_model(trainer.model, self.dataset, self.env.device, self.config.finetune.eval_batch_size,
                                 env=self.env, workers=self.config.train.workers)  # fmt: skip
         report.update({"step": step, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1)})
         if self.env.is_main:
@@ -138,15 +140,8 @@ class _ScheduledEvaluation:
                       "val/pixel_accuracy": report["pixel_accuracy"], "epoch": epoch}  # fmt: skip
             line = (f"eval {name} (step {step}): mIoU {100 * report['miou']:.2f} (standard), "
                     f"{100 * report['miou_original']:.2f} (original definition), {report['frames']} frames")  # fmt: skip
-            if logger is not None:  # during Trainer.fit
-                logger.metrics(step, values)
-                logger.info(line)
-            else:  # after Trainer.fit, which closes its logger: append to the same files
-                with open(Path(self.config.train.log_dir) / "metrics.jsonl", "a") as handle:
-                    handle.write(json.dumps({"step": step, **values}) + "\n")
-                with open(Path(self.config.train.log_dir) / "train.log", "a") as handle:
-                    handle.write(time.strftime("%Y-%m-%d %H:%M:%S ") + line + "\n")
-                print(line, file=sys.stderr)
+            trainer.logger.metrics(step, values)
+            trainer.logger.info(line)
         return report
 
 
@@ -178,22 +173,23 @@ def finetune_semseg(config: SemsegRunConfig) -> dict:
         if not resuming:
             init = resolve_init(config.finetune.pretrain, "finetune.pretrain")
             init_report = initialise(model, init, config.finetune.strict_init)
-        evaluation = _ScheduledEvaluation(eval_set, config, env)
-        trainer = Trainer(model, train_set, collate_semseg, config, env, on_epoch_end=evaluation)
-        _apply_head_recipe(trainer, model, config)
-        if env.is_main:
-            (log_dir / "config.yaml").write_text(to_yaml(config))
-            trainer.logger.info("config:\n" + to_yaml(config))
-            for note in train_set.notes + eval_set.notes:
-                trainer.logger.info(note)
-            if init_report is not None:
-                trainer.logger.info("initialisation: " + init_report.summary())
-                (log_dir / "init_report.json").write_text(json.dumps(init_report.to_dict(), indent=1) + "\n")
-        trainer.resume_if_possible()
-        trainer.fit()
+        evaluation = _PeriodicEvaluation(eval_set, config, env)
+        with Trainer(model, train_set, collate_semseg, config, env, on_epoch_end=evaluation) as trainer:
+            _apply_head_recipe(trainer, model, config)
+            if env.is_main:
+                (log_dir / "config.yaml").write_text(to_yaml(config))
+                trainer.logger.info("config:\n" + to_yaml(config))
+                for note in train_set.notes + eval_set.notes:
+                    trainer.logger.info(note)
+                if init_report is not None:
+                    trainer.logger.info("initialisation: " + init_report.summary())
+                    (log_dir / "init_report.json").write_text(
+                        json.dumps(init_report.to_dict(), indent=1) + "\n"
+                    )
+            trainer.resume_if_possible()
+            trainer.fit()
+            final = evaluation.run(trainer, "final", round(trainer.step / trainer.steps_per_epoch, 3))
         checkpoint = latest_checkpoint(log_dir / "checkpoints")
-        epochs_done = round(trainer.step / trainer.steps_per_epoch, 3)
-        final = evaluation.run(trainer.model, trainer.step, epochs_done, "final")
         summary = _summarise(log_dir, final, checkpoint, config)
         if env.is_main:
             (log_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import tempfile
 from collections.abc import Collection
@@ -234,17 +235,36 @@ def _fit_trainer(log_dir, max_steps: int, *extra: str, unreadable: Collection[in
     )
 
 
+def _fit(log_dir, max_steps: int) -> dict:
+    """Run a fresh `_fit_trainer` (resuming in ``log_dir``) to the end; returns the last logged metrics."""
+    with _fit_trainer(log_dir, max_steps) as trainer:
+        trainer.resume_if_possible()
+        return trainer.fit()
+
+
 def test_max_steps_sets_the_run_length_across_epochs(tmp_path):
     """train.max_steps beyond one epoch runs on into later epochs, the poly schedule ending at its last step."""
-    trainer = _fit_trainer(tmp_path, max_steps=7)
-    assert trainer.steps_per_epoch == 3 and trainer.total_steps == 7
-    last = trainer.fit()
+    with _fit_trainer(tmp_path, max_steps=7) as trainer:
+        assert trainer.steps_per_epoch == 3 and trainer.total_steps == 7
+        last = trainer.fit()
     assert trainer.step == 7 and trainer.epoch == 2  # two whole epochs and one step of the third
     assert last["train/lr"] == pytest.approx(0.1 * (1 - 7 / 8) ** 0.9)
 
 
+def test_the_log_stays_open_after_fit_for_the_runner_and_closes_with_the_block(tmp_path):
+    """A runner's final evaluation logs through the trainer after fit(); leaving the block closes the log."""
+    with _fit_trainer(tmp_path, 2) as trainer:
+        trainer.fit()
+        trainer.logger.metrics(trainer.step, {"val/score": 0.5})
+        trainer.logger.info("eval final (step 2)")
+    assert not trainer.logger.text.handlers and trainer.logger._metrics.closed
+    assert (tmp_path / "train.log").read_text().count("eval final (step 2)") == 1
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 2] and lines[-1] == {"step": 2, "val/score": 0.5}
+
+
 def test_a_finished_run_without_optimizer_state_initialises_but_does_not_resume(tmp_path):
-    _fit_trainer(tmp_path, max_steps=3).fit()
+    _fit(tmp_path, 3)
     path = latest_checkpoint(tmp_path / "checkpoints")
     full = load_checkpoint(path)
     assert drop_optimizer_state(path) > 0
@@ -254,34 +274,38 @@ def test_a_finished_run_without_optimizer_state_initialises_but_does_not_resume(
     assert drop_optimizer_state(path) == 0  # nothing left to drop
     assert latest_checkpoint(tmp_path / "checkpoints") == path and not list(path.parent.glob("*.tmp"))
     with pytest.raises(ValueError, match=r"without optimizer state.*train\.log_dir"):
-        _fit_trainer(tmp_path, max_steps=3).resume_if_possible()
+        _fit(tmp_path, 3)
 
 
 def test_a_run_that_trains_on_no_sample_stops_without_a_checkpoint(tmp_path):
     """Every sample unreadable, but fewer in a row than train.max_bad_samples: no success, no weights."""
-    trainer = _fit_trainer(tmp_path, 2, "train.checkpoint_every=1", unreadable=range(6))
-    with pytest.raises(
-        TrainingStopped, match=r"no usable sample in 2 steps \(4 samples skipped\)"
-    ) as stopped:
+    with (
+        pytest.raises(TrainingStopped, match=r"no usable sample in 2 steps \(4 samples skipped\)") as stopped,
+        _fit_trainer(tmp_path, 2, "train.checkpoint_every=1", unreadable=range(6)) as trainer,
+    ):
         trainer.fit()
     assert "point 0: unreadable" in str(stopped.value) or "point 1: unreadable" in str(stopped.value)
     assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
-    assert "no usable sample" in (tmp_path / "train.log").read_text()
+    # the reason is in the run's own log, which the stop leaves closed
+    assert "stopped: the run ended with no usable sample" in (tmp_path / "train.log").read_text()
+    assert not trainer.logger.text.handlers and trainer.logger._metrics.closed
 
 
 def test_an_epoch_without_a_usable_sample_stops_the_run(tmp_path):
     """The next epoch reads the same files: stop at the end of the first instead of looping on."""
-    trainer = _fit_trainer(tmp_path, 0, "scheduler.max_epochs=5", "train.max_bad_samples=100",
-                           unreadable=range(6))  # fmt: skip
-    with pytest.raises(TrainingStopped, match=r"epoch 1 .*no usable sample"):
+    with (
+        pytest.raises(TrainingStopped, match=r"epoch 1 .*no usable sample"),
+        _fit_trainer(tmp_path, 0, "scheduler.max_epochs=5", "train.max_bad_samples=100",
+                     unreadable=range(6)) as trainer,
+    ):  # fmt: skip
         trainer.fit()
     assert trainer.epoch == 0 and trainer.step == 3
     assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
 
 
 def test_bad_samples_in_a_run_that_trains_are_skipped_and_counted(tmp_path):
-    trainer = _fit_trainer(tmp_path, 3, unreadable={0, 1, 2})
-    last = trainer.fit()
+    with _fit_trainer(tmp_path, 3, unreadable={0, 1, 2}) as trainer:
+        last = trainer.fit()
     assert trainer.step == 3 and last["train/samples_skipped"] == trainer.samples_skipped > 0
     assert load_checkpoint(latest_checkpoint(tmp_path / "checkpoints"))["step"] == 3
 
@@ -309,37 +333,39 @@ def test_a_full_disk_leaves_no_partial_file_and_keeps_the_last_checkpoint(tmp_pa
 
 
 def test_a_full_disk_stops_training_with_the_folder_and_keeps_resume_possible(tmp_path, monkeypatch):
-    _fit_trainer(tmp_path, 2).fit()
+    _fit(tmp_path, 2)
     _fill_the_disk(monkeypatch)
-    trainer = _fit_trainer(tmp_path, 4)
-    assert trainer.resume_if_possible()
-    with pytest.raises(
-        TrainingStopped, match=r"no space left on the device of .*checkpoints.*free some space"
+    with (
+        pytest.raises(
+            TrainingStopped, match=r"no space left on the device of .*checkpoints.*free some space"
+        ),
+        _fit_trainer(tmp_path, 4) as trainer,
     ):
+        assert trainer.resume_if_possible()
         trainer.fit()
     checkpoints = tmp_path / "checkpoints"
     assert not list(checkpoints.glob("*.tmp"))
     assert "no space left" in (tmp_path / "train.log").read_text()
     monkeypatch.undo()
-    resumed = _fit_trainer(tmp_path, 4)
-    assert resumed.resume_if_possible() and resumed.step == 2
-    resumed.fit()
+    with _fit_trainer(tmp_path, 4) as resumed:
+        assert resumed.resume_if_possible() and resumed.step == 2
+        resumed.fit()
     assert resumed.step == 4
 
 
 def test_stale_temporary_files_are_removed_at_start(tmp_path):
     """A crash or a full disk mid-write leaves `<name>.tmp`: it holds the space the next write needs."""
-    _fit_trainer(tmp_path, 2).fit()
+    _fit(tmp_path, 2)
     checkpoints = tmp_path / "checkpoints"
     (checkpoints / ".step0000003.pth.0123abcd.tmp").write_bytes(b"half a checkpoint")
     (checkpoints / "step0000003.pth.tmp").write_bytes(b"left by an earlier pri3d version")
-    trainer = _fit_trainer(tmp_path, 3)
-    assert not list(checkpoints.glob("*.tmp"))
-    assert (
-        "removed unfinished checkpoint files: .step0000003.pth.0123abcd.tmp, step0000003.pth.tmp"
-        in (tmp_path / "train.log").read_text()
-    )
-    assert trainer.resume_if_possible() and trainer.step == 2
+    with _fit_trainer(tmp_path, 3) as trainer:
+        assert not list(checkpoints.glob("*.tmp"))
+        assert (
+            "removed unfinished checkpoint files: .step0000003.pth.0123abcd.tmp, step0000003.pth.tmp"
+            in (tmp_path / "train.log").read_text()
+        )
+        assert trainer.resume_if_possible() and trainer.step == 2
 
 
 def test_an_output_folder_that_cannot_be_made_is_named(tmp_path):
@@ -382,7 +408,5 @@ def test_a_read_only_output_folder_is_named(tmp_path):
 
 def test_batch_counts_add_up_over_the_run_and_its_resumes(tmp_path):
     """`counts` of the batches (pre-training: pairs without a point cloud) are metrics and survive resume."""
-    assert _fit_trainer(tmp_path, 2).fit()["train/points_used"] == 4
-    resumed = _fit_trainer(tmp_path, 3)
-    assert resumed.resume_if_possible()
-    assert resumed.fit()["train/points_used"] == 6
+    assert _fit(tmp_path, 2)["train/points_used"] == 4
+    assert _fit(tmp_path, 3)["train/points_used"] == 6  # resumed at step 2

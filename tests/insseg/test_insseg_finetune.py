@@ -96,6 +96,10 @@ def test_finetune_trains_at_the_data_resolution_and_reports_coco_metrics(finetun
     assert len(losses) == 8 and all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])  # one batch, seen 8 times
     assert {"train/loss_mask", "train/loss_classifier", "train/loss_objectness"} <= set(lines[0])
+    # the final evaluation goes through the run's logger, like the periodic ones, once
+    assert [m["step"] for m in lines if "val/bbox_AP50" in m] == [4, 8]
+    log = (run / "train.log").read_text()
+    assert log.count("eval step0000004 (step 4)") == 1 and log.count("eval final (step 8)") == 1
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert state["step"] == 8 and "detector.roi_heads.mask_predictor.mask_fcn_logits.weight" in state["model"]
     assert state["config"]["finetune"]["min_size_test"] == 60  # the resolved sizes travel with the checkpoint

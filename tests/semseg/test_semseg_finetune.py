@@ -68,7 +68,10 @@ def test_finetune_reports_final_schedule_and_labelled_best(finetuned):
     losses = [m["train/total_loss"] for m in lines if "train/total_loss" in m]
     assert len(losses) == 12 and np.mean(losses[-3:]) < np.mean(losses[:3])
     assert [m["step"] for m in lines if "val/miou" in m] == [4, 12]
-    assert "initialisation:" in (run / "train.log").read_text() and init["source"].endswith("step0000010.pth")
+    log = (run / "train.log").read_text()
+    assert "initialisation:" in log and init["source"].endswith("step0000010.pth")
+    # the final evaluation goes through the run's logger, like the scheduled ones, once
+    assert log.count("eval epoch001 (step 4)") == 1 and log.count("eval final (step 12)") == 1
 
 
 def test_evaluating_the_checkpoint_reproduces_the_final_numbers_and_torchmetrics(
