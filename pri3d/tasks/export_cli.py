@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pri3d.engine.checkpoint import resolve_weights_path
 from pri3d.export import export_detectron2, export_pri3d, export_torchvision
+from pri3d.io.atomic import atomic_write
 
 FORMATS = {
     "torchvision": "torchvision ResNet state dict (.pth, no fc) + OUT.json metadata",
@@ -53,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
         out, report = export_torchvision(source, args.output, fmt=fmt)
     print(report.summary())
     if args.report:
-        args.report.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+        with atomic_write(args.report) as handle:
+            handle.write(json.dumps(report.to_dict(), indent=1) + "\n")
     print(f"wrote {out}" + ("" if args.format == "pri3d" else f" and {out.name}.json"))
     return 0

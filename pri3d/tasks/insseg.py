@@ -49,6 +49,7 @@ from pri3d.engine.config import load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer
 from pri3d.engine.trainer import Trainer, TrainingStopped
+from pri3d.io.atomic import atomic_write
 from pri3d.models.mask_rcnn import InstanceSegmenter, build_detector, finalise_backbone, initialise_body
 from pri3d.tasks.insseg_config import (
     InssegFinetuneConfig,
@@ -128,7 +129,8 @@ class _PeriodicEvaluation:
         report.update({"step": step, "seconds": round(time.perf_counter() - t0, 1)})
         if self.env.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+            with atomic_write(self.dir / f"{name}.json") as handle:
+                handle.write(json.dumps(report, indent=1) + "\n")
             values = {
                 f"val/{kind}_{n}": report[kind][n]
                 for kind in ("bbox", "segm")
@@ -237,7 +239,8 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
             m = config.optimizer.bn_momentum  # constant: the Trainer's default decays it as pre-training does
             trainer.bn_scheduler = BNMomentumScheduler(model, initial=m, decay=1.0, every=1, minimum=m)
             if env.is_main:
-                (log_dir / "config.yaml").write_text(to_yaml(config))
+                with atomic_write(log_dir / "config.yaml") as handle:
+                    handle.write(to_yaml(config))
                 trainer.logger.info("config:\n" + to_yaml(config))
                 for note in [*train_set.notes, *eval_set.notes, scale_note]:
                     if note:
@@ -247,16 +250,16 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
                 )
                 if init_report is not None:
                     trainer.logger.info("initialisation: " + init_report.summary())
-                    (log_dir / "init_report.json").write_text(
-                        json.dumps(init_report.to_dict(), indent=1) + "\n"
-                    )
+                    with atomic_write(log_dir / "init_report.json") as handle:
+                        handle.write(json.dumps(init_report.to_dict(), indent=1) + "\n")
             if trainer.resume_if_possible():
                 evaluation.last_step = trainer.step
             trainer.fit()
             final = evaluation.run(trainer, "final")
         summary = _summarise(log_dir, final, config, sizes)
         if env.is_main:
-            (log_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+            with atomic_write(log_dir / "results.json") as handle:
+                handle.write(json.dumps(summary, indent=1) + "\n")
             print(format_coco_table(final), file=sys.stderr)
         return summary
     finally:
@@ -342,7 +345,8 @@ def evaluate_insseg(checkpoint: str | Path, overrides: list[str] | None = None, 
         report["figures"] = [
             str(p) for p in _save_figures(model, dataset, save_vis, out.with_name(out.stem + "-vis"))
         ]
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    with atomic_write(out) as handle:
+        handle.write(json.dumps(report, indent=1) + "\n")
     report["report_path"] = str(out)
     return report
 

@@ -37,6 +37,7 @@ from pri3d.engine.config import load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
 from pri3d.engine.trainer import Trainer, TrainingStopped
+from pri3d.io.atomic import atomic_write
 from pri3d.metrics import ConfusionMatrix, format_iou_table, iou_report
 from pri3d.models.segmentation import SegmentationModel, SmpSegmenter, build_segmentation_model, initialise
 from pri3d.tasks.semseg_config import SemsegRunConfig, expand_short_forms, semseg_config
@@ -135,7 +136,8 @@ class _PeriodicEvaluation:
         report.update({"step": step, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1)})
         if self.env.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / f"{name}.json").write_text(json.dumps(report, indent=1) + "\n")
+            with atomic_write(self.dir / f"{name}.json") as handle:
+                handle.write(json.dumps(report, indent=1) + "\n")
             values = {"val/miou": report["miou"], "val/miou_original": report["miou_original"],
                       "val/pixel_accuracy": report["pixel_accuracy"], "epoch": epoch}  # fmt: skip
             line = (f"eval {name} (step {step}): mIoU {100 * report['miou']:.2f} (standard), "
@@ -177,22 +179,23 @@ def finetune_semseg(config: SemsegRunConfig) -> dict:
         with Trainer(model, train_set, collate_semseg, config, env, on_epoch_end=evaluation) as trainer:
             _apply_head_recipe(trainer, model, config)
             if env.is_main:
-                (log_dir / "config.yaml").write_text(to_yaml(config))
+                with atomic_write(log_dir / "config.yaml") as handle:
+                    handle.write(to_yaml(config))
                 trainer.logger.info("config:\n" + to_yaml(config))
                 for note in train_set.notes + eval_set.notes:
                     trainer.logger.info(note)
                 if init_report is not None:
                     trainer.logger.info("initialisation: " + init_report.summary())
-                    (log_dir / "init_report.json").write_text(
-                        json.dumps(init_report.to_dict(), indent=1) + "\n"
-                    )
+                    with atomic_write(log_dir / "init_report.json") as handle:
+                        handle.write(json.dumps(init_report.to_dict(), indent=1) + "\n")
             trainer.resume_if_possible()
             trainer.fit()
             final = evaluation.run(trainer, "final", round(trainer.step / trainer.steps_per_epoch, 3))
         checkpoint = latest_checkpoint(log_dir / "checkpoints")
         summary = _summarise(log_dir, final, checkpoint, config)
         if env.is_main:
-            (log_dir / "results.json").write_text(json.dumps(summary, indent=1) + "\n")
+            with atomic_write(log_dir / "results.json") as handle:
+                handle.write(json.dumps(summary, indent=1) + "\n")
             print(format_iou_table(final), file=sys.stderr)
         return summary
     finally:
@@ -272,7 +275,8 @@ def evaluate_semseg(checkpoint: str | Path, overrides: list[str] | None = None, 
     out.parent.mkdir(parents=True, exist_ok=True)
     if save_vis > 0:
         report["figures"] = [str(p) for p in _save_figures(model, dataset, device, save_vis, out)]
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    with atomic_write(out) as handle:
+        handle.write(json.dumps(report, indent=1) + "\n")
     report["report_path"] = str(out)
     return report
 

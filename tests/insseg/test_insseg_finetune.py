@@ -6,6 +6,7 @@ import json
 import math
 import re
 import shutil
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ from pri3d.cli import main
 from pri3d.data.insseg import build_insseg_dataset
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
 from pri3d.engine.config import to_dict
+from pri3d.io.atomic import atomic_write
 from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
+from pri3d.tasks import insseg as insseg_task
 from pri3d.tasks.insseg import evaluate_insseg, finetune_insseg
 from pri3d.tasks.insseg_config import insseg_config
 from pri3d.tasks.pretrain_config import PretrainRunConfig
@@ -56,7 +59,8 @@ def _calibrated_resnet50(images: torch.Tensor) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def finetuned(insseg_root, coco_dir, tmp_path_factory):
     """8 steps on one fixed batch (2 frames, no flip, one scale) from a torchvision-layout ResNet-50 file,
-    so that the loss must fall; evaluation after step 4 (period 4, one step per epoch) and at the end."""
+    so that the loss must fall; evaluation after step 4 (period 4, one step per epoch) and at the end. Also
+    the files the run wrote through `atomic_write`, relative to its folder."""
     base = tmp_path_factory.mktemp("insseg_finetune")
     document = json.loads((coco_dir / "scannet_train.coco.json").read_text())
     busiest = sorted(
@@ -73,12 +77,15 @@ def finetuned(insseg_root, coco_dir, tmp_path_factory):
                                 "train.max_steps=8", "train.checkpoint_every=5", "scheduler.warmup_steps=2",
                                 "optimizer.lr=0.001", "finetune.eval_period=4", "finetune.flip=false",
                                 "finetune.min_size_train=[60]"))  # fmt: skip
-    return base, finetune_insseg(config)
+    with mock.patch.object(insseg_task, "atomic_write", wraps=atomic_write) as writes:
+        summary = finetune_insseg(config)
+    written = {str(call.args[0].relative_to(base / "run")) for call in writes.call_args_list}
+    return base, summary, written
 
 
 @pytest.mark.slow
 def test_finetune_trains_at_the_data_resolution_and_reports_coco_metrics(finetuned):
-    base, summary = finetuned
+    base, summary, written = finetuned
     run = base / "run"
     assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(summary))
     assert summary["input_sizes"] == {"min_size_train": [60], "min_size_test": 60, "max_size": 80}  # fmt: skip
@@ -100,6 +107,9 @@ def test_finetune_trains_at_the_data_resolution_and_reports_coco_metrics(finetun
     assert [m["step"] for m in lines if "val/bbox_AP50" in m] == [4, 8]
     log = (run / "train.log").read_text()
     assert log.count("eval step0000004 (step 4)") == 1 and log.count("eval final (step 8)") == 1
+    # whole or not at all: a crash cannot leave a half-written result beside valid checkpoints
+    assert written == {"config.yaml", "init_report.json", "eval/step0000004.json", "eval/final.json",
+                       "results.json"}  # fmt: skip
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert state["step"] == 8 and "detector.roi_heads.mask_predictor.mask_fcn_logits.weight" in state["model"]
     assert state["config"]["finetune"]["min_size_test"] == 60  # the resolved sizes travel with the checkpoint
@@ -107,23 +117,12 @@ def test_finetune_trains_at_the_data_resolution_and_reports_coco_metrics(finetun
 
 @pytest.mark.slow
 def test_eval_cli_reproduces_the_final_numbers_and_draws(finetuned, tmp_path, capsys):
-    base, summary = finetuned
+    base, summary, _ = finetuned
     out = tmp_path / "eval.json"
-    assert (
-        main(
-            [
-                "eval",
-                "insseg",
-                f"checkpoint={base / 'run'}",
-                f"out={out}",
-                "--save-vis",
-                "2",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    with mock.patch.object(insseg_task, "atomic_write", wraps=atomic_write) as writes:
+        code = main(["eval", "insseg", f"checkpoint={base / 'run'}", f"out={out}", "--save-vis", "2",
+                     "--device", "cpu"])  # fmt: skip
+    assert code == 0 and [call.args[0] for call in writes.call_args_list] == [out]
     printed = capsys.readouterr().out
     assert "AP50" in printed and "report:" in printed
     report = json.loads(out.read_text())
@@ -140,7 +139,7 @@ def test_eval_cli_reproduces_the_final_numbers_and_draws(finetuned, tmp_path, ca
 
 @pytest.mark.slow
 def test_a_torchvision_state_dict_evaluates_too(finetuned, insseg_root, tmp_path):
-    base, summary = finetuned
+    base, summary, _ = finetuned
     state = load_checkpoint(latest_checkpoint(base / "run" / "checkpoints"))["model"]
     plain = {k.removeprefix("detector."): v for k, v in state.items()}
     detector = torchvision.models.detection.maskrcnn_resnet50_fpn(
@@ -191,7 +190,7 @@ def test_eval_names_a_checkpoint_of_another_task(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_rerunning_resumes_from_the_last_checkpoint(finetuned, insseg_root, tmp_path):
-    base, summary = finetuned
+    base, summary, _ = finetuned
     shutil.copytree(base / "run", tmp_path / "run")
     config = insseg_config(_run(insseg_root, base / "two.coco.json", tmp_path / "run", "init=imagenet",
                                 "train.max_steps=9", "finetune.flip=false", "finetune.min_size_train=[60]"))  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import urllib.error
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,9 +14,11 @@ import torch
 from pri3d.cli import main
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pri3d.engine.config import to_dict
+from pri3d.io.atomic import atomic_write
 from pri3d.io.scene_lists import scene_list_dir, shipped_split_dir
 from pri3d.models.registry import build_backbone
 from pri3d.tasks import eval_cli, finetune_cli
+from pri3d.tasks import semseg as semseg_task
 from pri3d.tasks.insseg_config import InssegRunConfig
 from pri3d.tasks.pretrain_config import PretrainRunConfig
 from pri3d.tasks.semseg import build_dataset, evaluate_semseg, finetune_semseg
@@ -41,7 +44,8 @@ def _cli(argv):
 
 @pytest.fixture(scope="module")
 def finetuned(semseg_root, tmp_path_factory):
-    """3 epochs × 4 steps of Res18-UNet from a Pri3D-layout checkpoint, evaluating after epoch 1 and at the end."""
+    """3 epochs × 4 steps of Res18-UNet from a Pri3D-layout checkpoint, evaluating after epoch 1 and at the end;
+    also the files the run wrote through `atomic_write`, relative to its folder."""
     base = tmp_path_factory.mktemp("finetune")
     unet = build_backbone("Res18UNet", 32)
     state = {f"backbone.{k}": v for k, v in unet.state_dict().items()}
@@ -50,11 +54,14 @@ def finetuned(semseg_root, tmp_path_factory):
     save_checkpoint(base / "pretrain" / "checkpoints", "step0000010.pth", {"model": state, "step": 10})
     config = semseg_config(_small(semseg_root, base / "run", f"init={base / 'pretrain'}",
                                   "scheduler.max_epochs=3", "train.report_epoch=2", "optimizer.lr=0.05"))  # fmt: skip
-    return base, config, finetune_semseg(config)
+    with mock.patch.object(semseg_task, "atomic_write", wraps=atomic_write) as writes:
+        summary = finetune_semseg(config)
+    written = {str(call.args[0].relative_to(base / "run")) for call in writes.call_args_list}
+    return base, config, summary, written
 
 
 def test_finetune_reports_final_schedule_and_labelled_best(finetuned):
-    base, _, summary = finetuned
+    base, _, summary, written = finetuned
     run = base / "run"
     assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(summary))
     assert [r["epoch"] for r in summary["schedule"]] == [1]  # the original's 0-based `epoch % 2 == 0`
@@ -72,13 +79,16 @@ def test_finetune_reports_final_schedule_and_labelled_best(finetuned):
     assert "initialisation:" in log and init["source"].endswith("step0000010.pth")
     # the final evaluation goes through the run's logger, like the scheduled ones, once
     assert log.count("eval epoch001 (step 4)") == 1 and log.count("eval final (step 12)") == 1
+    # whole or not at all: a crash cannot leave a half-written result beside valid checkpoints
+    assert written == {"config.yaml", "init_report.json", "eval/epoch001.json", "eval/final.json",
+                       "results.json"}  # fmt: skip
 
 
 def test_evaluating_the_checkpoint_reproduces_the_final_numbers_and_torchmetrics(
     finetuned, semseg_root, tmp_path
 ):
     torchmetrics = pytest.importorskip("torchmetrics")
-    base, config, summary = finetuned
+    base, config, summary, _ = finetuned
     report = evaluate_semseg(base / "run", [f"dataset.path={semseg_root}"], out=tmp_path / "eval.json")
     assert report["miou"] == pytest.approx(summary["final"]["miou"])
     assert report["miou_original"] == pytest.approx(summary["final"]["miou_original"])
@@ -101,11 +111,12 @@ def test_evaluating_the_checkpoint_reproduces_the_final_numbers_and_torchmetrics
 
 
 def test_eval_cli_writes_report_and_figures(finetuned, semseg_root, tmp_path, capsys):
-    base, _, _ = finetuned
+    base, _, _, _ = finetuned
     out = tmp_path / "cli" / "eval.json"
-    code = _cli(["eval", "semseg", f"checkpoint={base / 'run'}", f"dataset.path={semseg_root}", f"out={out}",
-                 "--save-vis", "2"])  # fmt: skip
-    assert code == 0
+    with mock.patch.object(semseg_task, "atomic_write", wraps=atomic_write) as writes:
+        code = _cli(["eval", "semseg", f"checkpoint={base / 'run'}", f"dataset.path={semseg_root}", f"out={out}",
+                     "--save-vis", "2"])  # fmt: skip
+    assert code == 0 and [call.args[0] for call in writes.call_args_list] == [out]
     printed = capsys.readouterr().out
     assert "mIoU" in printed and "standard | original Pri3D definition" in printed
     report = json.loads(out.read_text())
@@ -115,7 +126,7 @@ def test_eval_cli_writes_report_and_figures(finetuned, semseg_root, tmp_path, ca
 
 
 def test_eval_refuses_a_checkpoint_of_another_model(finetuned, semseg_root):
-    base, _, _ = finetuned
+    base, _, _, _ = finetuned
     with pytest.raises(ValueError, match="does not match"):
         evaluate_semseg(base / "run", [f"dataset.path={semseg_root}", "model=pspnet"])
 
