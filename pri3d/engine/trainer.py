@@ -83,7 +83,7 @@ class Trainer:
             DistributedDataParallel(self.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
             if env.distributed else self.model
         )  # fmt: skip
-        if env.is_main:  # fine-tuning tasks too: a clear error instead of the logger's traceback
+        if env.is_main:  # for callers that did not check (the runners do): a named error, not a traceback
             check_output_folder(self.log_dir, "train.log_dir")
         self.step = 0
         self.epoch = 0

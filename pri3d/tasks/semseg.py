@@ -32,8 +32,8 @@ from torch.utils.data import DataLoader, Subset
 
 from pri3d.data.semseg import SegmentationFrames, SemsegOptions, build_semseg_dataset, collate_semseg
 from pri3d.engine import distributed
-from pri3d.engine.checkpoint import latest_checkpoint, resolve_init, resolve_weights_path
-from pri3d.engine.config import load_config, to_yaml
+from pri3d.engine.checkpoint import check_output_folder, latest_checkpoint, resolve_init, resolve_weights_path
+from pri3d.engine.config import check_run_config, load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
 from pri3d.engine.trainer import Trainer, TrainingStopped
@@ -159,8 +159,11 @@ def finetune_semseg(config: SemsegRunConfig) -> dict:
     ``best_on_val_model_selection`` (the best scheduled result: selected on the evaluation data,
     which is what the original reported), ``checkpoint``, ``init`` (what was loaded from where).
     """
+    check_run_config(config)
     env = distributed.setup(config.train.device)
     try:
+        if env.is_main:
+            check_output_folder(config.train.log_dir, "train.log_dir")
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         torch.manual_seed(config.train.seed)  # identical initialisation on every rank
