@@ -15,43 +15,13 @@ from __future__ import annotations
 import errno
 import random
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pri3d import __version__
-from pri3d.engine.config import ConfigError
 from pri3d.io.atomic import atomic_write
-
-
-def check_output_folder(folder: str | Path, option: str) -> None:
-    """Create the run's output ``folder`` if needed and check that it, and its ``checkpoints/`` if
-    present, take new files; raise `ConfigError` naming ``option`` otherwise.
-
-    A file is created and removed rather than permission bits read: those say nothing about
-    read-only mounts or access lists, and root ignores them. Run before any work, so that an
-    unwritable folder is not found at the first log line or checkpoint.
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(
-            f"{option}={folder}: cannot create the folder ({error.strerror or error})"
-        ) from None
-    for path in (folder, folder / "checkpoints"):
-        if not path.is_dir():
-            continue
-        try:
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-                pass
-        except OSError as error:
-            raise ConfigError(
-                f"{option}={folder}: cannot write in {path} ({error.strerror or error}); "
-                f"choose another {option} or fix the folder's permissions"
-            ) from None
 
 
 def rng_state() -> dict:

@@ -28,7 +28,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from pri3d.engine.checkpoint import (
     CheckpointDiskFull,
-    check_output_folder,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -42,6 +41,7 @@ from pri3d.engine.distributed import DistEnv, all_ranks_true
 from pri3d.engine.logger import RunLogger
 from pri3d.engine.sampler import GlobalBatchSampler
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
+from pri3d.io.atomic import check_writable_folder
 
 
 class TrainingStopped(RuntimeError):
@@ -84,7 +84,7 @@ class Trainer:
             if env.distributed else self.model
         )  # fmt: skip
         if env.is_main:  # for callers that did not check (the runners do): a named error, not a traceback
-            check_output_folder(self.log_dir, "train.log_dir")
+            check_writable_folder(self.log_dir, "train.log_dir", ("checkpoints",))
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0

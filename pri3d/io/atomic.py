@@ -11,12 +11,13 @@ keeps its previous content.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-__all__ = ["AtomicFile", "atomic_write", "is_temporary"]
+__all__ = ["AtomicFile", "UnwritableFolderError", "atomic_write", "check_writable_folder", "is_temporary"]
 
 _SUFFIX = ".tmp"
 
@@ -97,3 +98,40 @@ def _sync_folder(folder: Path) -> None:
         pass  # some file systems refuse fsync on folders; the rename itself is still atomic
     finally:
         os.close(fd)
+
+
+class UnwritableFolderError(ValueError):
+    """An output folder that cannot be created or take new files (a ValueError, so that the ``pri3d``
+    command prints it as one line)."""
+
+
+def check_writable_folder(
+    folder: str | os.PathLike[str], option: str, subfolders: tuple[str, ...] = ()
+) -> Path:
+    """Create the output ``folder`` if needed and check that it, and those of its ``subfolders`` that
+    exist, take new files; raise :class:`UnwritableFolderError` naming ``option`` (the setting the
+    folder came from, e.g. ``train.log_dir`` or ``--out``) otherwise.
+
+    A file is created and removed rather than permission bits read: those say nothing about read-only
+    mounts or access lists, and root ignores them. Commands run this before any work, so that an
+    unwritable folder is not found at the first log line, checkpoint or scene.
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UnwritableFolderError(
+            f"{option}={folder}: cannot create the folder ({error.strerror or error})"
+        ) from None
+    for path in (folder, *(folder / name for name in subfolders)):
+        if not path.is_dir():
+            continue
+        try:
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as error:
+            raise UnwritableFolderError(
+                f"{option}={folder}: cannot write in {path} ({error.strerror or error}); "
+                f"choose another {option} or fix the folder's permissions"
+            ) from None
+    return folder

@@ -1,4 +1,4 @@
-"""The output folder of a preprocessing run: created, writable, and held by one run at a time.
+"""The output folder of a preprocessing run is held by one run at a time.
 
 Two runs writing one folder corrupt each other's scenes: the second removes the temporary scene
 folders the first is writing into, and both rename half-written folders into place as finished.
@@ -13,49 +13,21 @@ import contextlib
 import fcntl
 import os
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["LOCK_NAME", "OutputFolderError", "output_lock", "prepare_output_folder"]
+__all__ = ["LOCK_NAME", "OutputFolderError", "output_lock"]
 
 #: The lock file, left in place between runs (see :func:`output_lock`).
 LOCK_NAME = ".preprocess.lock"
 
 
 class OutputFolderError(ValueError):
-    """The output folder cannot be used: it cannot be created or written, or another run holds it.
+    """The output folder cannot be used: another run holds it, or its lock file cannot be opened.
 
     A ValueError like the other bad-argument errors, so that the ``pri3d`` command prints it as one
     line instead of a traceback.
     """
-
-
-def prepare_output_folder(folder: str | os.PathLike[str], subfolders: tuple[str, ...] = ()) -> Path:
-    """Create ``folder`` if needed and check that it, and those of ``subfolders`` that exist, are writable.
-
-    The check creates (and drops) a file: unlike permission bits, that also catches read-only mounts
-    and access lists. Raises :class:`OutputFolderError` naming the folder, before any work is done.
-    """
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OutputFolderError(
-            f"{folder}: cannot create the output folder ({error.strerror or error})"
-        ) from None
-    for path in (folder, *(folder / name for name in subfolders)):
-        if not path.is_dir():
-            continue
-        try:
-            with tempfile.TemporaryFile(dir=path):
-                pass
-        except OSError as error:
-            raise OutputFolderError(
-                f"{path}: output folder is not writable ({error.strerror or error}); "
-                "fix its permissions or choose another output folder"
-            ) from None
-    return folder
 
 
 @contextlib.contextmanager

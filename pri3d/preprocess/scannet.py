@@ -44,11 +44,11 @@ import numpy as np
 from tqdm import tqdm
 
 from pri3d import __version__
-from pri3d.io.atomic import atomic_write
+from pri3d.io.atomic import atomic_write, check_writable_folder
 from pri3d.io.pairs import FramePair, pair_line, read_pair_list
 from pri3d.io.scannet import read_label_map, scene_mesh_paths
 from pri3d.preprocess.frames import CAMERA_FILES, CHUNK_MARGIN, SKIP_REASONS, export_frames, write_chunk_boxes
-from pri3d.preprocess.output_folder import output_lock, prepare_output_folder
+from pri3d.preprocess.output_folder import output_lock
 from pri3d.preprocess.overlap import VOXEL_SIZE, overlap_matrix, pair_scores
 from pri3d.preprocess.pointcloud import save_point_cloud, scene_point_cloud
 
@@ -383,7 +383,7 @@ def preprocess_scannet(
     label_path = find_label_table(scans, labels)
     label_map = read_label_map(label_path)
     # Every run writes the pair list and the report; scenes write their clouds into pointcloud/.
-    prepare_output_folder(out, ("pointcloud", "splits"))
+    check_writable_folder(out, "--out", ("pointcloud", "splits"))
     with output_lock(out):
         results, redone = _resume(out, names, options)
         todo = [name for name in names if name not in results]

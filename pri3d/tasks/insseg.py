@@ -44,12 +44,12 @@ from tqdm import tqdm
 from pri3d.coco.evaluate import evaluate_detections, format_coco_table, percent, to_coco_results
 from pri3d.data.insseg import CocoInstances, build_insseg_dataset, collate_insseg
 from pri3d.engine import distributed
-from pri3d.engine.checkpoint import check_output_folder, latest_checkpoint, resolve_init, resolve_weights_path
+from pri3d.engine.checkpoint import latest_checkpoint, resolve_init, resolve_weights_path
 from pri3d.engine.config import check_run_config, load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.io.atomic import atomic_write
+from pri3d.io.atomic import atomic_write, check_writable_folder
 from pri3d.models.mask_rcnn import InstanceSegmenter, build_detector, finalise_backbone, initialise_body
 from pri3d.tasks.insseg_config import (
     InssegFinetuneConfig,
@@ -205,7 +205,7 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
     env = distributed.setup(config.train.device)
     try:
         if env.is_main:
-            check_output_folder(config.train.log_dir, "train.log_dir")
+            check_writable_folder(config.train.log_dir, "train.log_dir", ("checkpoints",))
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         torch.manual_seed(config.train.seed)  # identical initialisation on every rank

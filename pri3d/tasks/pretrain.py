@@ -18,10 +18,9 @@ import torch
 from pri3d.data.collate import collate_pairs
 from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.engine import distributed
-from pri3d.engine.checkpoint import check_output_folder
 from pri3d.engine.config import check_run_config, load_config, to_yaml
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.io.atomic import atomic_write
+from pri3d.io.atomic import atomic_write, check_writable_folder
 from pri3d.models.pri3d import Pri3D
 from pri3d.tasks.pretrain_config import PRETRAIN_RULES, PretrainRunConfig
 
@@ -60,7 +59,7 @@ def pretrain(config: PretrainRunConfig) -> dict:
     env = distributed.setup(config.train.device)
     try:
         if env.is_main:
-            check_output_folder(config.train.log_dir, "train.log_dir")
+            check_writable_folder(config.train.log_dir, "train.log_dir", ("checkpoints",))
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         torch.manual_seed(config.train.seed)  # identical initialisation on every rank

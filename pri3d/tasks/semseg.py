@@ -32,12 +32,12 @@ from torch.utils.data import DataLoader, Subset
 
 from pri3d.data.semseg import SegmentationFrames, SemsegOptions, build_semseg_dataset, collate_semseg
 from pri3d.engine import distributed
-from pri3d.engine.checkpoint import check_output_folder, latest_checkpoint, resolve_init, resolve_weights_path
+from pri3d.engine.checkpoint import latest_checkpoint, resolve_init, resolve_weights_path
 from pri3d.engine.config import check_run_config, load_config, to_yaml
 from pri3d.engine.distributed import DistEnv
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.io.atomic import atomic_write
+from pri3d.io.atomic import atomic_write, check_writable_folder
 from pri3d.metrics import ConfusionMatrix, format_iou_table, iou_report
 from pri3d.models.segmentation import SegmentationModel, SmpSegmenter, build_segmentation_model, initialise
 from pri3d.tasks.semseg_config import SemsegRunConfig, expand_short_forms, semseg_config
@@ -163,7 +163,7 @@ def finetune_semseg(config: SemsegRunConfig) -> dict:
     env = distributed.setup(config.train.device)
     try:
         if env.is_main:
-            check_output_folder(config.train.log_dir, "train.log_dir")
+            check_writable_folder(config.train.log_dir, "train.log_dir", ("checkpoints",))
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         torch.manual_seed(config.train.seed)  # identical initialisation on every rank

@@ -5,10 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
-import tempfile
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +15,6 @@ from torch import nn
 
 from pri3d.engine.checkpoint import (
     CheckpointDiskFull,
-    check_output_folder,
     drop_optimizer_state,
     latest_checkpoint,
     load_checkpoint,
@@ -173,7 +170,6 @@ def test_weights_are_read_from_a_file_or_a_run_folders_newest_checkpoint(tmp_pat
 
 
 def test_prune_checkpoints_keeps_the_newest_and_the_last(tmp_path):
-    import os
 
     for i, name in enumerate(["step0000010.pth", "epoch001.pth", "step0000020.pth", "step0000030.pth"]):
         save_checkpoint(tmp_path, name, {"step": i})
@@ -366,44 +362,6 @@ def test_stale_temporary_files_are_removed_at_start(tmp_path):
             in (tmp_path / "train.log").read_text()
         )
         assert trainer.resume_if_possible() and trainer.step == 2
-
-
-def test_an_output_folder_that_cannot_be_made_is_named(tmp_path):
-    (tmp_path / "file").write_text("a regular file")
-    with pytest.raises(ConfigError, match=r"train\.log_dir=.*file/run: cannot create the folder"):
-        check_output_folder(tmp_path / "file" / "run", "train.log_dir")
-
-
-def test_an_output_folder_that_refuses_files_is_named(tmp_path, monkeypatch):
-    """Permission bits do not stop root, read-only mounts and access lists do not show in them: the
-    check writes a file. Here the write is made to fail, so the test also holds when run as root."""
-    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
-    check_output_folder(tmp_path / "run", "train.log_dir")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]  # the probe is gone
-
-    def refuse(*args, dir=None, **kwargs):
-        if Path(dir).name == "checkpoints":  # the folder itself is fine, its checkpoints/ is not
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real(*args, dir=dir, **kwargs)
-
-    real = tempfile.NamedTemporaryFile
-    monkeypatch.setattr(tempfile, "NamedTemporaryFile", refuse)
-    with pytest.raises(
-        ConfigError, match=r"train\.log_dir=.*run: cannot write in .*checkpoints \(Permission denied\)"
-    ):
-        check_output_folder(tmp_path / "run", "train.log_dir")
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_output_folder_is_named(tmp_path):
-    folder = tmp_path / "run"
-    folder.mkdir()
-    folder.chmod(0o555)
-    try:
-        with pytest.raises(ConfigError, match=r"train\.log_dir=.*run: cannot write in"):
-            check_output_folder(folder, "train.log_dir")
-    finally:
-        folder.chmod(0o755)
 
 
 def test_batch_counts_add_up_over_the_run_and_its_resumes(tmp_path):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from pri3d.io.atomic import atomic_write, is_temporary
+from pri3d.io.atomic import UnwritableFolderError, atomic_write, check_writable_folder, is_temporary
 
 
 def test_the_file_appears_only_when_complete(tmp_path):
@@ -52,3 +55,42 @@ def test_two_writers_of_one_target_never_share_a_temporary(tmp_path):
 def test_read_modes_are_refused(tmp_path):
     with pytest.raises(ValueError, match="mode 'r'"):
         atomic_write(tmp_path / "x", "r")
+
+
+def test_an_output_folder_that_cannot_be_made_is_named(tmp_path):
+    (tmp_path / "file").write_text("a regular file")
+    with pytest.raises(UnwritableFolderError, match=r"train\.log_dir=.*file/run: cannot create the folder"):
+        check_writable_folder(tmp_path / "file" / "run", "train.log_dir")
+
+
+def test_an_output_folder_that_refuses_files_is_named(tmp_path, monkeypatch):
+    """Permission bits do not stop root, read-only mounts and access lists do not show in them: the
+    check writes a file. Here the write is made to fail, so the test also holds when run as root."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    check_writable_folder(tmp_path / "run", "train.log_dir", ("checkpoints",))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["checkpoints"]  # the probe is gone
+
+    def refuse(*args, dir=None, **kwargs):
+        if Path(dir).name == "checkpoints":  # the folder itself is fine, its checkpoints/ is not
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    real = tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    with pytest.raises(
+        UnwritableFolderError,
+        match=r"train\.log_dir=.*run: cannot write in .*checkpoints \(Permission denied\)",
+    ):
+        check_writable_folder(tmp_path / "run", "train.log_dir", ("checkpoints",))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_output_folder_is_named(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(UnwritableFolderError, match=r"train\.log_dir=.*run: cannot write in"):
+            check_writable_folder(folder, "train.log_dir")
+    finally:
+        folder.chmod(0o755)

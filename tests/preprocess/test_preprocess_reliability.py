@@ -13,15 +13,17 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 import pri3d.cli
+from pri3d.io.atomic import UnwritableFolderError
 from pri3d.io.pairs import read_pair_list
 from pri3d.io.scannet import write_label_tsv
 from pri3d.io.sens import SensWriter
-from pri3d.preprocess import output_folder, scannet
+from pri3d.preprocess import scannet
 from pri3d.preprocess.output_folder import LOCK_NAME, OutputFolderError, output_lock
 from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet
 
@@ -142,8 +144,8 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmp_path):
         if os.access(out, os.W_OK):
             pytest.skip("running with permission to write anywhere (root): chmod does not stop writes")
         with pytest.raises(
-            OutputFolderError,
-            match=rf"{re.escape(str(out))}: output folder is not writable \(Permission denied\)",
+            UnwritableFolderError,
+            match=rf"--out={re.escape(str(out))}: cannot write in {re.escape(str(out))} \(Permission denied\)",
         ):
             _run(scans, out)
         assert list(out.iterdir()) == []
@@ -161,11 +163,11 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, monkey
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), dir)
         return real_temporary_file(dir=dir, **kwargs)
 
-    real_temporary_file = output_folder.tempfile.TemporaryFile
-    monkeypatch.setattr(output_folder.tempfile, "TemporaryFile", refuse_in_splits)
+    real_temporary_file = tempfile.TemporaryFile
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse_in_splits)
     with pytest.raises(
-        OutputFolderError,
-        match=rf"{re.escape(str(out / 'splits'))}: output folder is not writable \(Permission denied\)",
+        UnwritableFolderError,
+        match=rf"--out=.*: cannot write in {re.escape(str(out / 'splits'))} \(Permission denied\)",
     ):
         _run(scans, out)
     assert sorted(p.name for p in out.iterdir()) == ["splits"]
@@ -175,8 +177,8 @@ def test_an_output_folder_that_cannot_be_created_is_one_clear_error(tmp_path):
     scans = _scans(tmp_path)
     (tmp_path / "file").write_text("")
     with pytest.raises(
-        OutputFolderError,
-        match=rf"{re.escape(str(tmp_path / 'file' / 'out'))}: cannot create the output folder",
+        UnwritableFolderError,
+        match=rf"--out={re.escape(str(tmp_path / 'file' / 'out'))}: cannot create the folder",
     ):
         _run(scans, tmp_path / "file" / "out")
 
