@@ -56,14 +56,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         size = tuple(args.size)
-        generate(root / "raw", SynthConfig(scenes=args.scenes, frames=args.frames, seed=0, color_size=size,
-                                           depth_size=size, val_fraction=0.0))  # fmt: skip
+        generate(
+            root / "raw",
+            SynthConfig(
+                scenes=args.scenes,
+                frames=args.frames,
+                seed=0,
+                color_size=size,
+                depth_size=size,
+                val_fraction=0.0,
+            ),
+        )
         report = preprocess_scannet(root / "raw" / "scans", root / "data", ScanNetOptions(frame_skip=5))
-        print(f"{report['frames']['exported']} frames, {report['pair_list']['pairs']} pairs; "
-              f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one thread")  # fmt: skip
+        print(
+            f"{report['frames']['exported']} frames, {report['pair_list']['pairs']} pairs; "
+            f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one thread"
+        )
         for geometric in (False, True):
-            options = PairOptions(size=size, num_matches=args.matches, geometric_prior=geometric,
-                                  voxel_size=args.voxel_size)  # fmt: skip
+            options = PairOptions(
+                size=size, num_matches=args.matches, geometric_prior=geometric, voxel_size=args.voxel_size
+            )
             ms = time_pairs(root / "data", options, args.pairs)
             mode = (
                 f"with the geometric prior ({args.voxel_size} m voxels)"

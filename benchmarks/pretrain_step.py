@@ -157,9 +157,13 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per figure (the minimum is kept)")
     parser.add_argument("--size", nargs=2, type=int, default=[240, 320], metavar=("H", "W"))
     parser.add_argument("--voxels", type=int, default=35000, help="voxels per view")
-    parser.add_argument("--backend3d", default="auto", choices=["auto", "torch", "spconv"],
-                        help="3D network's sparse convolutions: pri3d's torch ops, spconv, or auto "
-                        "(torch on the CPU and where spconv has no CUDA build)")  # fmt: skip
+    parser.add_argument(
+        "--backend3d",
+        default="auto",
+        choices=["auto", "torch", "spconv"],
+        help="3D network's sparse convolutions: pri3d's torch ops, spconv, or auto "
+        "(torch on the CPU and where spconv has no CUDA build)",
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()

@@ -105,9 +105,13 @@ def surface_voxels(room: Box, boxes: list[Box], generator: torch.Generator) -> t
     def cuboid(low: torch.Tensor, high: torch.Tensor) -> list[torch.Tensor]:
         ex, ey, ez = torch.diag(high - low)
         return [
-            face(low, ex, ey), face(low + ez, ex, ey), face(low, ex, ez),
-            face(low + ey, ex, ez), face(low, ey, ez), face(low + ex, ey, ez),
-        ]  # fmt: skip
+            face(low, ex, ey),
+            face(low + ez, ex, ey),
+            face(low, ex, ez),
+            face(low + ey, ex, ez),
+            face(low, ey, ez),
+            face(low + ex, ey, ez),
+        ]
 
     faces = []
     for low, high in [room, *boxes]:
@@ -139,9 +143,12 @@ def pair_sample(
     yaw, pitch = uniform(0.3, 0.9), uniform(-0.45, -0.3)
     poses = [
         camera_to_world(position, yaw, pitch),
-        camera_to_world(position + torch.tensor([uniform(0.1, 0.3), uniform(-0.2, 0.2), 0.0]),
-                        yaw + uniform(-0.15, 0.15), pitch + uniform(-0.05, 0.05)),
-    ]  # fmt: skip
+        camera_to_world(
+            position + torch.tensor([uniform(0.1, 0.3), uniform(-0.2, 0.2), 0.0]),
+            yaw + uniform(-0.15, 0.15),
+            pitch + uniform(-0.05, 0.05),
+        ),
+    ]
     sample: dict = {"index": index, "scene": f"room{index:04d}", "frames": (0, 1)}
     for v, pose in enumerate(poses, start=1):
         depth = render_depth(room, boxes, pose, k, size)
@@ -150,9 +157,15 @@ def pair_sample(
         sample[f"intrinsics{v}"] = k
         sample[f"world_to_camera{v}"] = invert_rigid(pose)
     pos1, pos2, valid = sample_pixel_correspondences(
-        sample["depth1"][None], k[None], sample["world_to_camera1"][None],
-        sample["depth2"][None], k[None], sample["world_to_camera2"][None], num_matches, generator=gen,
-    )  # fmt: skip
+        sample["depth1"][None],
+        k[None],
+        sample["world_to_camera1"][None],
+        sample["depth2"][None],
+        k[None],
+        sample["world_to_camera2"][None],
+        num_matches,
+        generator=gen,
+    )
     sample["match1"], sample["match2"], sample["match_valid"] = pos1[0], pos2[0], valid[0]
     if geometric_prior:
         scene = surface_voxels(room, boxes, gen)  # [S, 3]
@@ -183,9 +196,13 @@ def pair_sample(
 
 
 def pair_batch(
-    batch_size: int, size: tuple[int, int] = (240, 320), num_matches: int = 1024, voxels: int = 35000,
-    geometric_prior: bool = True, first_index: int = 0,
-) -> dict:  # fmt: skip
+    batch_size: int,
+    size: tuple[int, int] = (240, 320),
+    num_matches: int = 1024,
+    voxels: int = 35000,
+    geometric_prior: bool = True,
+    first_index: int = 0,
+) -> dict:
     """A collated batch of `batch_size` synthetic pairs (see the module docstring)."""
     samples = [
         pair_sample(first_index + i, size, num_matches, voxels, geometric_prior) for i in range(batch_size)

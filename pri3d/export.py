@@ -95,8 +95,9 @@ def _check_unet_decoder(state: dict, arch: str, source: str) -> None:
     check_state(own, decoder, source, f"the {arch} UNet decoder (backbone.decoder.*)")
 
 
-def _write_verified(out: Path, write: Callable[[IO[bytes]], None], verify: Callable[[Path], None],
-                    meta: dict | None = None) -> None:  # fmt: skip
+def _write_verified(
+    out: Path, write: Callable[[IO[bytes]], None], verify: Callable[[Path], None], meta: dict | None = None
+) -> None:
     """``write`` into a temporary file beside ``out``, ``verify`` it as read back, then move it (and
     the ``<out>.json`` metadata) into place; on a failed check nothing is left behind."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,14 +221,24 @@ def export_detectron2(source: str | Path, out: str | Path) -> tuple[Path, LoadRe
     }
 
     def write(handle: IO[bytes]) -> None:
-        pickle.dump({"model": arrays, "__author__": "pri3d", "matching_heuristics": True,
-                     "pri3d_metadata": meta["detectron2_config"]}, handle)  # fmt: skip
+        pickle.dump(
+            {
+                "model": arrays,
+                "__author__": "pri3d",
+                "matching_heuristics": True,
+                "pri3d_metadata": meta["detectron2_config"],
+            },
+            handle,
+        )
 
     def verify(path: Path) -> None:
         with open(path, "rb") as handle:
             written = pickle.load(handle)["model"]
-        expected = {detectron2_name(k): v for k, v in _torchvision_resnet_state(arch).items()
-                    if not k.endswith("num_batches_tracked")}  # fmt: skip
+        expected = {
+            detectron2_name(k): v
+            for k, v in _torchvision_resnet_state(arch).items()
+            if not k.endswith("num_batches_tracked")
+        }
         check_state(expected, written, str(source), f"Detectron2's {arch} (torchvision's, renamed)")
         _check_finite(written, str(source))
 
@@ -296,8 +307,11 @@ def load_backbone(path: str | Path, arch: str = "resnet50") -> nn.Module:
         prefix = {"pri3d": "backbone.", "unet": ""}.get(layout)
         if prefix is None:
             raise ValueError(f"{path}: {arch} needs a UNet checkpoint (encoder and decoder), found {layout}")
-        unet = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix + "encoder.")
-                or k.startswith(prefix + "decoder.")}  # fmt: skip
+        unet = {
+            k[len(prefix) :]: v
+            for k, v in state.items()
+            if k.startswith(prefix + "encoder.") or k.startswith(prefix + "decoder.")
+        }
         if "decoder.conv0.weight" not in unet:
             raise ValueError(f"{path}: no UNet decoder weights (decoder.conv0.weight)")
         model = build_backbone(arch, unet["decoder.conv0.weight"].shape[0])

@@ -104,8 +104,9 @@ def miou_original(matrix: torch.Tensor | np.ndarray, ignore_index: int | None = 
     return float(iou.mean())
 
 
-def iou_report(matrix: torch.Tensor | np.ndarray, class_names: list[str] | tuple[str, ...],
-               ignore_index: int | None = 0) -> dict:  # fmt: skip
+def iou_report(
+    matrix: torch.Tensor | np.ndarray, class_names: list[str] | tuple[str, ...], ignore_index: int | None = 0
+) -> dict:
     """Per-class IoU table and both mIoU definitions, as a JSON-ready dict.
 
     Returns keys ``miou`` (standard, the headline), ``miou_original`` (the original's definition),
@@ -124,12 +125,16 @@ def iou_report(matrix: torch.Tensor | np.ndarray, class_names: list[str] | tuple
     for c, name in enumerate(class_names):
         if c == ignore_index:
             continue
-        rows.append({
-            "id": c, "name": name,
-            "iou": None if math.isnan(iou[c]) else float(iou[c]),
-            "iou_original": float(iou_orig[c]),
-            "gt_pixels": int(m[c].sum()), "predicted_pixels": int(m[:, c].sum()),
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": c,
+                "name": name,
+                "iou": None if math.isnan(iou[c]) else float(iou[c]),
+                "iou_original": float(iou_orig[c]),
+                "gt_pixels": int(m[c].sum()),
+                "predicted_pixels": int(m[:, c].sum()),
+            }
+        )
     return {
         "miou": miou_standard(m, ignore_index),
         "miou_original": miou_original(m, ignore_index),

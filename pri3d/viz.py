@@ -44,9 +44,15 @@ def denormalize(image: torch.Tensor) -> np.ndarray:
     return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
-def save_segmentation_figure(path: str | Path, image: torch.Tensor, label: torch.Tensor, prediction: torch.Tensor,
-                             class_names: tuple[str, ...] | list[str], ignore_index: int = 0,
-                             title: str = "") -> Path:  # fmt: skip
+def save_segmentation_figure(
+    path: str | Path,
+    image: torch.Tensor,
+    label: torch.Tensor,
+    prediction: torch.Tensor,
+    class_names: tuple[str, ...] | list[str],
+    ignore_index: int = 0,
+    title: str = "",
+) -> Path:
     """Write image | ground truth | prediction with a legend of the classes that appear.
 
     Args:

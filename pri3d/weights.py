@@ -141,8 +141,9 @@ def read_torch_file(path: Path):
     except Exception as error:  # torch raises several types for unsafe or corrupt files
         if "numpy" not in str(error):
             first_line = (str(error).strip() or "no message").splitlines()[0]
-            raise ValueError(f"{path}: cannot load as a weights-only torch file ({type(error).__name__}: "
-                             f"{first_line})") from None  # fmt: skip
+            raise ValueError(
+                f"{path}: cannot load as a weights-only torch file ({type(error).__name__}: {first_line})"
+            ) from None
     # the original saves best_iou as a NumPy scalar; NumPy scalars and dtypes cannot run code
     core = getattr(np, "_core", None) or np.core
     allowed = [core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in "fdilbB?"}]
@@ -341,8 +342,14 @@ def to_torchvision(state: dict[str, torch.Tensor], source: str = "state dict"):
         skipped = first.skipped
     else:
         skipped = {}
-    prefix = {"pri3d": "backbone.encoder.", "moco": "backbone.encoder.", "moco_pri3d": "backbone.encoder.",
-              "unet": "encoder.", "smp": "encoder.", "torchvision": ""}[layout]  # fmt: skip
+    prefix = {
+        "pri3d": "backbone.encoder.",
+        "moco": "backbone.encoder.",
+        "moco_pri3d": "backbone.encoder.",
+        "unet": "encoder.",
+        "smp": "encoder.",
+        "torchvision": "",
+    }[layout]
     report = LoadReport(source, layout, skipped=dict(skipped))
     out = {}
     for key, value in state.items():
@@ -445,8 +452,11 @@ def detectron2_name(key: str) -> str:
 
 def shape_mismatches(own: dict, state: dict) -> list[str]:
     """``"key: file (shape) vs model (shape)"`` for each key of both whose shapes differ, in ``own``'s order."""
-    return [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-            for k, v in own.items() if k in state and tuple(state[k].shape) != tuple(v.shape)]  # fmt: skip
+    return [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
 
 
 def check_state(own: dict, state: dict, source: str, what: str) -> None:

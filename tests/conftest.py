@@ -30,10 +30,19 @@ def tiny_pretrain():
 
     def overrides(root: Path, log_dir: Path, *extra: str) -> list[str]:
         return [
-            f"dataset.path={root}", f"train.log_dir={log_dir}", "dataset.size=[60,80]",
-            "pretrain.backbone=Res18UNet", "pretrain.pretrained=scratch", "pretrain.sample_points=64",
-            "pretrain.voxel_size=0.1", "train.batch_size=2", "train.workers=0", "train.threads=1",
-            "logging.tensorboard=false", "train.report_batch=1", *extra,
-        ]  # fmt: skip
+            f"dataset.path={root}",
+            f"train.log_dir={log_dir}",
+            "dataset.size=[60,80]",
+            "pretrain.backbone=Res18UNet",
+            "pretrain.pretrained=scratch",
+            "pretrain.sample_points=64",
+            "pretrain.voxel_size=0.1",
+            "train.batch_size=2",
+            "train.workers=0",
+            "train.threads=1",
+            "logging.tensorboard=false",
+            "train.report_batch=1",
+            *extra,
+        ]
 
     return overrides

@@ -174,9 +174,13 @@ def test_pure_rotation_follows_homography(dtype):
     depth2 = render_plane(K, camera_to_world2, *plane)
     world_to_camera1, world_to_camera2 = invert_rigid(camera_to_world1), invert_rigid(camera_to_world2)
     pos1, pos2 = pixel_correspondences(
-        depth1.to(dtype), K.to(dtype), world_to_camera1.to(dtype),
-        depth2.to(dtype), K.to(dtype), world_to_camera2.to(dtype),
-    )  # fmt: skip
+        depth1.to(dtype),
+        K.to(dtype),
+        world_to_camera1.to(dtype),
+        depth2.to(dtype),
+        K.to(dtype),
+        world_to_camera2.to(dtype),
+    )
 
     # Rotation about the centre: p2 ~ K R K^-1 p1 whatever the depth.
     homography = K @ (world_to_camera2[:3, :3] @ camera_to_world1[:3, :3]) @ torch.linalg.inv(K)
@@ -254,15 +258,23 @@ def test_crop_offsets_match_full_images(pixel_center):
     K_crop[:2, 2] += pixel_center
     (r1, c1), (r2, c2), (h, w) = (5, 10), (8, 3), (40, 50)
     pos1, pos2 = pixel_correspondences(
-        depth1[r1 : r1 + h, c1 : c1 + w], K_crop, world_to_camera1,
-        depth2[r2 : r2 + h, c2 : c2 + w], K_crop, world_to_camera2,
-        offset1=(r1, c1), offset2=torch.tensor([r2, c2]), pixel_center=pixel_center,
-    )  # fmt: skip
+        depth1[r1 : r1 + h, c1 : c1 + w],
+        K_crop,
+        world_to_camera1,
+        depth2[r2 : r2 + h, c2 : c2 + w],
+        K_crop,
+        world_to_camera2,
+        offset1=(r1, c1),
+        offset2=torch.tensor([r2, c2]),
+        pixel_center=pixel_center,
+    )
     shift1, shift2 = torch.tensor([r1, c1]), torch.tensor([r2, c2])
     keep = (
-        ((full1 - shift1) >= 0).all(1) & ((full1 - shift1) < torch.tensor([h, w])).all(1)
-        & ((full2 - shift2) >= 0).all(1) & ((full2 - shift2) < torch.tensor([h, w])).all(1)
-    )  # fmt: skip
+        ((full1 - shift1) >= 0).all(1)
+        & ((full1 - shift1) < torch.tensor([h, w])).all(1)
+        & ((full2 - shift2) >= 0).all(1)
+        & ((full2 - shift2) < torch.tensor([h, w])).all(1)
+    )
     assert keep.sum() > 100
     assert torch.equal(pos1, full1[keep] - shift1)
     assert torch.equal(pos2, full2[keep] - shift2)

@@ -68,9 +68,13 @@ def test_the_task_of_a_checkpoint():
 
 
 def test_detectron2_renames_follow_the_original_rules():
-    names = {"conv1.weight": "stem.conv1.weight", "bn1.running_var": "stem.conv1.norm.running_var",
-             "layer1.0.downsample.0.weight": "res2.0.shortcut.weight",
-             "layer4.0.downsample.1.bias": "res5.0.shortcut.norm.bias", "layer2.1.bn3.weight": "res3.1.conv3.norm.weight"}  # fmt: skip
+    names = {
+        "conv1.weight": "stem.conv1.weight",
+        "bn1.running_var": "stem.conv1.norm.running_var",
+        "layer1.0.downsample.0.weight": "res2.0.shortcut.weight",
+        "layer4.0.downsample.1.bias": "res5.0.shortcut.norm.bias",
+        "layer2.1.bn3.weight": "res3.1.conv3.norm.weight",
+    }
     out, _ = to_detectron2({k: torch.zeros(1) for k in names})
     assert set(out) == set(names.values())
 

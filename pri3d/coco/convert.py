@@ -125,7 +125,9 @@ def encode_mask(mask: np.ndarray, mask_format: str = "rle") -> tuple[dict | list
     return polygons, bbox, area
 
 
-def frame_annotations(values: np.ndarray, lut: np.ndarray, min_area: int, mask_format: str) -> tuple[list[dict], Counter]:  # fmt: skip
+def frame_annotations(
+    values: np.ndarray, lut: np.ndarray, min_area: int, mask_format: str
+) -> tuple[list[dict], Counter]:
     """Annotations (without ids) of one ``[H, W]`` int ``label × 1000 + instance`` image.
 
     Returns (``[{category_id, segmentation, bbox, area, iscrowd}]`` in increasing value order, counts
@@ -151,8 +153,9 @@ def frame_annotations(values: np.ndarray, lut: np.ndarray, min_area: int, mask_f
         if not segmentation:  # a polygon mask too thin to trace
             left_out["masks_too_small"] += 1
             continue
-        annotations.append({"category_id": category, "segmentation": segmentation, "bbox": bbox,
-                            "area": area, "iscrowd": 0})  # fmt: skip
+        annotations.append(
+            {"category_id": category, "segmentation": segmentation, "bbox": bbox, "area": area, "iscrowd": 0}
+        )
     return annotations, left_out
 
 
@@ -208,7 +211,9 @@ def _read_frame(frame: _Frame) -> np.ndarray:
     return instance
 
 
-def _convert_frame(job: tuple[_Frame, np.ndarray, int, str]) -> tuple[tuple[int, int], list[dict], Counter] | None:  # fmt: skip
+def _convert_frame(
+    job: tuple[_Frame, np.ndarray, int, str],
+) -> tuple[tuple[int, int], list[dict], Counter] | None:
     frame, lut, min_area, mask_format = job
     if not frame.instance.is_file():
         return None
@@ -217,8 +222,18 @@ def _convert_frame(job: tuple[_Frame, np.ndarray, int, str]) -> tuple[tuple[int,
     return values.shape, annotations, left_out
 
 
-def _convert(frames: list[_Frame], lut: np.ndarray, names: tuple[str, ...], description: str, out: Path,
-             min_area: int, mask_format: str, workers: int, progress: bool, scene_list: str = "") -> ConversionReport:  # fmt: skip
+def _convert(
+    frames: list[_Frame],
+    lut: np.ndarray,
+    names: tuple[str, ...],
+    description: str,
+    out: Path,
+    min_area: int,
+    mask_format: str,
+    workers: int,
+    progress: bool,
+    scene_list: str = "",
+) -> ConversionReport:
     if mask_format not in ("rle", "polygon"):
         raise ValueError(f"--masks {mask_format!r}: expected rle or polygon")
     if min_area < 1:
@@ -259,14 +274,22 @@ def _convert(frames: list[_Frame], lut: np.ndarray, names: tuple[str, ...], desc
     report.images, report.annotations = len(images), len(annotations)
     report.per_category = {name: counts.get(i, 0) for i, name in enumerate(names, start=1)}
     document = {
-        "info": {"description": description, "version": "1.0", "year": date.today().year,
-                 "contributor": "pri3d coco", "date_created": date.today().isoformat(),
-                 "min_area": min_area, "masks": mask_format},
+        "info": {
+            "description": description,
+            "version": "1.0",
+            "year": date.today().year,
+            "contributor": "pri3d coco",
+            "date_created": date.today().isoformat(),
+            "min_area": min_area,
+            "masks": mask_format,
+        },
         "licenses": [],
-        "categories": [{"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(names, start=1)],
+        "categories": [
+            {"id": i, "name": name, "supercategory": "object"} for i, name in enumerate(names, start=1)
+        ],
         "images": images,
         "annotations": annotations,
-    }  # fmt: skip
+    }
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as file:
         json.dump(document, file)
@@ -283,15 +306,24 @@ def _validate(path: Path, report: ConversionReport) -> None:
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(path))
     if len(coco.imgs) != report.images or len(coco.anns) != report.annotations:
-        raise RuntimeError(f"{path}: pycocotools reads {len(coco.imgs)} images / {len(coco.anns)} annotations, "
-                           f"{report.images} / {report.annotations} were written")  # fmt: skip
+        raise RuntimeError(
+            f"{path}: pycocotools reads {len(coco.imgs)} images / {len(coco.anns)} annotations, "
+            f"{report.images} / {report.annotations} were written"
+        )
     for annotation in coco.anns.values():
         coco.annToRLE(annotation)
 
 
-def convert_scannet(frames: str | Path, phase: str, out: str | Path, split_dir: str | Path | None = None,
-                    min_area: int = MIN_AREA, mask_format: str = "rle", workers: int = 1,
-                    progress: bool = True) -> ConversionReport:  # fmt: skip
+def convert_scannet(
+    frames: str | Path,
+    phase: str,
+    out: str | Path,
+    split_dir: str | Path | None = None,
+    min_area: int = MIN_AREA,
+    mask_format: str = "rle",
+    workers: int = 1,
+    progress: bool = True,
+) -> ConversionReport:
     """``scannet_frames_25k`` scenes of ``phase`` (train, val, train20 …) -> COCO JSON at ``out``.
 
     Scene lists as `pri3d finetune semseg` reads them (``split_dir``, default: the data's own
@@ -308,17 +340,35 @@ def convert_scannet(frames: str | Path, phase: str, out: str | Path, split_dir: 
     if not frame_list:
         raise FileNotFoundError(f"{root}: no <scene>/color/*.jpg frames in the {phase} scenes")
     lut = _lut(SCANNET18_NYU40_IDS, len(NYU40_NAMES))
-    return _convert(frame_list, lut, SCANNET18_NAMES, f"ScanNet scannet_frames_25k {phase}", Path(out),
-                    min_area, mask_format, workers, progress, scene_list=source)  # fmt: skip
+    return _convert(
+        frame_list,
+        lut,
+        SCANNET18_NAMES,
+        f"ScanNet scannet_frames_25k {phase}",
+        Path(out),
+        min_area,
+        mask_format,
+        workers,
+        progress,
+        scene_list=source,
+    )
 
 
-def convert_nyuv2(root: str | Path, phase: str, out: str | Path, min_area: int = MIN_AREA,
-                  mask_format: str = "rle", workers: int = 1, progress: bool = True) -> ConversionReport:  # fmt: skip
+def convert_nyuv2(
+    root: str | Path,
+    phase: str,
+    out: str | Path,
+    min_area: int = MIN_AREA,
+    mask_format: str = "rle",
+    workers: int = 1,
+    progress: bool = True,
+) -> ConversionReport:
     """NYUv2 ``<root>/<phase>/{color,label,instance}`` -> COCO JSON at ``out``.
 
     File names are ``<phase>/color/nyu_rgb_<id>.png`` relative to ``root``.
     """
     frame_list = list(_nyuv2_frames(Path(root), phase))
     lut = _lut(NYUV2_9_NYU13_IDS, 14)
-    return _convert(frame_list, lut, NYUV2_9_NAMES, f"NYUv2 {phase}", Path(out), min_area, mask_format,
-                    workers, progress)  # fmt: skip
+    return _convert(
+        frame_list, lut, NYUV2_9_NAMES, f"NYUv2 {phase}", Path(out), min_area, mask_format, workers, progress
+    )

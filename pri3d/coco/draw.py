@@ -17,8 +17,9 @@ __all__ = ["draw_instances", "save_instance_figure"]
 _MIN_SIDE = 240  # smaller images are enlarged (nearest) so that captions stay readable
 
 
-def draw_instances(image: torch.Tensor, instances: dict[str, torch.Tensor], class_names: tuple[str, ...],
-                   scale: int = 1) -> torch.Tensor:  # fmt: skip
+def draw_instances(
+    image: torch.Tensor, instances: dict[str, torch.Tensor], class_names: tuple[str, ...], scale: int = 1
+) -> torch.Tensor:
     """Masks (50 % opacity) and captioned boxes over ``image``.
 
     Args:
@@ -40,15 +41,23 @@ def draw_instances(image: torch.Tensor, instances: dict[str, torch.Tensor], clas
     masks = instances["masks"].bool().repeat_interleave(scale, 1).repeat_interleave(scale, 2)
     picture = draw_segmentation_masks(picture, masks, alpha=0.5, colors=colours)
     scores = instances.get("scores")
-    captions = [class_names[label - 1] + ("" if scores is None else f" {float(scores[i]):.2f}")
-                for i, label in enumerate(labels)]  # fmt: skip
+    captions = [
+        class_names[label - 1] + ("" if scores is None else f" {float(scores[i]):.2f}")
+        for i, label in enumerate(labels)
+    ]
     return draw_bounding_boxes(
         picture, instances["boxes"].float() * scale, labels=captions, colors=colours, width=2
     )
 
 
-def save_instance_figure(path: str | Path, image: torch.Tensor, truth: dict[str, torch.Tensor],
-                         prediction: dict[str, torch.Tensor], class_names: tuple[str, ...], title: str = "") -> Path:  # fmt: skip
+def save_instance_figure(
+    path: str | Path,
+    image: torch.Tensor,
+    truth: dict[str, torch.Tensor],
+    prediction: dict[str, torch.Tensor],
+    class_names: tuple[str, ...],
+    title: str = "",
+) -> Path:
     """Write ground truth | prediction side by side as a PNG.
 
     Args:

@@ -36,9 +36,15 @@ def gt_as_detections(coco) -> list[dict]:
             continue
         rle = coco.annToRLE(annotation)
         counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
-        detections.append({"image_id": annotation["image_id"], "category_id": annotation["category_id"],
-                           "bbox": list(annotation["bbox"]), "score": 1.0,
-                           "segmentation": {"size": list(rle["size"]), "counts": counts}})  # fmt: skip
+        detections.append(
+            {
+                "image_id": annotation["image_id"],
+                "category_id": annotation["category_id"],
+                "bbox": list(annotation["bbox"]),
+                "score": 1.0,
+                "segmentation": {"size": list(rle["size"]), "counts": counts},
+            }
+        )
     return detections
 
 
@@ -70,10 +76,19 @@ def evaluate_detections(
         if iou_type not in ("bbox", "segm"):
             raise ValueError(f"IoU type {iou_type!r}: expected bbox or segm")
         if not detections:
-            per_class = {names[c]: {"AP": 0.0 if instances[c] else None, "AP50": 0.0 if instances[c] else None,
-                                    "instances": instances[c]} for c in categories}  # fmt: skip
-            results[iou_type] = {**dict.fromkeys(STAT_NAMES, 0.0), "per_class": per_class,
-                                 "summary": "no detections"}  # fmt: skip
+            per_class = {
+                names[c]: {
+                    "AP": 0.0 if instances[c] else None,
+                    "AP50": 0.0 if instances[c] else None,
+                    "instances": instances[c],
+                }
+                for c in categories
+            }
+            results[iou_type] = {
+                **dict.fromkeys(STAT_NAMES, 0.0),
+                "per_class": per_class,
+                "summary": "no detections",
+            }
             continue
         with contextlib.redirect_stdout(io.StringIO()):
             # segm: without the box, loadRes takes each detection's area from its mask (as Detectron2)
@@ -87,9 +102,11 @@ def evaluate_detections(
         precision = evaluator.eval["precision"]  # [T IoUs, R recalls, K classes, A areas, M maxDets]
         per_class = {}
         for k, category in enumerate(evaluator.params.catIds):
-            per_class[names[category]] = {"AP": _mean_valid(precision[:, :, k, 0, -1]),
-                                          "AP50": _mean_valid(precision[0, :, k, 0, -1]),
-                                          "instances": instances[category]}  # fmt: skip
+            per_class[names[category]] = {
+                "AP": _mean_valid(precision[:, :, k, 0, -1]),
+                "AP50": _mean_valid(precision[0, :, k, 0, -1]),
+                "instances": instances[category],
+            }
         stats = {name: (float(v) if v > -1 else None) for name, v in zip(STAT_NAMES, evaluator.stats)}
         results[iou_type] = {**stats, "per_class": per_class, "summary": text.getvalue().strip()}
     return results
@@ -111,11 +128,18 @@ def to_coco_results(outputs: list[dict], image_ids: list[int], category_ids: lis
         masks = (output["masks"][:, 0] > 0.5).cpu().numpy()  # [N, H, W]
         rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
         for box, label, score, rle in zip(boxes, output["labels"].tolist(), output["scores"].tolist(), rles):
-            results.append({
-                "image_id": int(image_id), "category_id": category_ids[label - 1], "score": float(score),
-                "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
-                "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-            })  # fmt: skip
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": category_ids[label - 1],
+                    "score": float(score),
+                    "bbox": [float(box[0]), float(box[1]), float(box[2] - box[0]), float(box[3] - box[1])],
+                    "segmentation": {
+                        "size": [int(s) for s in rle["size"]],
+                        "counts": rle["counts"].decode("ascii"),
+                    },
+                }
+            )
     return results
 
 

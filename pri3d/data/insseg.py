@@ -51,8 +51,9 @@ class CocoInstances(Dataset):
         seed: augmentation is a function of (seed, epoch, index).
     """
 
-    def __init__(self, annotations: str | Path, image_root: str | Path, train: bool, flip: bool = False,
-                 seed: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, annotations: str | Path, image_root: str | Path, train: bool, flip: bool = False, seed: int = 0
+    ) -> None:
         self.annotation_path = Path(annotations)
         self.image_root = Path(image_root)
         if not self.image_root.is_dir():
@@ -79,8 +80,10 @@ class CocoInstances(Dataset):
         self.image_ids = image_ids
         self.epoch = 0
         left_out = len(self.coco.imgs) - len(image_ids)
-        self.notes = [f"{self.annotation_path}: {len(image_ids)} images, {len(self.class_names)} classes"
-                      + (f" ({left_out} images without a non-crowd annotation left out)" if left_out else "")]  # fmt: skip
+        self.notes = [
+            f"{self.annotation_path}: {len(image_ids)} images, {len(self.class_names)} classes"
+            + (f" ({left_out} images without a non-crowd annotation left out)" if left_out else "")
+        ]
 
     @property
     def num_classes(self) -> int:
@@ -111,8 +114,10 @@ class CocoInstances(Dataset):
         except OSError as error:
             return {"skip": f"{path}: {error}"}
         if rgb.size != (info["width"], info["height"]):
-            return {"skip": f"{path}: {rgb.size[0]}×{rgb.size[1]}, but {self.annotation_path} says "
-                            f"{info['width']}×{info['height']}"}  # fmt: skip
+            return {
+                "skip": f"{path}: {rgb.size[0]}×{rgb.size[1]}, but {self.annotation_path} says "
+                f"{info['width']}×{info['height']}"
+            }
         image = TF.to_dtype(TF.pil_to_tensor(rgb), torch.float32, scale=True)  # [3, H, W] in [0, 1]
         target = self.target(image_id)
         if self.train and self.flip and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
@@ -122,8 +127,11 @@ class CocoInstances(Dataset):
     def target(self, image_id: int) -> dict[str, torch.Tensor]:
         """Non-crowd annotations of an image with a positive box: boxes, labels, masks."""
         info = self.coco.imgs[image_id]
-        kept = [a for a in self.coco.imgToAnns[image_id]
-                if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0]  # fmt: skip
+        kept = [
+            a
+            for a in self.coco.imgToAnns[image_id]
+            if not a.get("iscrowd", 0) and a["bbox"][2] > 0 and a["bbox"][3] > 0
+        ]
         boxes = torch.tensor([a["bbox"] for a in kept], dtype=torch.float32).reshape(
             -1, 4
         )  # [N, 4] x, y, w, h
@@ -154,14 +162,24 @@ def annotation_file(name: str, annotations: str | Path, path: str | Path, phase:
         return folder
     candidate = folder / INSSEG_DATASETS[name].format(phase=phase)
     if not candidate.is_file():
-        hint = (f"; write it with `pri3d coco {name.lower()} --split {phase} --out {candidate}`"
-                if name != "COCO" else "")  # fmt: skip
+        hint = (
+            f"; write it with `pri3d coco {name.lower()} --split {phase} --out {candidate}`"
+            if name != "COCO"
+            else ""
+        )
         raise FileNotFoundError(f"dataset.annotations: {candidate} not found{hint}")
     return candidate
 
 
-def build_insseg_dataset(name: str, path: str | Path, annotations: str | Path, phase: str, train: bool,
-                         flip: bool = False, seed: int = 0) -> CocoInstances:  # fmt: skip
+def build_insseg_dataset(
+    name: str,
+    path: str | Path,
+    annotations: str | Path,
+    phase: str,
+    train: bool,
+    flip: bool = False,
+    seed: int = 0,
+) -> CocoInstances:
     """The dataset of ``phase`` by its original name (ScanNet, NYUv2, COCO); see the module docstring."""
     json_path = annotation_file(name, annotations, path, phase)
     if name == "ScanNet":
@@ -177,6 +195,11 @@ def collate_insseg(samples: list[dict]) -> dict:
     """Lists (images differ in size): ``images`` [3, H, W] each, ``targets``, ``image_id``; failures in ``skipped``."""
     skipped = [s["skip"] for s in samples if "skip" in s]
     samples = [s for s in samples if "skip" not in s]
-    return {"batch_size": len(samples), "skipped": skipped, "images": [s["image"] for s in samples],
-            "targets": [s["target"] for s in samples], "image_id": [s["image_id"] for s in samples],
-            "index": [s["index"] for s in samples]}  # fmt: skip
+    return {
+        "batch_size": len(samples),
+        "skipped": skipped,
+        "images": [s["image"] for s in samples],
+        "targets": [s["target"] for s in samples],
+        "image_id": [s["image_id"] for s in samples],
+        "index": [s["index"] for s in samples],
+    }

@@ -75,8 +75,13 @@ class ScanNetPairs(Dataset):
     {"skip": reason, "index": i} (see `collate_pairs`).
     """
 
-    def __init__(self, root: str | Path, pair_list: str = "splits/overlap30.txt", options: PairOptions | None = None,
-                 pointcloud_dir: str | Path | None = None):  # fmt: skip
+    def __init__(
+        self,
+        root: str | Path,
+        pair_list: str = "splits/overlap30.txt",
+        options: PairOptions | None = None,
+        pointcloud_dir: str | Path | None = None,
+    ):
         self.root = Path(root)
         self.pointcloud_dir = Path(pointcloud_dir) if pointcloud_dir else self.root / "pointcloud"
         self.options = options or PairOptions()
@@ -113,10 +118,16 @@ class ScanNetPairs(Dataset):
             for key, value in view.items():
                 sample[f"{key}{v}"] = value
         pos1, pos2, valid = sample_pixel_correspondences(
-            sample["depth1"][None], sample["intrinsics1"][None], sample["world_to_camera1"][None],
-            sample["depth2"][None], sample["intrinsics2"][None], sample["world_to_camera2"][None],
-            self.options.num_matches, self.options.threshold, generator=generator,
-        )  # fmt: skip
+            sample["depth1"][None],
+            sample["intrinsics1"][None],
+            sample["world_to_camera1"][None],
+            sample["depth2"][None],
+            sample["intrinsics2"][None],
+            sample["world_to_camera2"][None],
+            self.options.num_matches,
+            self.options.threshold,
+            generator=generator,
+        )
         sample["match1"], sample["match2"], sample["match_valid"] = pos1[0], pos2[0], valid[0]
         if self.options.geometric_prior:
             for v, frame in enumerate((frame_a, frame_b), start=1):
@@ -124,8 +135,14 @@ class ScanNetPairs(Dataset):
                     chunk = self._no_chunk()
                 else:
                     try:
-                        chunk = self._voxel_chunk(scene, frame, sample[f"depth{v}"], sample[f"intrinsics{v}"],
-                                                  sample[f"world_to_camera{v}"], generator)  # fmt: skip
+                        chunk = self._voxel_chunk(
+                            scene,
+                            frame,
+                            sample[f"depth{v}"],
+                            sample[f"intrinsics{v}"],
+                            sample[f"world_to_camera{v}"],
+                            generator,
+                        )
                     except (OSError, ValueError) as error:  # a damaged cloud file or chunk box list
                         return {"skip": f"{scene} frame {frame}: {error}", "index": index}
                     if chunk is None:
@@ -144,9 +161,10 @@ class ScanNetPairs(Dataset):
         for scene, *_ in self.pairs:
             pairs_per_scene[scene] = pairs_per_scene.get(scene, 0) + 1
         missing = {
-            scene: count for scene, count in pairs_per_scene.items()
+            scene: count
+            for scene, count in pairs_per_scene.items()
             if not (self.pointcloud_dir / f"{scene}.npz").is_file()
-        }  # fmt: skip
+        }
         if len(missing) == len(pairs_per_scene):
             raise FileNotFoundError(
                 f"no scene of the pair list has a point cloud in {self.pointcloud_dir} (preprocessing writes "
@@ -236,8 +254,15 @@ class ScanNetPairs(Dataset):
             raise ValueError(f"{scene}/chunk_boxes.txt has no box for frame {frame}")
         return self._boxes[scene][frame]
 
-    def _voxel_chunk(self, scene: str, frame: int, depth: torch.Tensor, k: torch.Tensor,
-                     world_to_camera: torch.Tensor, generator: torch.Generator) -> dict | None:  # fmt: skip
+    def _voxel_chunk(
+        self,
+        scene: str,
+        frame: int,
+        depth: torch.Tensor,
+        k: torch.Tensor,
+        world_to_camera: torch.Tensor,
+        generator: torch.Generator,
+    ) -> dict | None:
         columns, colors = self._scene_cloud(scene)
         inside = _inside_box(columns, self._chunk_box(scene, frame))
         if not len(inside):
@@ -246,9 +271,13 @@ class ScanNetPairs(Dataset):
         voxels, first, _ = sparse_quantize(coords)  # one point (the first) per voxel, as the original
         voxel_colors = torch.from_numpy(colors[inside]).to(torch.float32)[first] / 255.0
         pixels, voxel_index = voxel_pixel_correspondences(
-            voxels, self.options.voxel_size, depth.to(torch.float64), k.to(torch.float64),
-            world_to_camera.to(torch.float64), self.options.visibility_threshold,
-        )  # fmt: skip
+            voxels,
+            self.options.voxel_size,
+            depth.to(torch.float64),
+            k.to(torch.float64),
+            world_to_camera.to(torch.float64),
+            self.options.visibility_threshold,
+        )
         pick, valid = sample_indices(len(voxel_index), self.options.num_matches, generator)
         return {
             "voxels": voxels.to(torch.int32),

@@ -88,8 +88,13 @@ class SegmentationFrames(Dataset):
     #: None: every byte value is a defined id.
     label_range: tuple[str, int] | None = None
 
-    def __init__(self, items: list[tuple[Path, Path]], options: SemsegOptions, train: bool,
-                 full_resolution: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        items: list[tuple[Path, Path]],
+        options: SemsegOptions,
+        train: bool,
+        full_resolution: bool = False,
+    ) -> None:
         if options.color_interpolation not in ("nearest", "bilinear"):
             raise ValueError(
                 f"dataset.color_interpolation={options.color_interpolation!r}: expected nearest or bilinear"
@@ -192,8 +197,14 @@ class ScanNetSemseg(SegmentationFrames):
     lut = nyu40_to_scannet20_lut()
     label_range = ("NYU40 ids", 40)
 
-    def __init__(self, path: str | Path, phase: str, options: SemsegOptions, split_dir: str | Path | None = None,
-                 train: bool | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        path: str | Path,
+        phase: str,
+        options: SemsegOptions,
+        split_dir: str | Path | None = None,
+        train: bool | None = None,
+    ) -> None:
         root = scannet_frames_root(path)
         scenes, source = scannet_scene_list(phase, split_dir, root)
         require_scenes(scenes, source, root)
@@ -342,8 +353,14 @@ SEMSEG_DATASETS: dict[str, type[SegmentationFrames]] = {
 }
 
 
-def build_semseg_dataset(name: str, path: str | Path, phase: str, options: SemsegOptions,
-                         split_dir: str | Path | None = None, train: bool | None = None) -> SegmentationFrames:  # fmt: skip
+def build_semseg_dataset(
+    name: str,
+    path: str | Path,
+    phase: str,
+    options: SemsegOptions,
+    split_dir: str | Path | None = None,
+    train: bool | None = None,
+) -> SegmentationFrames:
     """Build a dataset by its original name (ScanNet, NYUv2, KITTI, Cityscapes).
 
     ``train`` (default: the phase is a training phase) switches augmentation on.

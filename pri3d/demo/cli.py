@@ -106,36 +106,45 @@ def register(subparsers) -> None:
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when present"
     )
     parser.add_argument(
-        "--workers", type=int, default=2,
+        "--workers",
+        type=int,
+        default=2,
         help="processes for generation and preprocessing, and for the runs: on the CPU that many "
         f"single-threaded runs side by side, on a GPU up to {GPU_RUNS} runs sharing it, with the rest as "
         "their data loaders' workers (default %(default)s)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--pretrain-steps", type=int, metavar="N",
+        "--pretrain-steps",
+        type=int,
+        metavar="N",
         help="optimizer steps of each pre-training (default: 120, --quick 3); larger budgets need a GPU",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--finetune-epochs", type=int, metavar="N", help="epochs of each fine-tuning (default: 10, --quick 2)"
     )
     parser.add_argument(
-        "--size", type=partial(image_size, minimum=32), metavar="HxW",
+        "--size",
+        type=partial(image_size, minimum=32),
+        metavar="HxW",
         help="image size, height x width, of the rooms, the pre-training and the fine-tuning (default 60x80; the paper's "
         "240x320 takes 12-15 times as long and needs a GPU, see docs/benchmarks.md)",
-    )  # fmt: skip
+    )
     parser.add_argument(
-        "--depth-loss", action="store_true",
+        "--depth-loss",
+        action="store_true",
         help="add the depth loss to every arm, as the paper (off by default: on this data it holds the "
         "pre-trained models back, see docs/benchmarks.md)",
-    )  # fmt: skip
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     plan = QUICK if args.quick else FULL
     if args.size is not None:
-        plan = DemoPlan(replace(plan.synth, color_size=args.size, depth_size=args.size),
-                        replace(plan.study, size=args.size))  # fmt: skip
+        plan = DemoPlan(
+            replace(plan.synth, color_size=args.size, depth_size=args.size),
+            replace(plan.study, size=args.size),
+        )
     if args.device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
@@ -156,18 +165,29 @@ def run(args: argparse.Namespace) -> int:
     # between their pre-training data loaders.
     workers = max(args.workers, 1)
     parallel = workers if device == "cpu" else min(workers, GPU_RUNS)
-    study = StudyConfig(**{
-        **asdict(plan.study), **{k: v for k, v in budgets.items() if v is not None}, "depth": args.depth_loss,
-        "device": device,
-        "parallel": parallel, "loader_workers": 1 if device == "cpu" else max(workers // parallel, 1),
-    })  # fmt: skip
+    study = StudyConfig(
+        **{
+            **asdict(plan.study),
+            **{k: v for k, v in budgets.items() if v is not None},
+            "depth": args.depth_loss,
+            "device": device,
+            "parallel": parallel,
+            "loader_workers": 1 if device == "cpu" else max(workers // parallel, 1),
+        }
+    )
     out: Path = args.out
-    settings = {"quick": bool(args.quick), "synth": _plain(asdict(plan.synth)),
-                "study": _plain({k: v for k, v in asdict(study).items() if k not in _RUNTIME})}  # fmt: skip
+    settings = {
+        "quick": bool(args.quick),
+        "synth": _plain(asdict(plan.synth)),
+        "study": _plain({k: v for k, v in asdict(study).items() if k not in _RUNTIME}),
+    }
     mismatch = _settings_mismatch(out / "demo_settings.json", settings)
     if mismatch:
-        print(f"pri3d demo: {out} holds a demo run with other settings ({mismatch}); resuming would mix "
-              f"them: use another --out or the same options", file=sys.stderr)  # fmt: skip
+        print(
+            f"pri3d demo: {out} holds a demo run with other settings ({mismatch}); resuming would mix "
+            f"them: use another --out or the same options",
+            file=sys.stderr,
+        )
         return 2
     out.mkdir(parents=True, exist_ok=True)
     (out / "demo_settings.json").write_text(json.dumps(settings, indent=1) + "\n")
@@ -194,8 +214,11 @@ def run(args: argparse.Namespace) -> int:
         report[name] = stages[name]()
         report[name]["seconds"] = round(time.perf_counter() - t0, 2)
         elapsed = time.perf_counter() - start
-        print(f"[{number}/{len(STAGES)}] {name} done in {report[name]['seconds']:.1f} s "
-              f"({elapsed:.0f} s so far)", flush=True)  # fmt: skip
+        print(
+            f"[{number}/{len(STAGES)}] {name} done in {report[name]['seconds']:.1f} s "
+            f"({elapsed:.0f} s so far)",
+            flush=True,
+        )
     report["seconds"] = round(time.perf_counter() - start, 2)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(markdown(report))
@@ -244,15 +267,25 @@ def _preprocess(raw: Path, out: Path, config: SynthConfig, study: StudyConfig, w
     """Pre-training data from the train scenes only (pre-training never sees the held-out scenes),
     and the fine-tuning frames: the labelled share of every train scene, all frames of the val scenes."""
     train, val = split_scenes(config)
-    report = preprocess_scannet(raw / "scans", out / "pretrain_data", ScanNetOptions(frame_skip=5), scenes=train,
-                                workers=workers, progress=True)  # fmt: skip
+    report = preprocess_scannet(
+        raw / "scans",
+        out / "pretrain_data",
+        ScanNetOptions(frame_skip=5),
+        scenes=train,
+        workers=workers,
+        progress=True,
+    )
     if report["failures"]:
         raise ValueError(f"preprocessing failed for {report['failures']}")
     labelled = labelled_frames(
         raw / "scannet_frames_25k", out / "finetune_data", train, val, study.labelled_share
     )
-    return {"target": str(out / "pretrain_data"), "frames": report["frames"]["exported"],
-            "pairs": report["pair_list"]["pairs"], "finetune_data": labelled}  # fmt: skip
+    return {
+        "target": str(out / "pretrain_data"),
+        "frames": report["frames"]["exported"],
+        "pairs": report["pair_list"]["pairs"],
+        "finetune_data": labelled,
+    }
 
 
 def _check_geometry(root: Path, out: Path, config: SynthConfig, study: StudyConfig) -> dict:
@@ -271,10 +304,13 @@ def _matched_share(root: Path, config: SynthConfig, gap: int = 25, threshold: fl
         with SensReader(root / "scans" / scene / f"{scene}.sens") as sens:
             k = torch.from_numpy(sens.header.intrinsic_depth[:3, :3].astype(np.float64))
             frames = [
-                (torch.from_numpy(f.decode_depth().astype(np.float64) / sens.header.depth_shift),
-                 invert_rigid(torch.from_numpy(f.camera_to_world.astype(np.float64))))
-                for f in sens.frames(step=gap) if f.pose_valid
-            ]  # fmt: skip
+                (
+                    torch.from_numpy(f.decode_depth().astype(np.float64) / sens.header.depth_shift),
+                    invert_rigid(torch.from_numpy(f.camera_to_world.astype(np.float64))),
+                )
+                for f in sens.frames(step=gap)
+                if f.pose_valid
+            ]
         for (d1, w1), (d2, w2) in itertools.pairwise(frames):
             pos1, _ = pixel_correspondences(d1, k, w1, d2, k, w2, threshold)
             shares.append(len(pos1) / max(int((d1 > 0).sum()), 1))
@@ -294,21 +330,33 @@ def _correspondence_figure(out: Path, study: StudyConfig) -> Path:
     from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 
     data = out / "pretrain_data"
-    pairs = ScanNetPairs(data, "splits/overlap30.txt",
-                         PairOptions(size=study.size, num_matches=study.sample_points, geometric_prior=False))  # fmt: skip
+    pairs = ScanNetPairs(
+        data,
+        "splits/overlap30.txt",
+        PairOptions(size=study.size, num_matches=study.sample_points, geometric_prior=False),
+    )
     # a pair of middling overlap: the views differ, the matches still cover much of the image
     index = len(pairs) // 2
     sample = pairs[index]
     valid = sample["match_valid"].numpy()
     h, w = study.size
-    images = [np.asarray(Image.open(data / sample["scene"] / "color" / f"{frame}.jpg").convert("RGB")
-                         .resize((w, h), Image.NEAREST)) for frame in sample["frames"]]  # fmt: skip
+    images = [
+        np.asarray(
+            Image.open(data / sample["scene"] / "color" / f"{frame}.jpg")
+            .convert("RGB")
+            .resize((w, h), Image.NEAREST)
+        )
+        for frame in sample["frames"]
+    ]
     return figures.correspondence_figure(
-        images[0], images[1], sample["match1"].numpy()[valid][:, ::-1], sample["match2"].numpy()[valid][:, ::-1],
+        images[0],
+        images[1],
+        sample["match1"].numpy()[valid][:, ::-1],
+        sample["match2"].numpy()[valid][:, ::-1],
         out / "figures" / "correspondences.png",
         title=f"{sample['scene']} frames {sample['frames'][0]} and {sample['frames'][1]}: "
         f"pixel matches from depth and camera poses (as pre-training samples them)",
-    )  # fmt: skip
+    )
 
 
 def _study(out: Path, data: Path, study: StudyConfig) -> dict:
@@ -320,8 +368,10 @@ def _study(out: Path, data: Path, study: StudyConfig) -> dict:
         if job.kind == "pretrain":
             print(f"  {job.name}: done in {result['seconds']:.0f} s", flush=True)
         else:
-            print(f"  {job.name}: val mIoU {100 * result['final']['miou']:.1f} ({result['seconds']:.0f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"  {job.name}: val mIoU {100 * result['final']['miou']:.1f} ({result['seconds']:.0f} s)",
+                flush=True,
+            )
 
     threads = 1 if study.device == "cpu" and study.parallel > 1 else 0
     results = run_jobs(jobs, study.parallel, threads, on_done=announce)
@@ -408,8 +458,9 @@ def _model_figures(out: Path, data: Path, study: StudyConfig, rows: list[dict], 
 
     runs = out / "runs"
     frames = out / "finetune_data"
-    val = build_semseg_dataset("ScanNet", frames, "val", SemsegOptions(size=study.size), split_dir=frames,
-                               train=False)  # fmt: skip
+    val = build_semseg_dataset(
+        "ScanNet", frames, "val", SemsegOptions(size=study.size), split_dir=frames, train=False
+    )
     picks = np.linspace(0, len(val) - 1, min(4, len(val))).round().astype(int)
     samples = [val[int(i)] for i in picks]
     images = torch.stack([s["image"] for s in samples])
@@ -434,9 +485,12 @@ def _model_figures(out: Path, data: Path, study: StudyConfig, rows: list[dict], 
         ]
     truth = [colorize(s["label"], palette) for s in samples]
     overlays = figures.segmentation_figure(
-        rgb, truth, predictions, folder / "segmentation.png",
+        rgb,
+        truth,
+        predictions,
+        folder / "segmentation.png",
         title=f"held-out scenes, seed {rows[0]['seeds'][0]} of each initialisation (val mIoU in brackets)",
-    )  # fmt: skip
+    )
     return {"features_pca": pca, "segmentation": overlays}
 
 
@@ -482,8 +536,10 @@ def markdown(report: dict) -> str:
         delta = f"{100 * row['delta_vs_scratch']:+.1f}" if "delta_vs_scratch" in row else "–"
         beats = {True: "yes", False: "no"}.get(row.get("every_seed_beats_best_scratch"), "–")
         seeds = ", ".join(f"{100 * v:.1f}" for v in row["miou_per_seed"])
-        lines.append(f"| {row['init']} | {100 * row['miou_mean']:.1f} ± {100 * row['miou_std']:.1f} | {delta} | "
-                     f"{seeds} | {beats} |")  # fmt: skip
+        lines.append(
+            f"| {row['init']} | {100 * row['miou_mean']:.1f} ± {100 * row['miou_std']:.1f} | {delta} | "
+            f"{seeds} | {beats} |"
+        )
     lines += [
         "",
         f"Figures in `{Path(report['figures']['miou_bars']).parent}`: "

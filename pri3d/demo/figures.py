@@ -15,8 +15,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-__all__ = ["PcaBasis", "correspondence_figure", "feature_pca_figure", "miou_bar_figure", "pca_rgb",
-           "segmentation_figure", "training_curves_figure"]  # fmt: skip
+__all__ = [
+    "PcaBasis",
+    "correspondence_figure",
+    "feature_pca_figure",
+    "miou_bar_figure",
+    "pca_rgb",
+    "segmentation_figure",
+    "training_curves_figure",
+]
 
 
 class PcaBasis(NamedTuple):
@@ -33,8 +40,11 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def training_curves_figure(pretrain: dict[str, tuple[np.ndarray, np.ndarray]],
-                           finetune: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: Path) -> Path:  # fmt: skip
+def training_curves_figure(
+    pretrain: dict[str, tuple[np.ndarray, np.ndarray]],
+    finetune: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+    path: Path,
+) -> Path:
     """Pre-training total loss per arm, and fine-tuning loss per initialisation (mean over seeds).
 
     ``pretrain``: name -> (steps, loss); ``finetune``: name -> one (steps, loss) per seed.
@@ -62,18 +72,37 @@ def miou_bar_figure(results: dict[str, list[float]], path: Path, title: str = ""
     stds = [float(np.std(results[n])) for n in names]
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(names), 3.8))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    ax.bar(names, [100 * m for m in means], yerr=[100 * s for s in stds], capsize=6,
-           color=[colors[i % len(colors)] for i in range(len(names))], alpha=0.75)  # fmt: skip
+    ax.bar(
+        names,
+        [100 * m for m in means],
+        yerr=[100 * s for s in stds],
+        capsize=6,
+        color=[colors[i % len(colors)] for i in range(len(names))],
+        alpha=0.75,
+    )
     for i, name in enumerate(names):
         values = 100 * np.asarray(results[name])
-        ax.scatter(np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)), values, color="black", s=12,
-                   zorder=3)  # fmt: skip
+        ax.scatter(
+            np.full(len(values), i) + np.linspace(-0.12, 0.12, len(values)),
+            values,
+            color="black",
+            s=12,
+            zorder=3,
+        )
     ax.set(ylabel="val mIoU (%)", title=title or "held-out scenes: mean ± std over seeds")
     return _save(fig, path)
 
 
-def correspondence_figure(image1: np.ndarray, image2: np.ndarray, pixels1: np.ndarray, pixels2: np.ndarray,
-                          path: Path, title: str = "", count: int = 40, seed: int = 0) -> Path:  # fmt: skip
+def correspondence_figure(
+    image1: np.ndarray,
+    image2: np.ndarray,
+    pixels1: np.ndarray,
+    pixels2: np.ndarray,
+    path: Path,
+    title: str = "",
+    count: int = 40,
+    seed: int = 0,
+) -> Path:
     """Two views side by side with lines between ``count`` matched pixels (``[N, 2]`` as (x, y))."""
     h, w = image1.shape[:2]
     canvas = np.concatenate([image1, image2], axis=1)
@@ -132,8 +161,14 @@ def feature_pca_figure(images: list[np.ndarray], features: dict[str, list[np.nda
     return _save(fig, path)
 
 
-def segmentation_figure(images: list[np.ndarray], truth: list[np.ndarray], predictions: dict[str, list[np.ndarray]],
-                        path: Path, title: str = "", alpha: float = 0.6) -> Path:  # fmt: skip
+def segmentation_figure(
+    images: list[np.ndarray],
+    truth: list[np.ndarray],
+    predictions: dict[str, list[np.ndarray]],
+    path: Path,
+    title: str = "",
+    alpha: float = 0.6,
+) -> Path:
     """Rows: images; columns: the image, then the ground truth and each model's prediction (RGB
     label images) laid over it with opacity ``alpha``."""
     rows, cols = len(images), 2 + len(predictions)

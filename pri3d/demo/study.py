@@ -113,18 +113,34 @@ def pretrain_jobs(runs: Path, data: Path, config: StudyConfig) -> list[Job]:
     jobs = []
     for arm in ARMS:
         overrides = [
-            f"dataset.path={data}", f"dataset.size=[{h},{w}]", "pretrain.backbone=Res18UNet",
-            "pretrain.pretrained=scratch", f"pretrain.view_invariant={str(arm.view_invariant).lower()}",
-            f"pretrain.geometric_prior={str(arm.geometric_prior).lower()}", f"pretrain.depth={str(config.depth).lower()}",
-            f"pretrain.sample_points={config.sample_points}", f"pretrain.voxel_size={config.voxel_size}",
-            f"train.batch_size={config.pretrain_batch}", f"optimizer.lr={pretrain_lr(config.pretrain_batch)}",
+            f"dataset.path={data}",
+            f"dataset.size=[{h},{w}]",
+            "pretrain.backbone=Res18UNet",
+            "pretrain.pretrained=scratch",
+            f"pretrain.view_invariant={str(arm.view_invariant).lower()}",
+            f"pretrain.geometric_prior={str(arm.geometric_prior).lower()}",
+            f"pretrain.depth={str(config.depth).lower()}",
+            f"pretrain.sample_points={config.sample_points}",
+            f"pretrain.voxel_size={config.voxel_size}",
+            f"train.batch_size={config.pretrain_batch}",
+            f"optimizer.lr={pretrain_lr(config.pretrain_batch)}",
             f"train.max_steps={config.pretrain_steps}",
-            "train.checkpoint_every=0", "train.report_batch=5", f"train.workers={config.loader_workers}",
+            "train.checkpoint_every=0",
+            "train.report_batch=5",
+            f"train.workers={config.loader_workers}",
             f"train.device={config.device}",
-            "logging.tensorboard=false", *config.extra_pretrain,
-        ]  # fmt: skip
-        jobs.append(Job(f"pretrain {arm.name}", "pretrain", pretrain_dir(runs, arm.name), overrides,
-                        meta={"arm": arm.name}))  # fmt: skip
+            "logging.tensorboard=false",
+            *config.extra_pretrain,
+        ]
+        jobs.append(
+            Job(
+                f"pretrain {arm.name}",
+                "pretrain",
+                pretrain_dir(runs, arm.name),
+                overrides,
+                meta={"arm": arm.name},
+            )
+        )
     return jobs
 
 
@@ -149,8 +165,11 @@ def labelled_frames(frames_root: Path, out: Path, train: list[str], val: list[st
         counts[scene] = len(keep)
     (out / "scannetv2_train.txt").write_text("".join(f"{s}\n" for s in train))
     (out / "scannetv2_val.txt").write_text("".join(f"{s}\n" for s in val))
-    return {"path": str(out), "train_frames": sum(counts[s] for s in train),
-            "val_frames": sum(counts[s] for s in val)}  # fmt: skip
+    return {
+        "path": str(out),
+        "train_frames": sum(counts[s] for s in train),
+        "val_frames": sum(counts[s] for s in val),
+    }
 
 
 def finetune_jobs(runs: Path, frames: Path, split_dir: Path, config: StudyConfig) -> list[Job]:
@@ -161,16 +180,36 @@ def finetune_jobs(runs: Path, frames: Path, split_dir: Path, config: StudyConfig
     for seed in config.seeds:
         for name, init, after in inits:
             overrides = [
-                "dataset=scannet", "model=unet", "backbone=Res18UNet", f"init={init}",
-                f"dataset.path={frames}", f"dataset.split_dir={split_dir}", f"dataset.size=[{h},{w}]",
-                "train.phase=train", f"train.batch_size={config.finetune_batch}",
-                f"scheduler.max_epochs={config.finetune_epochs}", f"train.seed={seed}",
-                "train.report_batch=5", "train.report_epoch=100000", "train.checkpoint_every=0", "train.workers=0",
-                f"train.device={config.device}", "finetune.eval_batch_size=16", "logging.tensorboard=false",
+                "dataset=scannet",
+                "model=unet",
+                "backbone=Res18UNet",
+                f"init={init}",
+                f"dataset.path={frames}",
+                f"dataset.split_dir={split_dir}",
+                f"dataset.size=[{h},{w}]",
+                "train.phase=train",
+                f"train.batch_size={config.finetune_batch}",
+                f"scheduler.max_epochs={config.finetune_epochs}",
+                f"train.seed={seed}",
+                "train.report_batch=5",
+                "train.report_epoch=100000",
+                "train.checkpoint_every=0",
+                "train.workers=0",
+                f"train.device={config.device}",
+                "finetune.eval_batch_size=16",
+                "logging.tensorboard=false",
                 *config.extra_finetune,
-            ]  # fmt: skip
-            jobs.append(Job(f"fine-tune {name} seed {seed}", "finetune", finetune_dir(runs, name, seed),
-                            overrides, after=after, meta={"init": name, "seed": seed}))  # fmt: skip
+            ]
+            jobs.append(
+                Job(
+                    f"fine-tune {name} seed {seed}",
+                    "finetune",
+                    finetune_dir(runs, name, seed),
+                    overrides,
+                    after=after,
+                    meta={"init": name, "seed": seed},
+                )
+            )
     return jobs
 
 
@@ -206,8 +245,13 @@ def _execute(kind: str, log_dir: str, overrides: list[str], threads: int) -> dic
     return result
 
 
-def run_jobs(jobs: list[Job], parallel: int, threads: int,
-             on_done: Callable[[Job, dict], None] | None = None, heartbeat_s: float = 30.0) -> dict[str, dict]:  # fmt: skip
+def run_jobs(
+    jobs: list[Job],
+    parallel: int,
+    threads: int,
+    on_done: Callable[[Job, dict], None] | None = None,
+    heartbeat_s: float = 30.0,
+) -> dict[str, dict]:
     """Run ``jobs`` (respecting ``after``) on ``parallel`` processes; results by job name.
 
     Finished jobs (``done.json`` present) are read back, not rerun. Progress lines name what

@@ -214,8 +214,11 @@ def expand_overrides(
             table = presets[key]
             if value.lower() not in table:
                 raise ValueError(f"{key}={value!r}: expected one of {', '.join(table)}")
-            chosen[key] += [f"{k}={override_value(v)}" for k, v in table[value.lower()].items()
-                            if not (for_eval and k in eval_skip)]  # fmt: skip
+            chosen[key] += [
+                f"{k}={override_value(v)}"
+                for k, v in table[value.lower()].items()
+                if not (for_eval and k in eval_skip)
+            ]
         elif key in renames:
             overrides.append(f"{renames[key]}={value}")
         elif key == "dataset.split":

@@ -14,8 +14,17 @@ from pathlib import Path
 
 
 class RunLogger:
-    def __init__(self, log_dir: str | Path, *, enabled: bool, name: str, config: dict,
-                 tensorboard: bool = True, wandb_mode: str = "disabled", wandb_project: str = "pri3d"):  # fmt: skip
+    def __init__(
+        self,
+        log_dir: str | Path,
+        *,
+        enabled: bool,
+        name: str,
+        config: dict,
+        tensorboard: bool = True,
+        wandb_mode: str = "disabled",
+        wandb_project: str = "pri3d",
+    ):
         self.enabled = enabled
         self.log_dir = Path(log_dir)
         self.text = logging.getLogger(f"pri3d.run.{id(self)}")

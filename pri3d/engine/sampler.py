@@ -18,8 +18,17 @@ from torch.utils.data import Sampler
 class GlobalBatchSampler(Sampler[list[int]]):
     """Yields this rank's micro-batches (lists of dataset indices)."""
 
-    def __init__(self, dataset_size: int, global_batch: int, *, rank: int = 0, world_size: int = 1,
-                 accumulate: int = 1, seed: int = 0, shuffle: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        dataset_size: int,
+        global_batch: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        accumulate: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+    ):
         if global_batch % (world_size * accumulate):
             raise ValueError(
                 f"train.batch_size={global_batch} must be divisible by ranks × optimizer.accumulate_step "

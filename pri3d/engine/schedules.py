@@ -12,16 +12,26 @@ from pri3d.engine.config import OptimizerConfig, SchedulerConfig
 
 def build_optimizer(params, config: OptimizerConfig) -> torch.optim.Optimizer:
     if config.optimizer == "SGD":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.sgd_momentum,
-                               dampening=config.sgd_dampening, weight_decay=config.weight_decay)  # fmt: skip
+        return torch.optim.SGD(
+            params,
+            lr=config.lr,
+            momentum=config.sgd_momentum,
+            dampening=config.sgd_dampening,
+            weight_decay=config.weight_decay,
+        )
     if config.optimizer == "Adam":
-        return torch.optim.Adam(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
-                                weight_decay=config.weight_decay)  # fmt: skip
+        return torch.optim.Adam(
+            params,
+            lr=config.lr,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.weight_decay,
+        )
     raise ValueError(f"optimizer.optimizer={config.optimizer!r}: expected SGD or Adam")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: SchedulerConfig, steps_per_epoch: int,
-                    total_steps: int):  # fmt: skip
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: SchedulerConfig, steps_per_epoch: int, total_steps: int
+):
     """A LambdaLR/MultiStepLR/StepLR stepped per optimizer step.
 
     PolyLR decays over the run's ``total_steps`` (`Trainer.total_steps`: ``train.max_steps`` when
@@ -48,8 +58,14 @@ class BNMomentumScheduler:
     after ~200 steps. Unlike the original, its position is saved in checkpoints and restored.
     """
 
-    def __init__(self, model: nn.Module, initial: float = 0.5, decay: float = 0.5, every: int = 20,
-                 minimum: float = 0.001):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        initial: float = 0.5,
+        decay: float = 0.5,
+        every: int = 20,
+        minimum: float = 0.001,
+    ):
         self.model = model
         self.initial, self.decay, self.every, self.minimum = initial, decay, every, minimum
         self.step_count = 0

@@ -49,8 +49,15 @@ class TrainingStopped(RuntimeError):
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, dataset: Dataset, collate_fn, config, env: DistEnv,
-                 on_epoch_end: Callable[[Trainer, int], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        collate_fn,
+        config,
+        env: DistEnv,
+        on_epoch_end: Callable[[Trainer, int], None] | None = None,
+    ):
         self.config = config
         self.on_epoch_end = on_epoch_end  # called on every rank after each epoch's checkpoint (validation)
         self.env = env
@@ -61,11 +68,20 @@ class Trainer:
         train = config.train
         self.accumulate = config.optimizer.accumulate_step
         self.sampler = GlobalBatchSampler(
-            len(dataset), train.batch_size, rank=env.rank, world_size=env.world_size,
-            accumulate=self.accumulate, seed=train.seed,
-        )  # fmt: skip
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=train.workers,
-                                 collate_fn=collate_fn, pin_memory=env.device.type == "cuda")  # fmt: skip
+            len(dataset),
+            train.batch_size,
+            rank=env.rank,
+            world_size=env.world_size,
+            accumulate=self.accumulate,
+            seed=train.seed,
+        )
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=train.workers,
+            collate_fn=collate_fn,
+            pin_memory=env.device.type == "cuda",
+        )
         self.model = model.to(env.device)
         if train.channels_last:
             # 4-D (2D conv) tensors only: Module.to(memory_format=channels_last) raises on the 3D
@@ -80,9 +96,12 @@ class Trainer:
         )
         self.bn_scheduler = BNMomentumScheduler(self.model)
         self.ddp = (
-            DistributedDataParallel(self.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None)
-            if env.distributed else self.model
-        )  # fmt: skip
+            DistributedDataParallel(
+                self.model, device_ids=[env.local_rank] if env.device.type == "cuda" else None
+            )
+            if env.distributed
+            else self.model
+        )
         if env.is_main:  # for callers that did not check (the runners do): a named error, not a traceback
             check_writable_folder(self.log_dir, "train.log_dir", ("checkpoints",))
         self.step = 0
@@ -94,10 +113,14 @@ class Trainer:
         # before the log opens: nothing after it may raise, or the log would be left open
         leftovers = remove_temporaries(self.checkpoint_dir) if env.is_main else []
         self.logger = RunLogger(
-            self.log_dir, enabled=env.is_main, name=train.exp_name, config=to_dict(config),
-            tensorboard=config.logging.tensorboard, wandb_mode=config.logging.wandb,
+            self.log_dir,
+            enabled=env.is_main,
+            name=train.exp_name,
+            config=to_dict(config),
+            tensorboard=config.logging.tensorboard,
+            wandb_mode=config.logging.wandb,
             wandb_project=config.logging.wandb_project,
-        )  # fmt: skip
+        )
         if leftovers:
             self.logger.info(
                 "removed unfinished checkpoint files: " + ", ".join(path.name for path in leftovers)
@@ -153,11 +176,15 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "bn_scheduler": self.bn_scheduler.state_dict(),
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "samples_skipped": self.samples_skipped, "steps_trained": self.steps_trained, "counts": self.counts,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "samples_skipped": self.samples_skipped,
+            "steps_trained": self.steps_trained,
+            "counts": self.counts,
             "config": to_dict(self.config),
             "rng": rng_state(),
-        }  # fmt: skip
+        }
         try:
             save_checkpoint(self.checkpoint_dir, name, state)
         except CheckpointDiskFull as error:
@@ -211,16 +238,22 @@ class Trainer:
                     if self.step % train.report_batch == 0 or self.step == self.total_steps:
                         elapsed = time.perf_counter() - timer
                         last = {f"train/{k}": v / max(counted, 1) for k, v in meters.items()}
-                        last.update({
-                            "train/lr": self.optimizer.param_groups[0]["lr"],
-                            "train/pairs_per_s": pairs / elapsed, "train/data_time_share": data_time / elapsed,
-                            "train/samples_skipped": self.samples_skipped, "epoch": self.epoch,
-                            **{f"train/{name}": count for name, count in self.counts.items()},
-                        })  # fmt: skip
+                        last.update(
+                            {
+                                "train/lr": self.optimizer.param_groups[0]["lr"],
+                                "train/pairs_per_s": pairs / elapsed,
+                                "train/data_time_share": data_time / elapsed,
+                                "train/samples_skipped": self.samples_skipped,
+                                "epoch": self.epoch,
+                                **{f"train/{name}": count for name, count in self.counts.items()},
+                            }
+                        )
                         self.logger.metrics(self.step, last)
                         self.logger.info(_format(self.step, self.total_steps, last))
-                        progress.set_postfix(loss=f"{last.get('train/total_loss', float('nan')):.3f}",
-                                             pairs_s=f"{last['train/pairs_per_s']:.1f}")  # fmt: skip
+                        progress.set_postfix(
+                            loss=f"{last.get('train/total_loss', float('nan')):.3f}",
+                            pairs_s=f"{last['train/pairs_per_s']:.1f}",
+                        )
                         meters, counted, pairs, data_time, timer = {}, 0, 0, 0.0, time.perf_counter()
                     # before the first usable sample there is nothing worth keeping, and a run that
                     # ends up training nothing must leave no weights that look like a result
@@ -258,8 +291,9 @@ class Trainer:
         batch = _to_device(batch, self.env.device, self.config.train.channels_last)
         autocast = (
             torch.autocast(device_type=self.env.device.type, dtype=torch.bfloat16)
-            if self.config.train.bf16 else nullcontext()
-        )  # fmt: skip
+            if self.config.train.bf16
+            else nullcontext()
+        )
         # the forward updates BatchNorm statistics: keep them to undo a forward that goes non-finite
         buffers = [buffer.clone() for buffer in self.model.buffers()]
         with autocast:

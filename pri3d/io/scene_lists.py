@@ -66,8 +66,9 @@ def scene_list_dir(path: str | os.PathLike[str], split_dir: str | os.PathLike[st
     return shipped_split_dir()
 
 
-def data_efficient_scenes(train_scenes: list[str], frames_root: Path, percent: float,
-                          total_images: int | None = None) -> list[str]:  # fmt: skip
+def data_efficient_scenes(
+    train_scenes: list[str], frames_root: Path, percent: float, total_images: int | None = None
+) -> list[str]:
     """The shortest prefix of ``train_scenes`` holding ``percent`` % of the training images.
 
     This is how the original's data-efficient lists were built (`count_images.py`): walk the train
@@ -86,9 +87,13 @@ def data_efficient_scenes(train_scenes: list[str], frames_root: Path, percent: f
     return chosen
 
 
-def scannet_scene_list(phase: str, split_dir: str | os.PathLike[str] | None, frames_root: Path,
-                       phase_option: str = "train.phase",
-                       split_option: str = "dataset.split_dir") -> tuple[list[str], str]:  # fmt: skip
+def scannet_scene_list(
+    phase: str,
+    split_dir: str | os.PathLike[str] | None,
+    frames_root: Path,
+    phase_option: str = "train.phase",
+    split_option: str = "dataset.split_dir",
+) -> tuple[list[str], str]:
     """Scene names of ``phase`` (train, val, test, trainval, train1 … train80) and where they came from.
 
     The lists are read from ``split_dir``, or when it is empty from the folder :func:`scene_list_dir`
@@ -107,8 +112,10 @@ def scannet_scene_list(phase: str, split_dir: str | os.PathLike[str] | None, fra
         return read_scene_list(path), str(path)
     if phase.startswith("train") and phase[5:].isdigit():
         percent = int(phase[5:])
-        for path in (folder / f"scannetv2_train_{percent}.txt",
-                     folder / "data_efficient_by_images" / f"scannetv2_train_{percent}.txt"):  # fmt: skip
+        for path in (
+            folder / f"scannetv2_train_{percent}.txt",
+            folder / "data_efficient_by_images" / f"scannetv2_train_{percent}.txt",
+        ):
             if path.is_file():
                 return read_scene_list(path), str(path)
         train_list = folder / "scannetv2_train.txt"

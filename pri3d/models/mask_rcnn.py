@@ -94,13 +94,19 @@ def build_detector(
     from torchvision.models.detection import maskrcnn_resnet50_fpn
 
     return maskrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes + 1,
-        min_size=min_size_train, max_size=max_size,
-        image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD),
-        box_batch_size_per_image=batch_size_per_image, box_score_thresh=score_thresh,
+        weights=None,
+        weights_backbone=None,
+        num_classes=num_classes + 1,
+        min_size=min_size_train,
+        max_size=max_size,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        box_batch_size_per_image=batch_size_per_image,
+        box_score_thresh=score_thresh,
         box_detections_per_img=detections_per_image,
-        rpn_post_nms_top_n_train=proposals_train, rpn_post_nms_top_n_test=proposals_test,
-    )  # fmt: skip
+        rpn_post_nms_top_n_train=proposals_train,
+        rpn_post_nms_top_n_test=proposals_test,
+    )
 
 
 _STAGES = (("conv1", "bn1"), ("layer1",), ("layer2",), ("layer3",), ("layer4",))
@@ -147,8 +153,11 @@ def initialise_body(detector: nn.Module, init: str | Path) -> LoadReport:
     """Load the ResNet-50 body from ``scratch``, ``imagenet`` or a weights file, strictly (a run folder
     is not read here: the task turns it into its newest checkpoint first)."""
     body = detector.backbone.body
-    others = {f"detector.{k}": "FPN, RPN and RoI heads: initialised from scratch"
-              for k in detector.state_dict() if not k.startswith("backbone.body.")}  # fmt: skip
+    others = {
+        f"detector.{k}": "FPN, RPN and RoI heads: initialised from scratch"
+        for k in detector.state_dict()
+        if not k.startswith("backbone.body.")
+    }
     if init == "scratch":
         missing = {f"detector.backbone.body.{k}": "scratch initialisation" for k in body.state_dict()}
         return LoadReport("scratch", "none", missing={**missing, **others})

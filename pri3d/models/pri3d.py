@@ -34,8 +34,15 @@ class Pri3D(nn.Module):
         temperature: InfoNCE temperature (0.4 in the released recipe).
     """
 
-    def __init__(self, backbone: str = "Res50UNet", pretrained: str | None = None, view_invariant: bool = True,
-                 geometric_prior: bool = True, depth: bool = True, temperature: float = 0.4):  # fmt: skip
+    def __init__(
+        self,
+        backbone: str = "Res50UNet",
+        pretrained: str | None = None,
+        view_invariant: bool = True,
+        geometric_prior: bool = True,
+        depth: bool = True,
+        temperature: float = 0.4,
+    ):
         super().__init__()
         if backbone not in PRETRAIN_CHANNELS:
             raise ValueError(f"pretrain.backbone={backbone!r}: expected one of {sorted(PRETRAIN_CHANNELS)}")

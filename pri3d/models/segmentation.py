@@ -125,11 +125,17 @@ class SmpSegmenter(SegmentationModel):
             # the original PSPNet: full ResNet dilated to output stride 8, PPM bins (1, 2, 3, 6), dropout 0.1
             net = smp.PSPNet(encoder_depth=5, output_stride=8, upsampling=8, psp_dropout=0.1, **common)
         elif arch == "DeepLabV3":
-            net = smp.DeepLabV3(encoder_output_stride=16, decoder_atrous_rates=(6, 12, 18),
-                                decoder_aspp_dropout=0.1, **common)  # fmt: skip
+            net = smp.DeepLabV3(
+                encoder_output_stride=16, decoder_atrous_rates=(6, 12, 18), decoder_aspp_dropout=0.1, **common
+            )
         elif arch == "DeepLabV3Plus":
-            net = smp.DeepLabV3Plus(encoder_output_stride=16, decoder_atrous_rates=(6, 12, 18),
-                                    decoder_aspp_separable=False, decoder_aspp_dropout=0.1, **common)  # fmt: skip
+            net = smp.DeepLabV3Plus(
+                encoder_output_stride=16,
+                decoder_atrous_rates=(6, 12, 18),
+                decoder_aspp_separable=False,
+                decoder_aspp_dropout=0.1,
+                **common,
+            )
         else:
             raise ValueError(f"unknown smp architecture {arch!r}")
         for name, child in net.named_children():
@@ -210,8 +216,12 @@ def initialise(model: SegmentationModel, init: str | Path, strict: bool = False)
     path = Path(init)
     state, _ = load_weights_file(path)
     layout = detect_layout(state, str(path))
-    check_resnet_arch(encoder.state_dict(), to_torchvision(state, str(path))[0], str(path),
-                      "the model's ResNet is set by backbone=Res18UNet|Res50UNet")  # fmt: skip
+    check_resnet_arch(
+        encoder.state_dict(),
+        to_torchvision(state, str(path))[0],
+        str(path),
+        "the model's ResNet is set by backbone=Res18UNet|Res50UNet",
+    )
     if isinstance(model, Semantic2D) and layout in ("pri3d", "unet"):
         if layout == "unet":
             state = {f"backbone.{k}": v for k, v in state.items()}
@@ -232,8 +242,11 @@ def _load_encoder(model: SegmentationModel, encoder: nn.Module, state: dict, sou
     check_state(own, tv, source, "the encoder")
     encoder.load_state_dict(tv, strict=True)
     report.taken = [prefix + k for k in report.taken]
-    report.missing = {k: "not an encoder weight: initialised from scratch" for k in model.state_dict()
-                      if not k.startswith(prefix)}  # fmt: skip
+    report.missing = {
+        k: "not an encoder weight: initialised from scratch"
+        for k in model.state_dict()
+        if not k.startswith(prefix)
+    }
     return report
 
 

@@ -216,8 +216,13 @@ class MinkUNet34C(nn.Module):
     layout is spconv's ``[C_out, kx, ky, kz, C_in]``, so ME checkpoints do not load as they are.
     """
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 96, algo: ConvAlgo | None = None,
-                 backend: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self,
+        in_channels: int = 3,
+        out_channels: int = 96,
+        algo: ConvAlgo | None = None,
+        backend: str = "auto",
+    ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels

@@ -331,8 +331,11 @@ def _incompleteness(folder: Path, report: dict[str, Any]) -> str | None:
     if not isinstance(frames, list) or not isinstance(sizes, dict):
         return f"its {SCENE_REPORT_NAME} does not list its frames and files (written by an older pri3d)"
     expected = [f"intrinsic/{name}.txt" for name in CAMERA_FILES]
-    expected += [f"{sub}/{frame}{ext}" for frame in frames
-                 for sub, ext in (("color", ".jpg"), ("depth", ".png"), ("pose", ".txt"))]  # fmt: skip
+    expected += [
+        f"{sub}/{frame}{ext}"
+        for frame in frames
+        for sub, ext in (("color", ".jpg"), ("depth", ".png"), ("pose", ".txt"))
+    ]
     present = set()
     for sub in ("intrinsic", "color", "depth", "pose"):
         if (folder / sub).is_dir():
@@ -388,9 +391,13 @@ def preprocess_scannet(
         results, redone = _resume(out, names, options)
         todo = [name for name in names if name not in results]
         bar = tqdm(
-            total=len(names), initial=len(results), unit="scene", desc="preprocess scannet",
-            disable=not progress, dynamic_ncols=True,
-        )  # fmt: skip
+            total=len(names),
+            initial=len(results),
+            unit="scene",
+            desc="preprocess scannet",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
         failed = 0
 
         def record(result: dict[str, Any]) -> None:

@@ -84,12 +84,19 @@ def add_synth_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> SynthConfig:
     return SynthConfig(
-        scenes=args.scenes, frames=args.frames, seed=args.seed,
-        color_size=args.color_size, depth_size=args.depth_size,
-        frames_25k_every=args.frames_25k_every, depth_noise=args.depth_noise, depth_holes=args.depth_holes,
-        invalid_pose_fraction=args.invalid_poses, val_fraction=args.val_fraction,
-        mesh_spacing=args.mesh_spacing, class_looks=args.class_looks,
-    )  # fmt: skip
+        scenes=args.scenes,
+        frames=args.frames,
+        seed=args.seed,
+        color_size=args.color_size,
+        depth_size=args.depth_size,
+        frames_25k_every=args.frames_25k_every,
+        depth_noise=args.depth_noise,
+        depth_holes=args.depth_holes,
+        invalid_pose_fraction=args.invalid_poses,
+        val_fraction=args.val_fraction,
+        mesh_spacing=args.mesh_spacing,
+        class_looks=args.class_looks,
+    )
 
 
 def register(subparsers) -> None:

@@ -154,10 +154,17 @@ def generate(out: str | Path, config: SynthConfig, workers: int = 1, progress: b
 def label_table_rows() -> list[dict]:
     """Rows of the label tsv for every raw category the generator uses."""
     return [
-        {"id": i + 1, "raw_category": raw, "category": raw, "count": 1, "nyu40id": nyu40,
-         "nyu40class": NYU40_NAMES[nyu40], "mpcat40": NYU40_NAMES[nyu40]}
+        {
+            "id": i + 1,
+            "raw_category": raw,
+            "category": raw,
+            "count": 1,
+            "nyu40id": nyu40,
+            "nyu40class": NYU40_NAMES[nyu40],
+            "mpcat40": NYU40_NAMES[nyu40],
+        }
         for i, (raw, (nyu40, _)) in enumerate(RAW_CATEGORIES.items())
-    ]  # fmt: skip
+    ]
 
 
 def room_type_of(config: SynthConfig, index: int) -> str:
@@ -321,15 +328,23 @@ def _write_scene_meta(
     """ScanNet's `<scene>.txt`: axis alignment (identity here), camera parameters, frame counts."""
     lines = {
         "axisAlignment": " ".join(str(v) for v in np.eye(4, dtype=int).ravel()),
-        "colorHeight": config.color_size[0], "colorWidth": config.color_size[1],
-        "depthHeight": config.depth_size[0], "depthWidth": config.depth_size[1],
-        "fx_color": k_color[0, 0], "fx_depth": k_depth[0, 0],
-        "fy_color": k_color[1, 1], "fy_depth": k_depth[1, 1],
-        "mx_color": k_color[0, 2], "mx_depth": k_depth[0, 2],
-        "my_color": k_color[1, 2], "my_depth": k_depth[1, 2],
-        "numColorFrames": config.frames, "numDepthFrames": config.frames, "numIMUmeasurements": 0,
+        "colorHeight": config.color_size[0],
+        "colorWidth": config.color_size[1],
+        "depthHeight": config.depth_size[0],
+        "depthWidth": config.depth_size[1],
+        "fx_color": k_color[0, 0],
+        "fx_depth": k_depth[0, 0],
+        "fy_color": k_color[1, 1],
+        "fy_depth": k_depth[1, 1],
+        "mx_color": k_color[0, 2],
+        "mx_depth": k_depth[0, 2],
+        "my_color": k_color[1, 2],
+        "my_depth": k_depth[1, 2],
+        "numColorFrames": config.frames,
+        "numDepthFrames": config.frames,
+        "numIMUmeasurements": 0,
         "sceneType": scene.scene_type,
-    }  # fmt: skip
+    }
     path.write_text("".join(f"{k} = {v}\n" for k, v in lines.items()))
 
 

@@ -53,8 +53,9 @@ EXTRA_WALL_FURNITURE = ("cabinet", "bookshelf", "trash can", "nightstand", "desk
 EXTRA_FREE_FURNITURE = ("ottoman", "chair", "trash can")
 
 
-def build_room(scene_id: str, rng: np.random.Generator, room_type: str | None = None,
-               class_looks: bool = False) -> Scene:  # fmt: skip
+def build_room(
+    scene_id: str, rng: np.random.Generator, room_type: str | None = None, class_looks: bool = False
+) -> Scene:
     """Generate one furnished room. Deterministic for a given generator state."""
     if room_type is None:
         room_type = str(rng.choice(list(ROOM_TYPES)))

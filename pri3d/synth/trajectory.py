@@ -122,10 +122,12 @@ def scan_trajectory(
         yaw = yaw + _smooth_noise(rng, t, (2.9, 5.3), np.deg2rad(0.3))
 
         inside = (
-            (positions[:, 0] > clearance) & (positions[:, 0] < sx - clearance)
-            & (positions[:, 1] > clearance) & (positions[:, 1] < sy - clearance)
+            (positions[:, 0] > clearance)
+            & (positions[:, 0] < sx - clearance)
+            & (positions[:, 1] > clearance)
+            & (positions[:, 1] < sy - clearance)
             & (positions[:, 2] < sz - clearance)
-        )  # fmt: skip
+        )
         if not inside.all():
             continue
         if (distance_to_parts(positions, scene, furniture) < clearance).any():

@@ -74,8 +74,13 @@ REFERENCE = ("original README, Mask R-CNN R50-FPN AP50 bbox / mask, Pri3D View+G
 
 
 @torch.no_grad()
-def evaluate_model(model: InstanceSegmenter, dataset: CocoInstances, batch_size: int = 2,
-                   env: DistEnv | None = None, workers: int = 0) -> dict:  # fmt: skip
+def evaluate_model(
+    model: InstanceSegmenter,
+    dataset: CocoInstances,
+    batch_size: int = 2,
+    env: DistEnv | None = None,
+    workers: int = 0,
+) -> dict:
     """COCO box and mask metrics of ``model`` on ``dataset`` (:func:`pri3d.coco.evaluate.evaluate_detections`).
 
     Under DDP each rank predicts every world_size-th image, and the detections are gathered on every rank.
@@ -98,8 +103,14 @@ def evaluate_model(model: InstanceSegmenter, dataset: CocoInstances, batch_size:
         detections = [d for part, _ in gathered for d in part]
         skipped = [s for _, part in gathered for s in part]
     report = evaluate_detections(dataset.coco, detections)
-    report.update({"images": len(dataset) - len(skipped), "images_skipped": len(skipped),
-                   "skipped": skipped[:20], "detections": len(detections)})  # fmt: skip
+    report.update(
+        {
+            "images": len(dataset) - len(skipped),
+            "images_skipped": len(skipped),
+            "skipped": skipped[:20],
+            "detections": len(detections),
+        }
+    )
     return report
 
 
@@ -124,8 +135,13 @@ class _PeriodicEvaluation:
     def run(self, trainer: Trainer, name: str) -> dict:
         step = self.last_step = trainer.step
         t0 = time.perf_counter()
-        report = evaluate_model(trainer.model, self.dataset, self.config.finetune.eval_batch_size, self.env,
-                                self.config.train.workers)  # fmt: skip
+        report = evaluate_model(
+            trainer.model,
+            self.dataset,
+            self.config.finetune.eval_batch_size,
+            self.env,
+            self.config.train.workers,
+        )
         report.update({"step": step, "seconds": round(time.perf_counter() - t0, 1)})
         if self.env.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -137,9 +153,11 @@ class _PeriodicEvaluation:
                 for n in ("AP", "AP50", "AP75")
             }
             box, mask = report["bbox"], report["segm"]
-            line = (f"eval {name} (step {step}): AP50 bbox {percent(box['AP50'])}, mask {percent(mask['AP50'])}; "
-                    f"AP bbox {percent(box['AP'])}, mask {percent(mask['AP'])}; {report['detections']} "
-                    f"detections on {report['images']} images")  # fmt: skip
+            line = (
+                f"eval {name} (step {step}): AP50 bbox {percent(box['AP50'])}, mask {percent(mask['AP50'])}; "
+                f"AP bbox {percent(box['AP'])}, mask {percent(mask['AP'])}; {report['detections']} "
+                f"detections on {report['images']} images"
+            )
             trainer.logger.metrics(step, values)
             trainer.logger.info(line)
         return report
@@ -151,8 +169,9 @@ class _PeriodicEvaluation:
 
 def build_dataset(config: InssegRunConfig, phase: str, train: bool) -> CocoInstances:
     d = config.dataset
-    return build_insseg_dataset(d.name, d.path, d.annotations, phase, train=train,
-                                flip=config.finetune.flip, seed=config.train.seed)  # fmt: skip
+    return build_insseg_dataset(
+        d.name, d.path, d.annotations, phase, train=train, flip=config.finetune.flip, seed=config.train.seed
+    )
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -181,10 +200,15 @@ def warmup_multistep(optimizer: torch.optim.Optimizer, scheduler: InssegSchedule
 def _build_detector(num_classes: int, finetune: InssegFinetuneConfig, sizes: dict) -> nn.Module:
     """The recipe's Mask R-CNN at the resolved input ``sizes`` (:func:`input_sizes`)."""
     return build_detector(
-        num_classes, sizes["min_size_train"], sizes["max_size"], batch_size_per_image=finetune.batch_size_per_image,
-        score_thresh=finetune.score_thresh_test, detections_per_image=finetune.detections_per_image,
-        proposals_train=finetune.proposals_train, proposals_test=finetune.proposals_test,
-    )  # fmt: skip
+        num_classes,
+        sizes["min_size_train"],
+        sizes["max_size"],
+        batch_size_per_image=finetune.batch_size_per_image,
+        score_thresh=finetune.score_thresh_test,
+        detections_per_image=finetune.detections_per_image,
+        proposals_train=finetune.proposals_train,
+        proposals_test=finetune.proposals_test,
+    )
 
 
 def _finalise_backbone(
@@ -219,11 +243,17 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
             )
         sizes = input_sizes(config.finetune, train_set.image_size())
         if len(train_set) < config.train.batch_size:
-            raise ValueError(f"train.batch_size={config.train.batch_size} is larger than the {len(train_set)} "
-                             f"training images of {train_set.annotation_path}")  # fmt: skip
+            raise ValueError(
+                f"train.batch_size={config.train.batch_size} is larger than the {len(train_set)} "
+                f"training images of {train_set.annotation_path}"
+            )
         # the resolved sizes go into the saved config, so evaluation resizes exactly as training did
-        finetune = replace(config.finetune, min_size_train=list(sizes["min_size_train"]),
-                           min_size_test=sizes["min_size_test"], max_size=sizes["max_size"])  # fmt: skip
+        finetune = replace(
+            config.finetune,
+            min_size_train=list(sizes["min_size_train"]),
+            min_size_test=sizes["min_size_test"],
+            max_size=sizes["max_size"],
+        )
         config = replace(config, finetune=finetune)
         detector = _build_detector(train_set.num_classes, config.finetune, sizes)
         resuming = latest_checkpoint(log_dir / "checkpoints") is not None
@@ -273,28 +303,45 @@ def _summarise(log_dir: Path, final: dict, config: InssegRunConfig, sizes: dict)
     schedule = []
     for path in sorted((log_dir / "eval").glob("step*.json")):
         r = json.loads(path.read_text())
-        schedule.append({"step": r["step"], **{f"{kind}_{n}": r[kind][n] for kind in ("bbox", "segm")
-                                               for n in ("AP", "AP50", "AP75")}})  # fmt: skip
+        schedule.append(
+            {
+                "step": r["step"],
+                **{f"{kind}_{n}": r[kind][n] for kind in ("bbox", "segm") for n in ("AP", "AP50", "AP75")},
+            }
+        )
     init_file = log_dir / "init_report.json"
     checkpoint = latest_checkpoint(log_dir / "checkpoints")
     return {
         "final": final,
         "schedule": schedule,
         "checkpoint": str(checkpoint) if checkpoint else None,
-        "dataset": {"name": config.dataset.name, "train": config.train.phase, "eval": config.finetune.eval_phase},
-        "model": {"name": "maskrcnn_resnet50_fpn", "init": config.finetune.pretrain, "norm": config.finetune.norm},
+        "dataset": {
+            "name": config.dataset.name,
+            "train": config.train.phase,
+            "eval": config.finetune.eval_phase,
+        },
+        "model": {
+            "name": "maskrcnn_resnet50_fpn",
+            "init": config.finetune.pretrain,
+            "norm": config.finetune.norm,
+        },
         "input_sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
         "init": json.loads(init_file.read_text()) if init_file.is_file() else None,
         "reference": REFERENCE,
-    }  # fmt: skip
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # evaluation of a saved checkpoint
 
 
-def evaluate_insseg(checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
-                    save_vis: int = 0, device: str = "auto") -> dict:  # fmt: skip
+def evaluate_insseg(
+    checkpoint: str | Path,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    save_vis: int = 0,
+    device: str = "auto",
+) -> dict:
     """Evaluate a fine-tuned checkpoint; writes and returns the report (box/mask AP, per-class AP50).
 
     Args:
@@ -331,13 +378,20 @@ def evaluate_insseg(checkpoint: str | Path, overrides: list[str] | None = None, 
     model = InstanceSegmenter(detector, sizes["min_size_train"], sizes["min_size_test"]).to(run_device)
     t0 = time.perf_counter()
     report = evaluate_model(model, dataset, config.finetune.eval_batch_size, workers=config.train.workers)
-    report.update({
-        "checkpoint": str(path), "step": extra.get("step"), "seconds": round(time.perf_counter() - t0, 1),
-        "dataset": {"name": config.dataset.name, "annotations": str(dataset.annotation_path),
-                    "phase": config.finetune.eval_phase},
-        "input_sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
-        "reference": REFERENCE,
-    })  # fmt: skip
+    report.update(
+        {
+            "checkpoint": str(path),
+            "step": extra.get("step"),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "dataset": {
+                "name": config.dataset.name,
+                "annotations": str(dataset.annotation_path),
+                "phase": config.finetune.eval_phase,
+            },
+            "input_sizes": {k: list(v) if isinstance(v, tuple) else v for k, v in sizes.items()},
+            "reference": REFERENCE,
+        }
+    )
     out = (
         Path(out)
         if out
@@ -364,10 +418,22 @@ def _save_figures(model: InstanceSegmenter, dataset: CocoInstances, count: int, 
         if "skip" in sample:
             continue
         output = model.predict([sample["image"]])[0]
-        prediction = {"masks": output["masks"][:, 0].cpu() > 0.5, "boxes": output["boxes"].cpu(),
-                      "labels": output["labels"].cpu(), "scores": output["scores"].cpu()}  # fmt: skip
-        written.append(save_instance_figure(folder / f"{index:05d}.png", sample["image"], sample["target"],
-                                            prediction, dataset.class_names, title=dataset.name(index)))  # fmt: skip
+        prediction = {
+            "masks": output["masks"][:, 0].cpu() > 0.5,
+            "boxes": output["boxes"].cpu(),
+            "labels": output["labels"].cpu(),
+            "scores": output["scores"].cpu(),
+        }
+        written.append(
+            save_instance_figure(
+                folder / f"{index:05d}.png",
+                sample["image"],
+                sample["target"],
+                prediction,
+                dataset.class_names,
+                title=dataset.name(index),
+            )
+        )
     return written
 
 
@@ -402,8 +468,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"pri3d finetune insseg: stopped: {error}", file=sys.stderr)
         return 3
     final = summary["final"]
-    print(f"final AP50 bbox {percent(final['bbox']['AP50'])} | mask {percent(final['segm']['AP50'])}; "
-          f"results in {Path(config.train.log_dir) / 'results.json'}")  # fmt: skip
+    print(
+        f"final AP50 bbox {percent(final['bbox']['AP50'])} | mask {percent(final['segm']['AP50'])}; "
+        f"results in {Path(config.train.log_dir) / 'results.json'}"
+    )
     return 0
 
 
@@ -418,8 +486,13 @@ def register_eval(subparsers) -> None:
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="checkpoint=PATH, out=FILE, overrides"
     )
-    parser.add_argument("--save-vis", type=int, default=0, metavar="N",
-                        help="draw ground truth | predicted masks and boxes for N images beside the report")  # fmt: skip
+    parser.add_argument(
+        "--save-vis",
+        type=int,
+        default=0,
+        metavar="N",
+        help="draw ground truth | predicted masks and boxes for N images beside the report",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
     parser.set_defaults(run=run_eval)
 
@@ -429,8 +502,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if "checkpoint" not in extra:
         raise ValueError("checkpoint=PATH is required (a fine-tuned checkpoint file or run folder)")
     rest = [a for a in args.overrides if a.partition("=")[0] not in ("checkpoint", "out")]
-    report = evaluate_insseg(extra["checkpoint"], rest, out=extra.get("out"), save_vis=args.save_vis,
-                             device=args.device)  # fmt: skip
+    report = evaluate_insseg(
+        extra["checkpoint"], rest, out=extra.get("out"), save_vis=args.save_vis, device=args.device
+    )
     print(format_coco_table(report))
     print(f"report: {report['report_path']}")
     for figure in report.get("figures", []):

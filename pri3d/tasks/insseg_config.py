@@ -158,9 +158,12 @@ def expand_short_forms(items: list[str], for_eval: bool = False) -> tuple[list[s
             item = f"{key}={value.replace('(', '[').replace(')', ']').replace(',]', ']')}"
         translated.append(item)
     return expand_overrides(
-        translated, {"dataset": DATASET_PRESETS}, {"init": "finetune.pretrain", **DETECTRON2_KEYS}, for_eval,
+        translated,
+        {"dataset": DATASET_PRESETS},
+        {"init": "finetune.pretrain", **DETECTRON2_KEYS},
+        for_eval,
         eval_skip=("dataset.path", "dataset.annotations"),
-    )  # fmt: skip
+    )
 
 
 def insseg_config(items: list[str], base: dict | None = None) -> InssegRunConfig:
@@ -179,21 +182,35 @@ def check_config(config: InssegRunConfig) -> None:
     checks = (
         ("finetune.norm", ft.norm, ft.norm in ("frozen", "bn"), "frozen or bn"),
         ("finetune.freeze_at", ft.freeze_at, 0 <= ft.freeze_at <= 5, "0 … 5"),
-        ("scheduler.scheduler", sched.scheduler, sched.scheduler == "MultiStepLR",
-         "MultiStepLR (Detectron2's warm-up + steps)"),
-        ("scheduler.decay_steps", sched.decay_steps, sched.decay_steps == sorted(sched.decay_steps),
-         "increasing step numbers"),
+        (
+            "scheduler.scheduler",
+            sched.scheduler,
+            sched.scheduler == "MultiStepLR",
+            "MultiStepLR (Detectron2's warm-up + steps)",
+        ),
+        (
+            "scheduler.decay_steps",
+            sched.decay_steps,
+            sched.decay_steps == sorted(sched.decay_steps),
+            "increasing step numbers",
+        ),
         ("train.max_steps", config.train.max_steps, config.train.max_steps > 0, "a positive number of steps"),
-        ("finetune.min_size_train", ft.min_size_train, all(s > 0 for s in ft.min_size_train),
-         "positive sizes (or [] for the data's)"),
-    )  # fmt: skip
+        (
+            "finetune.min_size_train",
+            ft.min_size_train,
+            all(s > 0 for s in ft.min_size_train),
+            "positive sizes (or [] for the data's)",
+        ),
+    )
     for key, value, ok, expected in checks:
         if not ok:
             raise ValueError(f"{key}={override_value(value)}: expected {expected}")
     if ft.pretrain == "scratch" and ft.norm == "frozen":
-        raise ValueError("finetune.pretrain=scratch with finetune.norm=frozen would freeze the identity statistics "
-                         "of untrained BatchNorm layers (nothing normalises, training diverges); add "
-                         "finetune.norm=bn finetune.freeze_at=0")  # fmt: skip
+        raise ValueError(
+            "finetune.pretrain=scratch with finetune.norm=frozen would freeze the identity statistics "
+            "of untrained BatchNorm layers (nothing normalises, training diverges); add "
+            "finetune.norm=bn finetune.freeze_at=0"
+        )
 
 
 def scale_to_batch(config: InssegRunConfig) -> tuple[InssegRunConfig, str | None]:
@@ -207,17 +224,26 @@ def scale_to_batch(config: InssegRunConfig) -> tuple[InssegRunConfig, str | None
     def steps(value: int) -> int:
         return max(1, round(value / factor)) if value > 0 else value
 
-    train = replace(config.train, max_steps=steps(config.train.max_steps),
-                    checkpoint_every=steps(config.train.checkpoint_every))  # fmt: skip
-    scheduler = replace(config.scheduler, decay_steps=[steps(s) for s in config.scheduler.decay_steps],
-                        warmup_steps=steps(config.scheduler.warmup_steps), auto_scale=False,
-                        reference_batch_size=batch)  # fmt: skip
+    train = replace(
+        config.train,
+        max_steps=steps(config.train.max_steps),
+        checkpoint_every=steps(config.train.checkpoint_every),
+    )
+    scheduler = replace(
+        config.scheduler,
+        decay_steps=[steps(s) for s in config.scheduler.decay_steps],
+        warmup_steps=steps(config.scheduler.warmup_steps),
+        auto_scale=False,
+        reference_batch_size=batch,
+    )
     optimizer = replace(config.optimizer, lr=config.optimizer.lr * factor)
     finetune = replace(config.finetune, eval_period=steps(config.finetune.eval_period))
     scaled = replace(config, train=train, scheduler=scheduler, optimizer=optimizer, finetune=finetune)
-    note = (f"batch {batch} instead of the recipe's {reference} (scheduler.auto_scale): lr {config.optimizer.lr:g} "
-            f"-> {optimizer.lr:g}, steps {config.train.max_steps} -> {train.max_steps}, decay at "
-            f"{scheduler.decay_steps}, warm-up {scheduler.warmup_steps}, eval every {finetune.eval_period}")  # fmt: skip
+    note = (
+        f"batch {batch} instead of the recipe's {reference} (scheduler.auto_scale): lr {config.optimizer.lr:g} "
+        f"-> {optimizer.lr:g}, steps {config.train.max_steps} -> {train.max_steps}, decay at "
+        f"{scheduler.decay_steps}, warm-up {scheduler.warmup_steps}, eval every {finetune.eval_period}"
+    )
     return scaled, note
 
 

@@ -37,20 +37,33 @@ def build_dataset(config: PretrainRunConfig) -> ScanNetPairs:
     if config.train.phase not in PAIR_LISTS:
         raise ValueError(f"train.phase={config.train.phase!r}: expected one of {sorted(PAIR_LISTS)}")
     options = PairOptions(
-        size=tuple(config.dataset.size), num_matches=config.pretrain.sample_points,
-        threshold=config.pretrain.thresh, geometric_prior=config.pretrain.geometric_prior,
-        voxel_size=config.pretrain.voxel_size, seed=config.train.seed,
-    )  # fmt: skip
-    return ScanNetPairs(config.dataset.path, PAIR_LISTS[config.train.phase], options,
-                        pointcloud_dir=config.dataset.pointcloud_path or None)  # fmt: skip
+        size=tuple(config.dataset.size),
+        num_matches=config.pretrain.sample_points,
+        threshold=config.pretrain.thresh,
+        geometric_prior=config.pretrain.geometric_prior,
+        voxel_size=config.pretrain.voxel_size,
+        seed=config.train.seed,
+    )
+    return ScanNetPairs(
+        config.dataset.path,
+        PAIR_LISTS[config.train.phase],
+        options,
+        pointcloud_dir=config.dataset.pointcloud_path or None,
+    )
 
 
 def build_model(config: PretrainRunConfig) -> Pri3D:
     if config.pretrain.model != "Pri3D":
         raise ValueError(f"pretrain.model={config.pretrain.model!r}: only Pri3D exists")
     p = config.pretrain
-    return Pri3D(backbone=p.backbone, pretrained=p.pretrained, view_invariant=p.view_invariant,
-                 geometric_prior=p.geometric_prior, depth=p.depth, temperature=p.nceT)  # fmt: skip
+    return Pri3D(
+        backbone=p.backbone,
+        pretrained=p.pretrained,
+        view_invariant=p.view_invariant,
+        geometric_prior=p.geometric_prior,
+        depth=p.depth,
+        temperature=p.nceT,
+    )
 
 
 def pretrain(config: PretrainRunConfig) -> dict:

@@ -52,8 +52,13 @@ __all__ = ["evaluate_model", "evaluate_semseg", "finetune_semseg"]
 
 def build_dataset(config: SemsegRunConfig, phase: str, train: bool) -> SegmentationFrames:
     d = config.dataset
-    options = SemsegOptions(size=tuple(d.size), augment=d.augment, random_crop=d.random_crop,
-                            color_interpolation=d.color_interpolation, seed=config.train.seed)  # fmt: skip
+    options = SemsegOptions(
+        size=tuple(d.size),
+        augment=d.augment,
+        random_crop=d.random_crop,
+        color_interpolation=d.color_interpolation,
+        seed=config.train.seed,
+    )
     return build_semseg_dataset(d.name, d.path, phase, options, split_dir=d.split_dir or None, train=train)
 
 
@@ -64,8 +69,10 @@ def _apply_head_recipe(trainer: Trainer, model: SegmentationModel, config: Semse
         encoder = model.backbone.encoder if not isinstance(model, SmpSegmenter) else model.encoder
         encoder_ids = {id(p) for p in encoder.parameters()}
         rest = [p for p in model.parameters() if id(p) not in encoder_ids]
-        groups = [{"params": list(encoder.parameters())},
-                  {"params": rest, "lr": config.optimizer.lr * ft.head_lr_mult}]  # fmt: skip
+        groups = [
+            {"params": list(encoder.parameters())},
+            {"params": rest, "lr": config.optimizer.lr * ft.head_lr_mult},
+        ]
         trainer.optimizer = build_optimizer(groups, config.optimizer)
         trainer.scheduler = build_scheduler(
             trainer.optimizer, config.scheduler, trainer.steps_per_epoch, trainer.total_steps
@@ -76,8 +83,14 @@ def _apply_head_recipe(trainer: Trainer, model: SegmentationModel, config: Semse
 
 
 @torch.no_grad()
-def evaluate_model(model: SegmentationModel, dataset: SegmentationFrames, device: torch.device | str = "cpu",
-                   batch_size: int = 8, env: DistEnv | None = None, workers: int = 0) -> dict:  # fmt: skip
+def evaluate_model(
+    model: SegmentationModel,
+    dataset: SegmentationFrames,
+    device: torch.device | str = "cpu",
+    batch_size: int = 8,
+    env: DistEnv | None = None,
+    workers: int = 0,
+) -> dict:
     """Confusion matrix over ``dataset`` and both mIoU definitions (:func:`pri3d.metrics.iou_report`).
 
     Under DDP each rank evaluates every world_size-th frame and the matrices are summed. Frames that
@@ -111,8 +124,13 @@ def evaluate_model(model: SegmentationModel, dataset: SegmentationFrames, device
         dist.all_reduce(matrix)
         dist.all_reduce(counts)
     report = iou_report(matrix.cpu(), dataset.class_names, ignore_index=0)
-    report.update({"frames": int(counts[1]) - int(counts[0]), "frames_skipped": int(counts[0]),
-                   "confusion_matrix": matrix.cpu().tolist()})  # fmt: skip
+    report.update(
+        {
+            "frames": int(counts[1]) - int(counts[0]),
+            "frames_skipped": int(counts[0]),
+            "confusion_matrix": matrix.cpu().tolist(),
+        }
+    )
     return report
 
 
@@ -131,17 +149,29 @@ class _PeriodicEvaluation:
     def run(self, trainer: Trainer, name: str, epoch: float) -> dict:
         step = trainer.step
         t0 = time.perf_counter()
-        report = evaluate_model(trainer.model, self.dataset, self.env.device, self.config.finetune.eval_batch_size,
-                                env=self.env, workers=self.config.train.workers)  # fmt: skip
+        report = evaluate_model(
+            trainer.model,
+            self.dataset,
+            self.env.device,
+            self.config.finetune.eval_batch_size,
+            env=self.env,
+            workers=self.config.train.workers,
+        )
         report.update({"step": step, "epoch": epoch, "seconds": round(time.perf_counter() - t0, 1)})
         if self.env.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
             with atomic_write(self.dir / f"{name}.json") as handle:
                 handle.write(json.dumps(report, indent=1) + "\n")
-            values = {"val/miou": report["miou"], "val/miou_original": report["miou_original"],
-                      "val/pixel_accuracy": report["pixel_accuracy"], "epoch": epoch}  # fmt: skip
-            line = (f"eval {name} (step {step}): mIoU {100 * report['miou']:.2f} (standard), "
-                    f"{100 * report['miou_original']:.2f} (original definition), {report['frames']} frames")  # fmt: skip
+            values = {
+                "val/miou": report["miou"],
+                "val/miou_original": report["miou_original"],
+                "val/pixel_accuracy": report["pixel_accuracy"],
+                "epoch": epoch,
+            }
+            line = (
+                f"eval {name} (step {step}): mIoU {100 * report['miou']:.2f} (standard), "
+                f"{100 * report['miou_original']:.2f} (original definition), {report['frames']} frames"
+            )
             trainer.logger.metrics(step, values)
             trainer.logger.info(line)
         return report
@@ -215,24 +245,40 @@ def _summarise(log_dir: Path, final: dict, checkpoint: Path | None, config: Sems
     return {
         "final": {k: v for k, v in final.items() if k != "confusion_matrix"},
         "schedule": schedule,
-        "best_on_val_model_selection": None if best is None else {
-            **best, "note": "best scheduled evaluation, chosen on the evaluation data (the original's reported "
-            "number; not a held-out estimate)"},
+        "best_on_val_model_selection": None
+        if best is None
+        else {
+            **best,
+            "note": "best scheduled evaluation, chosen on the evaluation data (the original's reported "
+            "number; not a held-out estimate)",
+        },
         "checkpoint": str(checkpoint) if checkpoint else None,
-        "dataset": {"name": config.dataset.name, "train": config.train.phase, "eval": config.finetune.eval_phase},
-        "model": {"name": config.finetune.model, "backbone": config.finetune.backbone,
-                  "init": config.finetune.pretrain},
+        "dataset": {
+            "name": config.dataset.name,
+            "train": config.train.phase,
+            "eval": config.finetune.eval_phase,
+        },
+        "model": {
+            "name": config.finetune.model,
+            "backbone": config.finetune.backbone,
+            "init": config.finetune.pretrain,
+        },
         "init": json.loads(init_file.read_text()) if init_file.is_file() else None,
         "reference": "original README: ScanNet R50 UNet Pri3D View+Geo 61.7 mIoU (original definition, best-on-val)",
-    }  # fmt: skip
+    }
 
 
 # ------------------------------------------------------------------------------------------------
 # evaluation of a saved checkpoint
 
 
-def evaluate_semseg(checkpoint: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
-                    save_vis: int = 0, device: str = "auto") -> dict:  # fmt: skip
+def evaluate_semseg(
+    checkpoint: str | Path,
+    overrides: list[str] | None = None,
+    out: str | Path | None = None,
+    save_vis: int = 0,
+    device: str = "auto",
+) -> dict:
     """Evaluate a fine-tuned checkpoint; writes and returns the report (per-class IoU, both mIoUs).
 
     Args:
@@ -265,11 +311,19 @@ def evaluate_semseg(checkpoint: str | Path, overrides: list[str] | None = None, 
     report = evaluate_model(
         model, dataset, device, config.finetune.eval_batch_size, workers=config.train.workers
     )
-    report.update({
-        "checkpoint": str(path), "step": extra.get("step"), "seconds": round(time.perf_counter() - t0, 1),
-        "dataset": {"name": config.dataset.name, "path": config.dataset.path, "phase": config.finetune.eval_phase},
-        "model": {"name": config.finetune.model, "backbone": config.finetune.backbone},
-    })  # fmt: skip
+    report.update(
+        {
+            "checkpoint": str(path),
+            "step": extra.get("step"),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "dataset": {
+                "name": config.dataset.name,
+                "path": config.dataset.path,
+                "phase": config.finetune.eval_phase,
+            },
+            "model": {"name": config.finetune.model, "backbone": config.finetune.backbone},
+        }
+    )
     out = (
         Path(out)
         if out
@@ -306,8 +360,16 @@ def _save_figures(
             if dataset.__class__.__name__ == "ScanNetSemseg"
             else name.name
         )
-        written.append(save_segmentation_figure(folder / f"{int(index):05d}.png", sample["image"], label,
-                                                logits[0].argmax(0).cpu(), dataset.class_names, title=title))  # fmt: skip
+        written.append(
+            save_segmentation_figure(
+                folder / f"{int(index):05d}.png",
+                sample["image"],
+                label,
+                logits[0].argmax(0).cpu(),
+                dataset.class_names,
+                title=title,
+            )
+        )
     return written
 
 
@@ -341,8 +403,10 @@ def run_finetune(args: argparse.Namespace) -> int:
         print(f"pri3d finetune semseg: stopped: {error}", file=sys.stderr)
         return 3
     final = summary["final"]
-    print(f"final mIoU {100 * final['miou']:.2f} (standard) | {100 * final['miou_original']:.2f} (original "
-          f"definition); results in {Path(config.train.log_dir) / 'results.json'}")  # fmt: skip
+    print(
+        f"final mIoU {100 * final['miou']:.2f} (standard) | {100 * final['miou_original']:.2f} (original "
+        f"definition); results in {Path(config.train.log_dir) / 'results.json'}"
+    )
     return 0
 
 
@@ -357,8 +421,13 @@ def register_eval(subparsers) -> None:
     parser.add_argument(
         "overrides", nargs="*", metavar="KEY=VALUE", help="checkpoint=PATH, out=FILE, overrides"
     )
-    parser.add_argument("--save-vis", type=int, default=0, metavar="N",
-                        help="write N image | ground truth | prediction PNGs beside the report")  # fmt: skip
+    parser.add_argument(
+        "--save-vis",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write N image | ground truth | prediction PNGs beside the report",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default %(default)s)")
     parser.set_defaults(run=run_eval)
 
@@ -368,8 +437,9 @@ def run_eval(args: argparse.Namespace) -> int:
     if "checkpoint" not in extra:
         raise ValueError("checkpoint=PATH is required (a fine-tuned checkpoint file or run folder)")
     rest = [a for a in args.overrides if a.partition("=")[0] not in ("checkpoint", "out")]
-    report = evaluate_semseg(extra["checkpoint"], rest, out=extra.get("out"), save_vis=args.save_vis,
-                             device=args.device)  # fmt: skip
+    report = evaluate_semseg(
+        extra["checkpoint"], rest, out=extra.get("out"), save_vis=args.save_vis, device=args.device
+    )
     print(format_iou_table(report))
     print(f"report: {report['report_path']}")
     for figure in report.get("figures", []):

@@ -127,9 +127,12 @@ def expand_short_forms(items: list[str], for_eval: bool = False) -> tuple[list[s
     ``for_eval``). See :func:`pri3d.engine.config.expand_overrides`.
     """
     return expand_overrides(
-        items, {"dataset": DATASET_PRESETS, "model": MODEL_PRESETS},
-        {"backbone": "finetune.backbone", "init": "finetune.pretrain"}, for_eval, eval_skip=("dataset.path",),
-    )  # fmt: skip
+        items,
+        {"dataset": DATASET_PRESETS, "model": MODEL_PRESETS},
+        {"backbone": "finetune.backbone", "init": "finetune.pretrain"},
+        for_eval,
+        eval_skip=("dataset.path",),
+    )
 
 
 def semseg_config(items: list[str], base: dict | None = None) -> SemsegRunConfig:

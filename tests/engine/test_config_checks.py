@@ -52,8 +52,10 @@ def test_the_released_recipe_passes():
 @pytest.mark.parametrize(("override", "message"), BAD_VALUES + BAD_PRETRAIN_VALUES)
 def test_pretrain_refuses_a_bad_value_before_reading_anything(tmp_path, override, message):
     """The data folder does not exist and the output folder is never made: the check comes first."""
-    config = load_config(PretrainRunConfig, [f"dataset.path={tmp_path / 'absent'}",
-                                             f"train.log_dir={tmp_path / 'run'}", override])  # fmt: skip
+    config = load_config(
+        PretrainRunConfig,
+        [f"dataset.path={tmp_path / 'absent'}", f"train.log_dir={tmp_path / 'run'}", override],
+    )
     with pytest.raises(ConfigError, match=message):
         pretrain(config)
     assert not (tmp_path / "run").exists()

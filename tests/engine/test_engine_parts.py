@@ -34,8 +34,15 @@ from pri3d.tasks.pretrain_config import PretrainRunConfig
 
 
 def test_overrides_in_the_original_style():
-    c = load_config(PretrainRunConfig, ["train.batch_size=8", "pretrain.backbone=Res18UNet",
-                                        "pretrain.geometric_prior=False", "dataset.size=[120,160]"])  # fmt: skip
+    c = load_config(
+        PretrainRunConfig,
+        [
+            "train.batch_size=8",
+            "pretrain.backbone=Res18UNet",
+            "pretrain.geometric_prior=False",
+            "dataset.size=[120,160]",
+        ],
+    )
     assert c.train.batch_size == 8 and c.pretrain.backbone == "Res18UNet"
     assert c.pretrain.geometric_prior is False and c.dataset.size == [120, 160]
 
@@ -52,12 +59,21 @@ def test_a_task_schema_that_leaves_the_run_name_folder_or_batch_unset_fails_to_l
 
 
 def test_short_forms_expand_to_presets_then_explicit_overrides():
-    presets = {"dataset": {"a": {"dataset.path": "data/a", "dataset.size": [2, 3]}},
-               "model": {"m": {"finetune.model": "M", "train.flag": True}}}  # fmt: skip
+    presets = {
+        "dataset": {"a": {"dataset.path": "data/a", "dataset.size": [2, 3]}},
+        "model": {"m": {"finetune.model": "M", "train.flag": True}},
+    }
     items = ["model=m", "train.batch_size=4", "dataset=A", "init=run", "dataset.split=val", "out=x"]
     overrides, extras = expand_overrides(items, presets, {"init": "finetune.pretrain"})
-    assert overrides == ["dataset.path=data/a", "dataset.size=[2, 3]", "finetune.model=M", "train.flag=true",
-                         "train.batch_size=4", "finetune.pretrain=run", "train.phase=val"]  # fmt: skip
+    assert overrides == [
+        "dataset.path=data/a",
+        "dataset.size=[2, 3]",
+        "finetune.model=M",
+        "train.flag=true",
+        "train.batch_size=4",
+        "finetune.pretrain=run",
+        "train.phase=val",
+    ]
     assert extras == {"out": "x"}
     at_eval, _ = expand_overrides(["dataset=a", "dataset.split=val"], presets, {}, True, ("dataset.path",))
     assert at_eval == ["dataset.size=[2, 3]", "finetune.eval_phase=val"]
@@ -221,11 +237,20 @@ def _collate_points(samples):
 
 def _fit_trainer(log_dir, max_steps: int, *extra: str, unreadable: Collection[int] = ()) -> Trainer:
     """A Trainer fitting `_Fit` to `_Points` (3 batches of 2 per epoch) for ``max_steps`` steps."""
-    config = load_config(PretrainRunConfig, [
-        f"train.log_dir={log_dir}", "train.batch_size=2", "train.workers=0", f"train.max_steps={max_steps}",
-        "scheduler.max_epochs=1", "train.checkpoint_every=0", "train.report_batch=1", "logging.tensorboard=false",
-        *extra,
-    ])  # fmt: skip
+    config = load_config(
+        PretrainRunConfig,
+        [
+            f"train.log_dir={log_dir}",
+            "train.batch_size=2",
+            "train.workers=0",
+            f"train.max_steps={max_steps}",
+            "scheduler.max_epochs=1",
+            "train.checkpoint_every=0",
+            "train.report_batch=1",
+            "logging.tensorboard=false",
+            *extra,
+        ],
+    )
     return Trainer(
         _Fit(), _Points(unreadable), _collate_points, config, DistEnv(0, 1, 0, torch.device("cpu"))
     )
@@ -291,9 +316,10 @@ def test_an_epoch_without_a_usable_sample_stops_the_run(tmp_path):
     """The next epoch reads the same files: stop at the end of the first instead of looping on."""
     with (
         pytest.raises(TrainingStopped, match=r"epoch 1 .*no usable sample"),
-        _fit_trainer(tmp_path, 0, "scheduler.max_epochs=5", "train.max_bad_samples=100",
-                     unreadable=range(6)) as trainer,
-    ):  # fmt: skip
+        _fit_trainer(
+            tmp_path, 0, "scheduler.max_epochs=5", "train.max_bad_samples=100", unreadable=range(6)
+        ) as trainer,
+    ):
         trainer.fit()
     assert trainer.epoch == 0 and trainer.step == 3
     assert not (tmp_path / "checkpoints").exists() or not list((tmp_path / "checkpoints").iterdir())
@@ -320,8 +346,11 @@ def test_a_full_disk_leaves_no_partial_file_and_keeps_the_last_checkpoint(tmp_pa
     save_checkpoint(tmp_path, "a.pth", {"model": {"w": torch.zeros(1000)}, "step": 1})
     _fill_the_disk(monkeypatch)
     weights = {"w": torch.zeros(2**18)}  # 1 MB of float32
-    with pytest.raises(CheckpointDiskFull, match=rf"no space left on the device of {tmp_path} while writing b\.pth: "
-                       r"it needs about 1\.0 MB, [0-9.]+ MB are free"):  # fmt: skip
+    with pytest.raises(
+        CheckpointDiskFull,
+        match=rf"no space left on the device of {tmp_path} while writing b\.pth: "
+        r"it needs about 1\.0 MB, [0-9.]+ MB are free",
+    ):
         save_checkpoint(tmp_path, "b.pth", {"model": weights, "step": 2})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "last"]
     monkeypatch.undo()

@@ -38,13 +38,19 @@ def _pri3d_checkpoint(path, arch: str) -> dict[str, torch.Tensor]:
         if value.is_floating_point():
             value.normal_()
     state = {f"backbone.encoder.{k}": v for k, v in encoder.items()}
-    state.update({
-        "backbone.decoder.conv0.weight": torch.randn(128, 128, 1, 1), "backbone.decoder.conv0.bias": torch.zeros(128),
-        "backbone3d.conv0p1s1.kernel": torch.randn(27, 3, 32), "backbone3d.bn0.bn.weight": torch.ones(32),
-        "w2d.weight": torch.randn(64, 128), "w2d.bias": torch.zeros(64),
-        "headnet.weight": torch.randn(1, 128, 1, 1), "headnet.bias": torch.zeros(1),
-        "headloss.get_gradient.edge_conv.weight": torch.randn(2, 1, 3, 3),
-    })  # fmt: skip
+    state.update(
+        {
+            "backbone.decoder.conv0.weight": torch.randn(128, 128, 1, 1),
+            "backbone.decoder.conv0.bias": torch.zeros(128),
+            "backbone3d.conv0p1s1.kernel": torch.randn(27, 3, 32),
+            "backbone3d.bn0.bn.weight": torch.ones(32),
+            "w2d.weight": torch.randn(64, 128),
+            "w2d.bias": torch.zeros(64),
+            "headnet.weight": torch.randn(1, 128, 1, 1),
+            "headnet.bias": torch.zeros(1),
+            "headloss.get_gradient.edge_conv.weight": torch.randn(2, 1, 3, 3),
+        }
+    )
     torch.save({"model": state, "step": 1500, "config": PRETRAIN_CONFIG}, path)
     return encoder
 
@@ -105,8 +111,9 @@ def test_detectron2_export_names_and_metadata(tmp_path, arch, blocks, convs):
     assert data["__author__"] == "pri3d" and data["matching_heuristics"] is True
     assert set(data["model"]) == _detectron2_names(blocks, convs)
     assert all(isinstance(v, np.ndarray) for v in data["model"].values())
-    np.testing.assert_array_equal(data["model"]["res4.1.conv2.norm.running_mean"],
-                                  encoder["layer3.1.bn2.running_mean"].numpy())  # fmt: skip
+    np.testing.assert_array_equal(
+        data["model"]["res4.1.conv2.norm.running_mean"], encoder["layer3.1.bn2.running_mean"].numpy()
+    )
     np.testing.assert_array_equal(data["model"]["stem.conv1.norm.bias"], encoder["bn1.bias"].numpy())
     config = json.loads((tmp_path / "d2.pkl.json").read_text())["detectron2_config"]
     assert config["INPUT.FORMAT"] == "RGB" and config["MODEL.RESNETS.STRIDE_IN_1X1"] is False
@@ -117,9 +124,15 @@ def test_detectron2_export_names_and_metadata(tmp_path, arch, blocks, convs):
 def _moco_checkpoint(path, arch="resnet18"):
     encoder = torchvision.models.get_model(arch).state_dict()
     state = {f"module.encoder_q.{k}": v for k, v in encoder.items() if not k.startswith("fc.")}
-    state.update({"module.encoder_q.fc.0.weight": torch.randn(512, 512), "module.encoder_q.fc.2.weight": torch.randn(128, 512),
-                  "module.encoder_k.conv1.weight": torch.randn(64, 3, 7, 7), "module.queue": torch.randn(128, 16),
-                  "module.queue_ptr": torch.zeros(1, dtype=torch.long)})  # fmt: skip
+    state.update(
+        {
+            "module.encoder_q.fc.0.weight": torch.randn(512, 512),
+            "module.encoder_q.fc.2.weight": torch.randn(128, 512),
+            "module.encoder_k.conv1.weight": torch.randn(64, 3, 7, 7),
+            "module.queue": torch.randn(128, 16),
+            "module.queue_ptr": torch.zeros(1, dtype=torch.long),
+        }
+    )
     torch.save({"epoch": 100, "arch": arch, "state_dict": state}, path)
     return {k: v for k, v in encoder.items() if not k.startswith("fc.")}
 
@@ -148,8 +161,13 @@ def test_original_pri3d_checkpoint_loads_its_2d_part_strictly(tmp_path):
     source = Pri3D("Res18UNet", geometric_prior=True, depth=True)
     original = {k: v for k, v in source.state_dict().items() if not k.startswith("backbone3d.")}
     # the original's 3D weights have MinkowskiEngine shapes, and its depth loss holds a Sobel buffer
-    original.update({"backbone3d.conv0p1s1.kernel": torch.randn(125, 3, 32), "backbone3d.final.bias": torch.zeros(96),
-                     "headloss.get_gradient.edge_conv.weight": torch.randn(2, 1, 3, 3)})  # fmt: skip
+    original.update(
+        {
+            "backbone3d.conv0p1s1.kernel": torch.randn(125, 3, 32),
+            "backbone3d.final.bias": torch.zeros(96),
+            "headloss.get_gradient.edge_conv.weight": torch.randn(2, 1, 3, 3),
+        }
+    )
     torch.save({"step": 5, "model": original, "optimizer": {}, "scheduler": {}}, tmp_path / "original.pth")
     out, report = export_pri3d(tmp_path / "original.pth", tmp_path / "imported.pth")
     assert {k.split(".")[0] for k in report.skipped} == {"backbone3d", "headloss"}
@@ -190,8 +208,16 @@ def test_export_cli_prints_the_key_report(tmp_path, capsys):
     _pri3d_checkpoint(tmp_path / "pri3d.pth", "resnet18")
     parser = argparse.ArgumentParser(prog="pri3d")
     export_cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["export", "safetensors", str(tmp_path / "pri3d.pth"), str(tmp_path / "r18.safetensors"),
-                              "--report", str(tmp_path / "report.json")])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "export",
+            "safetensors",
+            str(tmp_path / "pri3d.pth"),
+            str(tmp_path / "r18.safetensors"),
+            "--report",
+            str(tmp_path / "report.json"),
+        ]
+    )
     assert args.run(args) == 0
     printed = capsys.readouterr().out
     assert re.search(r"took \d+ keys", printed) and "skipped" in printed and "r18.safetensors.json" in printed

@@ -30,6 +30,12 @@ def coco_dir(insseg_root) -> Path:
     """`scannet_train.coco.json` and `scannet_val.coco.json` (RLE masks, MIN_AREA) of `insseg_root`."""
     out = insseg_root / "coco"
     for split in ("train", "val"):
-        convert_scannet(insseg_root, split, out / f"scannet_{split}.coco.json", split_dir=insseg_root,
-                        min_area=MIN_AREA, progress=False)  # fmt: skip
+        convert_scannet(
+            insseg_root,
+            split,
+            out / f"scannet_{split}.coco.json",
+            split_dir=insseg_root,
+            min_area=MIN_AREA,
+            progress=False,
+        )
     return out

@@ -30,8 +30,11 @@ def _placed_objects(frames_root: Path, scenes: list[str], min_area: int) -> dict
     for scene in scenes:
         for path in sorted((frames_root / scene / "instance").glob("*.png")):
             values, counts = np.unique(read_label_png(path), return_counts=True)
-            kept = {int(v): int(c) for v, c in zip(values, counts)
-                    if v // 1000 in SCANNET18_NYU40_IDS and v % 1000 and c >= min_area}  # fmt: skip
+            kept = {
+                int(v): int(c)
+                for v, c in zip(values, counts)
+                if v // 1000 in SCANNET18_NYU40_IDS and v % 1000 and c >= min_area
+            }
             placed[f"{scene}/color/{path.stem}.jpg"] = kept
     return placed
 
@@ -73,21 +76,33 @@ def test_scannet_annotations_are_the_generated_instances(insseg_root, coco_dir):
 
 
 def test_min_area_leaves_out_small_masks_and_empty_frames(insseg_root, coco_dir, tmp_path):
-    report = convert_scannet(insseg_root, "train", tmp_path / "big.json", split_dir=insseg_root, min_area=400,
-                             progress=False)  # fmt: skip
+    report = convert_scannet(
+        insseg_root, "train", tmp_path / "big.json", split_dir=insseg_root, min_area=400, progress=False
+    )
     coco = load_coco(tmp_path / "big.json")
     small = load_coco(coco_dir / "scannet_train.coco.json")
     assert 0 < len(coco.anns) < len(small.anns)
     assert min(a["area"] for a in coco.anns.values()) >= 400
     assert report.masks_too_small > 0 and report.images + report.frames_without_annotations == report.frames
-    assert len(coco.anns) == sum(len(v) for v in _placed_objects(
-        insseg_root / "scannet_frames_25k", (insseg_root / "scannetv2_train.txt").read_text().split(), 400).values())  # fmt: skip
+    assert len(coco.anns) == sum(
+        len(v)
+        for v in _placed_objects(
+            insseg_root / "scannet_frames_25k", (insseg_root / "scannetv2_train.txt").read_text().split(), 400
+        ).values()
+    )
 
 
 def test_polygons_rasterise_back_to_the_masks(insseg_root, coco_dir, tmp_path):
     rle = load_coco(coco_dir / "scannet_val.coco.json")
-    convert_scannet(insseg_root, "val", tmp_path / "poly.json", split_dir=insseg_root,
-                    min_area=rle.dataset["info"]["min_area"], mask_format="polygon", progress=False)  # fmt: skip
+    convert_scannet(
+        insseg_root,
+        "val",
+        tmp_path / "poly.json",
+        split_dir=insseg_root,
+        min_area=rle.dataset["info"]["min_area"],
+        mask_format="polygon",
+        progress=False,
+    )
     poly = load_coco(tmp_path / "poly.json")
     assert len(poly.anns) == len(rle.anns)
     for a, b in zip(poly.anns.values(), rle.anns.values()):
@@ -107,8 +122,15 @@ def test_polygons_rasterise_back_to_the_masks(insseg_root, coco_dir, tmp_path):
 
 def test_workers_give_the_same_file(insseg_root, coco_dir, tmp_path):
     one = json.loads((coco_dir / "scannet_train.coco.json").read_text())
-    convert_scannet(insseg_root, "train", tmp_path / "w2.json", split_dir=insseg_root,
-                    min_area=one["info"]["min_area"], workers=2, progress=False)  # fmt: skip
+    convert_scannet(
+        insseg_root,
+        "train",
+        tmp_path / "w2.json",
+        split_dir=insseg_root,
+        min_area=one["info"]["min_area"],
+        workers=2,
+        progress=False,
+    )
     two = json.loads((tmp_path / "w2.json").read_text())
     assert one["images"] == two["images"] and one["annotations"] == two["annotations"]
 
@@ -162,8 +184,22 @@ def test_conversion_errors_name_the_problem(insseg_root, tmp_path, capsys):
 
 def test_cli_writes_the_file_and_a_report(insseg_root, tmp_path, capsys):
     out = tmp_path / "cli" / "scannet_val.coco.json"
-    argv = ["coco", "scannet", "--frames", str(insseg_root / "scannet_frames_25k"), "--split", "val",
-            "--split-dir", str(insseg_root), "--out", str(out), "--min-area", "16", "--workers", "1"]  # fmt: skip
+    argv = [
+        "coco",
+        "scannet",
+        "--frames",
+        str(insseg_root / "scannet_frames_25k"),
+        "--split",
+        "val",
+        "--split-dir",
+        str(insseg_root),
+        "--out",
+        str(out),
+        "--min-area",
+        "16",
+        "--workers",
+        "1",
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "images" in printed and "per class:" in printed
@@ -179,8 +215,20 @@ def test_cli_writes_the_file_and_a_report(insseg_root, tmp_path, capsys):
 @pytest.mark.parametrize("frames", [".", "scannet_frames_25k"])
 def test_data_with_its_own_scene_lists_uses_them_by_default(insseg_root, tmp_path, capsys, frames):
     out = tmp_path / "val.json"
-    argv = ["coco", "scannet", "--frames", str(insseg_root / frames), "--split", "val", "--out", str(out),
-            "--min-area", "16", "--workers", "1"]  # fmt: skip
+    argv = [
+        "coco",
+        "scannet",
+        "--frames",
+        str(insseg_root / frames),
+        "--split",
+        "val",
+        "--out",
+        str(out),
+        "--min-area",
+        "16",
+        "--workers",
+        "1",
+    ]
     assert main(argv) == 0
     assert f"(scene list: {insseg_root / 'scannetv2_val.txt'})" in capsys.readouterr().out
     assert json.loads(out.with_name(out.name + ".report.json").read_text())["scene_list"] == str(

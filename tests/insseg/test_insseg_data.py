@@ -63,8 +63,17 @@ def _coco_tree(root):
         )
         images.append({"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": 50, "height": 40})
     for ann_id, (image_id, category, crowd) in enumerate([(7, 90, 0), (7, 5, 1), (9, 5, 1)], start=1):
-        annotations.append({"id": ann_id, "image_id": image_id, "category_id": category, "iscrowd": crowd,
-                            "segmentation": segmentation, "bbox": bbox, "area": area})  # fmt: skip
+        annotations.append(
+            {
+                "id": ann_id,
+                "image_id": image_id,
+                "category_id": category,
+                "iscrowd": crowd,
+                "segmentation": segmentation,
+                "bbox": bbox,
+                "area": area,
+            }
+        )
     categories = [
         {"id": i, "name": n, "supercategory": "x"}
         for i, n in ((1, "person"), (5, "airplane"), (90, "toothbrush"))

@@ -34,10 +34,18 @@ EVAL_SETTINGS = ["finetune.score_thresh_test=0.0", "finetune.detections_per_imag
 
 def _run(root, coco_dir, log_dir, *extra):
     return [
-        "dataset=scannet", f"dataset.path={root}", f"dataset.annotations={coco_dir}", "train.batch_size=2",
-        "scheduler.auto_scale=false", "train.threads=1", "logging.tensorboard=false", "train.report_batch=1",
-        f"train.log_dir={log_dir}", *EVAL_SETTINGS, *extra,
-    ]  # fmt: skip
+        "dataset=scannet",
+        f"dataset.path={root}",
+        f"dataset.annotations={coco_dir}",
+        "train.batch_size=2",
+        "scheduler.auto_scale=false",
+        "train.threads=1",
+        "logging.tensorboard=false",
+        "train.report_batch=1",
+        f"train.log_dir={log_dir}",
+        *EVAL_SETTINGS,
+        *extra,
+    ]
 
 
 def _calibrated_resnet50(images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -73,10 +81,21 @@ def finetuned(insseg_root, coco_dir, tmp_path_factory):
     frames = build_insseg_dataset("ScanNet", insseg_root, coco_dir, "train", train=False)
     images = torch.stack([frames[i]["image"] for i in range(0, len(frames), 2)])
     torch.save(_calibrated_resnet50(images), base / "r50_export.pth")
-    config = insseg_config(_run(insseg_root, base / "two.coco.json", base / "run", f"init={base / 'r50_export.pth'}",
-                                "train.max_steps=8", "train.checkpoint_every=5", "scheduler.warmup_steps=2",
-                                "optimizer.lr=0.001", "finetune.eval_period=4", "finetune.flip=false",
-                                "finetune.min_size_train=[60]"))  # fmt: skip
+    config = insseg_config(
+        _run(
+            insseg_root,
+            base / "two.coco.json",
+            base / "run",
+            f"init={base / 'r50_export.pth'}",
+            "train.max_steps=8",
+            "train.checkpoint_every=5",
+            "scheduler.warmup_steps=2",
+            "optimizer.lr=0.001",
+            "finetune.eval_period=4",
+            "finetune.flip=false",
+            "finetune.min_size_train=[60]",
+        )
+    )
     with mock.patch.object(insseg_task, "atomic_write", wraps=atomic_write) as writes:
         summary = finetune_insseg(config)
     written = {str(call.args[0].relative_to(base / "run")) for call in writes.call_args_list}
@@ -88,7 +107,7 @@ def test_finetune_trains_at_the_data_resolution_and_reports_coco_metrics(finetun
     base, summary, written = finetuned
     run = base / "run"
     assert json.loads((run / "results.json").read_text()) == json.loads(json.dumps(summary))
-    assert summary["input_sizes"] == {"min_size_train": [60], "min_size_test": 60, "max_size": 80}  # fmt: skip
+    assert summary["input_sizes"] == {"min_size_train": [60], "min_size_test": 60, "max_size": 80}
     final = summary["final"]
     assert final["step"] == 8 and final["images"] == 2
     assert final["detections"] > 0  # score threshold 0: the RLE path is exercised
@@ -108,8 +127,13 @@ def test_finetune_trains_at_the_data_resolution_and_reports_coco_metrics(finetun
     log = (run / "train.log").read_text()
     assert log.count("eval step0000004 (step 4)") == 1 and log.count("eval final (step 8)") == 1
     # whole or not at all: a crash cannot leave a half-written result beside valid checkpoints
-    assert written == {"config.yaml", "init_report.json", "eval/step0000004.json", "eval/final.json",
-                       "results.json"}  # fmt: skip
+    assert written == {
+        "config.yaml",
+        "init_report.json",
+        "eval/step0000004.json",
+        "eval/final.json",
+        "results.json",
+    }
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert state["step"] == 8 and "detector.roi_heads.mask_predictor.mask_fcn_logits.weight" in state["model"]
     assert state["config"]["finetune"]["min_size_test"] == 60  # the resolved sizes travel with the checkpoint
@@ -120,8 +144,18 @@ def test_eval_cli_reproduces_the_final_numbers_and_draws(finetuned, tmp_path, ca
     base, summary, _ = finetuned
     out = tmp_path / "eval.json"
     with mock.patch.object(insseg_task, "atomic_write", wraps=atomic_write) as writes:
-        code = main(["eval", "insseg", f"checkpoint={base / 'run'}", f"out={out}", "--save-vis", "2",
-                     "--device", "cpu"])  # fmt: skip
+        code = main(
+            [
+                "eval",
+                "insseg",
+                f"checkpoint={base / 'run'}",
+                f"out={out}",
+                "--save-vis",
+                "2",
+                "--device",
+                "cpu",
+            ]
+        )
     assert code == 0 and [call.args[0] for call in writes.call_args_list] == [out]
     printed = capsys.readouterr().out
     assert "AP50" in printed and "report:" in printed
@@ -148,15 +182,32 @@ def test_a_torchvision_state_dict_evaluates_too(finetuned, insseg_root, tmp_path
     result = detector.load_state_dict(plain, strict=False)  # FrozenBN has no num_batches_tracked counters
     assert not result.unexpected_keys and all(k.endswith("num_batches_tracked") for k in result.missing_keys)
     torch.save(plain, tmp_path / "maskrcnn.pth")
-    overrides = ["dataset=scannet", f"dataset.path={insseg_root}", f"dataset.annotations={base / 'two.coco.json'}",
-                 "finetune.min_size_test=60", "finetune.max_size=80", *EVAL_SETTINGS]  # fmt: skip
+    overrides = [
+        "dataset=scannet",
+        f"dataset.path={insseg_root}",
+        f"dataset.annotations={base / 'two.coco.json'}",
+        "finetune.min_size_test=60",
+        "finetune.max_size=80",
+        *EVAL_SETTINGS,
+    ]
     report = evaluate_insseg(tmp_path / "maskrcnn.pth", overrides, out=tmp_path / "plain.json")
     assert report["segm"]["AP50"] == pytest.approx(summary["final"]["segm"]["AP50"])
 
 
 def test_cli_errors_and_help(insseg_root, coco_dir, tmp_path, capsys):
-    assert main(["finetune", "insseg", "dataset=scannet", f"dataset.path={insseg_root}",
-                 f"dataset.annotations={tmp_path}", "train.log_dir=" + str(tmp_path / "run")]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune",
+                "insseg",
+                "dataset=scannet",
+                f"dataset.path={insseg_root}",
+                f"dataset.annotations={tmp_path}",
+                "train.log_dir=" + str(tmp_path / "run"),
+            ]
+        )
+        == 1
+    )
     assert "write it with `pri3d coco scannet --split train" in capsys.readouterr().err
     missing_init = _run(insseg_root, coco_dir, tmp_path / "run", f"init={tmp_path / 'none.pth'}")
     assert main(["finetune", "insseg", *missing_init]) == 1
@@ -192,8 +243,17 @@ def test_eval_names_a_checkpoint_of_another_task(tmp_path, capsys):
 def test_rerunning_resumes_from_the_last_checkpoint(finetuned, insseg_root, tmp_path):
     base, summary, _ = finetuned
     shutil.copytree(base / "run", tmp_path / "run")
-    config = insseg_config(_run(insseg_root, base / "two.coco.json", tmp_path / "run", "init=imagenet",
-                                "train.max_steps=9", "finetune.flip=false", "finetune.min_size_train=[60]"))  # fmt: skip
+    config = insseg_config(
+        _run(
+            insseg_root,
+            base / "two.coco.json",
+            tmp_path / "run",
+            "init=imagenet",
+            "train.max_steps=9",
+            "finetune.flip=false",
+            "finetune.min_size_train=[60]",
+        )
+    )
     resumed = finetune_insseg(config)  # init=imagenet is not needed (nor fetched) when resuming
     assert resumed["final"]["step"] == 9 and "resumed from" in (tmp_path / "run" / "train.log").read_text()
     assert resumed["init"] == summary["init"]  # the first run's report stays

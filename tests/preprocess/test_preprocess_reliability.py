@@ -47,9 +47,15 @@ def _scans(root, poses: dict[int, np.ndarray] | None = None):
     for index, scene in enumerate(SCENES):
         (root / "scans" / scene).mkdir(parents=True)
         with SensWriter(
-            root / "scans" / scene / f"{scene}.sens", sensor_name="test", intrinsic_color=K,
-            intrinsic_depth=K, color_width=W, color_height=H, depth_width=W, depth_height=H,
-        ) as sens:  # fmt: skip
+            root / "scans" / scene / f"{scene}.sens",
+            sensor_name="test",
+            intrinsic_color=K,
+            intrinsic_depth=K,
+            color_width=W,
+            color_height=H,
+            depth_width=W,
+            depth_height=H,
+        ) as sens:
             for k in range(8):
                 pose = (poses or {}).get(k, _pose(k)) if index == 0 else _pose(k)
                 depth = rng.integers(1500, 2500, size=(H, W)).astype(np.uint16)
@@ -90,10 +96,17 @@ def test_a_second_run_on_the_same_output_folder_is_refused(tmp_path):
     out.mkdir()
     # Another process holds the folder, as a first `pri3d preprocess scannet` does for its lifetime.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pri3d.preprocess.output_folder import output_lock\n"
-         "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.read()", str(out)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            "import sys; from pri3d.preprocess.output_folder import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('locked', flush=True)\n    sys.stdin.read()",
+            str(out),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(
@@ -196,16 +209,21 @@ def test_a_finished_scene_that_lost_files_is_redone(tmp_path):
     assert report["scenes"] == {"selected": 2, "done": 2, "skipped_existing": 0, "failed": 0}
     assert report["redone"] == [
         {"scene": SCENES[0], "reason": "its scene_report.json lists files it lacks: depth/4.png"},
-        {"scene": SCENES[1], "reason": f"overlap.txt has {cut} bytes, not the "
-                                       f"{first['per_scene'][SCENES[1]]['file_bytes']['overlap.txt']} its "
-                                       "scene_report.json records"},
-    ]  # fmt: skip
+        {
+            "scene": SCENES[1],
+            "reason": f"overlap.txt has {cut} bytes, not the "
+            f"{first['per_scene'][SCENES[1]]['file_bytes']['overlap.txt']} its "
+            "scene_report.json records",
+        },
+    ]
     assert (out / SCENES[0] / "depth" / "4.png").is_file()
     assert report["pairs"] == first["pairs"]
     listed = read_pair_list(out / "splits" / "overlap10.txt")
     assert listed == first_list
-    assert all((out / s / "color" / f"{i}.jpg").is_file() and (out / s / "color" / f"{j}.jpg").is_file()
-               for s, i, j, _ in listed)  # fmt: skip
+    assert all(
+        (out / s / "color" / f"{i}.jpg").is_file() and (out / s / "color" / f"{j}.jpg").is_file()
+        for s, i, j, _ in listed
+    )
     again = _run(scans, out)
     assert again["scenes"]["skipped_existing"] == 2 and again["redone"] == []
 

@@ -54,9 +54,20 @@ def run(scans, tmp_path_factory):
     parser = argparse.ArgumentParser(prog="pri3d")
     register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
-        ["preprocess", "scannet", "--scans", str(scans), "--out", str(out), "--frame-skip", str(SKIP),
-         "--workers", "2", "--quiet"]
-    )  # fmt: skip
+        [
+            "preprocess",
+            "scannet",
+            "--scans",
+            str(scans),
+            "--out",
+            str(out),
+            "--frame-skip",
+            str(SKIP),
+            "--workers",
+            "2",
+            "--quiet",
+        ]
+    )
     code = args.run(args)
     return out, code, json.loads((out / "preprocess_report.json").read_text())
 
@@ -223,9 +234,12 @@ def test_unknown_label_fails_only_that_scene(scans, tmp_path):
     aggregation.write_text(json.dumps(document))
     out = tmp_path / "target"
     report = preprocess_scannet(
-        bad_scans, out, ScanNetOptions(frame_skip=10), labels=scans.parent / "scannetv2-labels.combined.tsv",
+        bad_scans,
+        out,
+        ScanNetOptions(frame_skip=10),
+        labels=scans.parent / "scannetv2-labels.combined.tsv",
         progress=False,
-    )  # fmt: skip
+    )
     assert report["scenes"]["failed"] == 1 and report["scenes"]["done"] == 1
     assert "flux capacitor" in report["failures"][0]["reason"]
     assert not (out / GOOD).exists() and not (out / f"{GOOD}.tmp").exists()

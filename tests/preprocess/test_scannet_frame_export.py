@@ -39,9 +39,16 @@ def _write_sens(path, num_frames=7, depth_shift=1000.0, invalid=(2,), empty=(4,)
     rng = np.random.default_rng(0)
     depths, colors = [], []
     with SensWriter(
-        path, sensor_name="test", intrinsic_color=K_DEPTH, intrinsic_depth=K_DEPTH,
-        color_width=W, color_height=H, depth_width=W, depth_height=H, depth_shift=depth_shift,
-    ) as sens:  # fmt: skip
+        path,
+        sensor_name="test",
+        intrinsic_color=K_DEPTH,
+        intrinsic_depth=K_DEPTH,
+        color_width=W,
+        color_height=H,
+        depth_width=W,
+        depth_height=H,
+        depth_shift=depth_shift,
+    ) as sens:
         for k in range(num_frames):
             depth = rng.integers(500, 3000, size=(H, W)).astype(np.uint16)
             depth[0, :4] = 0  # some invalid pixels

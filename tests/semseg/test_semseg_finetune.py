@@ -27,10 +27,19 @@ from pri3d.tasks.semseg_config import expand_short_forms, semseg_config
 
 def _small(root, log_dir, *extra):
     return [
-        "dataset=scannet", f"dataset.path={root}", f"dataset.split_dir={root}", "dataset.size=[30,40]",
-        "backbone=Res18UNet", "train.batch_size=4", "train.workers=0", "train.threads=2",
-        "logging.tensorboard=false", "train.report_batch=1", f"train.log_dir={log_dir}", *extra,
-    ]  # fmt: skip
+        "dataset=scannet",
+        f"dataset.path={root}",
+        f"dataset.split_dir={root}",
+        "dataset.size=[30,40]",
+        "backbone=Res18UNet",
+        "train.batch_size=4",
+        "train.workers=0",
+        "train.threads=2",
+        "logging.tensorboard=false",
+        "train.report_batch=1",
+        f"train.log_dir={log_dir}",
+        *extra,
+    ]
 
 
 def _cli(argv):
@@ -52,8 +61,16 @@ def finetuned(semseg_root, tmp_path_factory):
     state.update({"w2d.weight": torch.zeros(64, 32), "w2d.bias": torch.zeros(64)})
     # a pre-training run folder: init= takes its newest checkpoint
     save_checkpoint(base / "pretrain" / "checkpoints", "step0000010.pth", {"model": state, "step": 10})
-    config = semseg_config(_small(semseg_root, base / "run", f"init={base / 'pretrain'}",
-                                  "scheduler.max_epochs=3", "train.report_epoch=2", "optimizer.lr=0.05"))  # fmt: skip
+    config = semseg_config(
+        _small(
+            semseg_root,
+            base / "run",
+            f"init={base / 'pretrain'}",
+            "scheduler.max_epochs=3",
+            "train.report_epoch=2",
+            "optimizer.lr=0.05",
+        )
+    )
     with mock.patch.object(semseg_task, "atomic_write", wraps=atomic_write) as writes:
         summary = finetune_semseg(config)
     written = {str(call.args[0].relative_to(base / "run")) for call in writes.call_args_list}
@@ -80,8 +97,13 @@ def test_finetune_reports_final_schedule_and_labelled_best(finetuned):
     # the final evaluation goes through the run's logger, like the scheduled ones, once
     assert log.count("eval epoch001 (step 4)") == 1 and log.count("eval final (step 12)") == 1
     # whole or not at all: a crash cannot leave a half-written result beside valid checkpoints
-    assert written == {"config.yaml", "init_report.json", "eval/epoch001.json", "eval/final.json",
-                       "results.json"}  # fmt: skip
+    assert written == {
+        "config.yaml",
+        "init_report.json",
+        "eval/epoch001.json",
+        "eval/final.json",
+        "results.json",
+    }
 
 
 def test_evaluating_the_checkpoint_reproduces_the_final_numbers_and_torchmetrics(
@@ -114,8 +136,17 @@ def test_eval_cli_writes_report_and_figures(finetuned, semseg_root, tmp_path, ca
     base, _, _, _ = finetuned
     out = tmp_path / "cli" / "eval.json"
     with mock.patch.object(semseg_task, "atomic_write", wraps=atomic_write) as writes:
-        code = _cli(["eval", "semseg", f"checkpoint={base / 'run'}", f"dataset.path={semseg_root}", f"out={out}",
-                     "--save-vis", "2"])  # fmt: skip
+        code = _cli(
+            [
+                "eval",
+                "semseg",
+                f"checkpoint={base / 'run'}",
+                f"dataset.path={semseg_root}",
+                f"out={out}",
+                "--save-vis",
+                "2",
+            ]
+        )
     assert code == 0 and [call.args[0] for call in writes.call_args_list] == [out]
     printed = capsys.readouterr().out
     assert "mIoU" in printed and "standard | original Pri3D definition" in printed
@@ -135,8 +166,10 @@ def test_eval_names_a_checkpoint_of_another_task(tmp_path, capsys):
     unet = {f"backbone.{k}": v for k, v in build_backbone("Res18UNet", 32).state_dict().items()}
     pretrain = {"model": {**unet, "w2d.weight": torch.zeros(64, 32)}, "config": to_dict(PretrainRunConfig())}
     save_checkpoint(tmp_path / "pretrain" / "checkpoints", "step0000010.pth", {**pretrain, "step": 10})
-    insseg = {"model": {"detector.backbone.body.conv1.weight": torch.zeros(64, 3, 7, 7)},
-              "config": to_dict(InssegRunConfig())}  # fmt: skip
+    insseg = {
+        "model": {"detector.backbone.body.conv1.weight": torch.zeros(64, 3, 7, 7)},
+        "config": to_dict(InssegRunConfig()),
+    }
     torch.save(insseg, tmp_path / "insseg.pth")
     assert main(["eval", "semseg", f"checkpoint={tmp_path / 'pretrain'}", "dataset.path=unused"]) == 1
     error = capsys.readouterr().err
@@ -149,8 +182,15 @@ def test_eval_names_a_checkpoint_of_another_task(tmp_path, capsys):
 
 
 def test_short_forms_and_presets(capsys):
-    overrides, extra = expand_short_forms(["dataset=cityscapes", "model=pspnet", "train.batch_size=4",
-                                           "dataset.split=train20", "checkpoint=x.pth"])  # fmt: skip
+    overrides, extra = expand_short_forms(
+        [
+            "dataset=cityscapes",
+            "model=pspnet",
+            "train.batch_size=4",
+            "dataset.split=train20",
+            "checkpoint=x.pth",
+        ]
+    )
     config = semseg_config(overrides)
     assert (config.dataset.name, config.dataset.size, config.finetune.model) == (
         "Cityscapes",
@@ -202,8 +242,17 @@ def _offline(*args, **kwargs):
 
 @pytest.mark.slow
 def test_smp_head_finetunes_and_evaluates(semseg_root, tmp_path):
-    config = semseg_config(_small(semseg_root, tmp_path / "run", "model=deeplabv3plus", "init=scratch",
-                                  "train.max_steps=2", "train.batch_size=2", "dataset.size=[32,48]"))  # fmt: skip
+    config = semseg_config(
+        _small(
+            semseg_root,
+            tmp_path / "run",
+            "model=deeplabv3plus",
+            "init=scratch",
+            "train.max_steps=2",
+            "train.batch_size=2",
+            "dataset.size=[32,48]",
+        )
+    )
     summary = finetune_semseg(config)
     assert summary["final"]["step"] == 2 and summary["model"]["name"] == "DeepLabV3Plus"
     report = evaluate_semseg(tmp_path / "run", [f"dataset.path={semseg_root}"])

@@ -20,8 +20,10 @@ from pri3d.models.segmentation import (
 
 def _batch(b=2, h=60, w=80, k=21):
     generator = torch.Generator().manual_seed(0)
-    return {"image": torch.randn(b, 3, h, w, generator=generator),
-            "label": torch.randint(0, k, (b, h, w), generator=generator)}  # fmt: skip
+    return {
+        "image": torch.randn(b, 3, h, w, generator=generator),
+        "label": torch.randint(0, k, (b, h, w), generator=generator),
+    }
 
 
 @pytest.mark.parametrize("name", sorted(SEGMENTATION_MODELS))
@@ -76,12 +78,16 @@ def _pretrain_checkpoint(path):
     """A Pri3D pre-training checkpoint as the original writes it (2D, 3D, heads, Sobel buffer)."""
     unet = build_backbone("Res18UNet", 32)
     state = {f"backbone.{k}": v for k, v in unet.state_dict().items()}
-    state.update({
-        "backbone3d.conv0p1s1.kernel": torch.randn(27, 3, 32),  # MinkowskiEngine layout
-        "w2d.weight": torch.randn(64, 32), "w2d.bias": torch.zeros(64),
-        "headnet.weight": torch.randn(1, 32, 1, 1), "headnet.bias": torch.zeros(1),
-        "headloss.get_gradient.edge_conv.weight": torch.randn(2, 1, 3, 3),
-    })  # fmt: skip
+    state.update(
+        {
+            "backbone3d.conv0p1s1.kernel": torch.randn(27, 3, 32),  # MinkowskiEngine layout
+            "w2d.weight": torch.randn(64, 32),
+            "w2d.bias": torch.zeros(64),
+            "headnet.weight": torch.randn(1, 32, 1, 1),
+            "headnet.bias": torch.zeros(1),
+            "headloss.get_gradient.edge_conv.weight": torch.randn(2, 1, 3, 3),
+        }
+    )
     torch.save({"model": state, "step": 5}, path)
     return state
 
@@ -107,8 +113,13 @@ def test_unet_from_a_pri3d_checkpoint_takes_encoder_and_decoder_but_conv0(tmp_pa
 def test_mocov2_checkpoints_load_into_the_encoder_with_the_original_bug_fixed(tmp_path):
     encoder = build_backbone("Res18UNet", 32).encoder.state_dict()
     moco = {f"module.encoder_q.{k}": v for k, v in encoder.items()}
-    moco.update({"module.encoder_q.fc.0.weight": torch.randn(512, 512), "module.queue": torch.randn(128, 8),
-                 "module.encoder_k.conv1.weight": torch.randn(64, 3, 7, 7)})  # fmt: skip
+    moco.update(
+        {
+            "module.encoder_q.fc.0.weight": torch.randn(512, 512),
+            "module.queue": torch.randn(128, 8),
+            "module.encoder_k.conv1.weight": torch.randn(64, 3, 7, 7),
+        }
+    )
     torch.save({"state_dict": moco, "epoch": 100, "arch": "resnet18"}, tmp_path / "moco.pth.tar")
     # what the original's mocov2_to_pri3d.py writes: `backbone.<name>` (its loader then took nothing)
     torch.save({f"backbone.{k}": v for k, v in encoder.items()}, tmp_path / "moco_pri3d.pth")

@@ -167,8 +167,12 @@ def test_reprojected_depth_agrees_with_other_view(synth_root: Path):
         same = np.all([surface[r, c] == surface[r0, c0] for r, c in corners], axis=0)
         same &= np.all([dj[r, c] > 0 for r, c in corners], axis=0)
         fr, fc = rc[:, 0] - r0, rc[:, 1] - c0
-        inv = ((1 - fr) * (1 - fc) / dj[r0, c0] + fr * (1 - fc) / dj[r0 + 1, c0]
-               + (1 - fr) * fc / dj[r0, c0 + 1] + fr * fc / dj[r0 + 1, c0 + 1])  # fmt: skip
+        inv = (
+            (1 - fr) * (1 - fc) / dj[r0, c0]
+            + fr * (1 - fc) / dj[r0 + 1, c0]
+            + (1 - fr) * fc / dj[r0, c0 + 1]
+            + fr * fc / dj[r0 + 1, c0 + 1]
+        )
         error = np.abs(z - 1.0 / inv)[same]
         visible = error < 0.05  # farther apart means an occluder in front
         assert visible.mean() > 0.8
@@ -254,8 +258,16 @@ def _main_looks(config: SynthConfig) -> dict[str, list[tuple[int, np.ndarray]]]:
     for i in range(config.scenes):
         scene, _, _ = build_scene(config, i)
         for obj in scene.objects:
-            if obj.raw_category in ("wall", "floor", "ceiling", "door", "window", "picture", "curtain",
-                                    "shower curtain"):  # fmt: skip
+            if obj.raw_category in (
+                "wall",
+                "floor",
+                "ceiling",
+                "door",
+                "window",
+                "picture",
+                "curtain",
+                "shower curtain",
+            ):
                 continue
             part = int(np.flatnonzero(scene.object_ids == obj.object_id)[0])
             material = scene.materials[scene.material_ids[part]]
@@ -312,8 +324,27 @@ def test_resume_skips_finished_scenes_and_refuses_other_settings(tmp_path: Path)
 
 def test_cli_synth_with_preview(tmp_path: Path, capsys):
     out = tmp_path / "data"
-    code = main(["synth", "--out", str(out), "--scenes", "1", "--frames", "4", "--frames-25k-every", "2",
-                 "--color-size", "60x80", "--depth-size", "30x40", "--workers", "1", "--quiet", "--preview"])  # fmt: skip
+    code = main(
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--scenes",
+            "1",
+            "--frames",
+            "4",
+            "--frames-25k-every",
+            "2",
+            "--color-size",
+            "60x80",
+            "--depth-size",
+            "30x40",
+            "--workers",
+            "1",
+            "--quiet",
+            "--preview",
+        ]
+    )
     assert code == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["generated"] == 1

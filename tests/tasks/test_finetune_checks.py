@@ -12,8 +12,18 @@ from pri3d.cli import main
 def test_a_bad_training_value_is_a_one_line_error_before_any_data_is_read(task, tmp_path, capsys):
     """insseg's batch scaling divided by train.batch_size=0 (a ZeroDivisionError traceback)."""
     log_dir = tmp_path / "run"
-    assert main(["finetune", task, f"dataset.path={tmp_path / 'absent'}", f"train.log_dir={log_dir}",
-                 "train.batch_size=0"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "finetune",
+                task,
+                f"dataset.path={tmp_path / 'absent'}",
+                f"train.log_dir={log_dir}",
+                "train.batch_size=0",
+            ]
+        )
+        == 1
+    )
     assert capsys.readouterr().err == "pri3d finetune: error: train.batch_size=0: expected an integer ≥ 1\n"
     assert not log_dir.exists()
 

@@ -25,8 +25,15 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _cli(args: list[str], **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "pri3d.cli", *args], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "pri3d.cli", *args],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
 
 
 def _final_model(log_dir: Path) -> dict:
@@ -104,10 +111,24 @@ def test_two_ddp_processes_equal_one_process_with_the_same_global_batch(
     assert single.returncode == 0, out
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pri3d.cli",
-         "pretrain", *tiny_pretrain(pretrain_root, tmp_path / "two", *common)],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "pri3d.cli",
+            "pretrain",
+            *tiny_pretrain(pretrain_root, tmp_path / "two", *common),
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     one, two = _final_model(tmp_path / "one"), _final_model(tmp_path / "two")
     model = Pri3D("Res18UNet", geometric_prior=True, depth=True)
