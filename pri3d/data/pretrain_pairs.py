@@ -35,11 +35,11 @@ from pri3d.geometry import (
     voxel_pixel_correspondences,
     voxelize,
 )
+from pri3d.io.chunk_boxes import read_chunk_boxes
 from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD, read_depth_png
 from pri3d.io.pairs import read_pair_list
+from pri3d.io.point_cloud import load_point_cloud
 from pri3d.io.scannet import read_matrix_txt
-from pri3d.preprocess.frames import read_chunk_boxes
-from pri3d.preprocess.pointcloud import load_point_cloud
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,9 @@
 * :mod:`pri3d.io.images`: 16-bit depth PNGs, label/instance PNGs, JPEG colour.
 * :mod:`pri3d.io.scannet`: meshes, over-segmentations, aggregations, the label table, matrix text files.
 * :mod:`pri3d.io.coco`: COCO instances JSON.
+* :mod:`pri3d.io.scene_lists`: ScanNet scene lists and which ones a command reads.
+* :mod:`pri3d.io.pairs`, :mod:`pri3d.io.chunk_boxes`, :mod:`pri3d.io.point_cloud`: what
+  `pri3d preprocess scannet` writes for pre-training (pair lists, crop boxes, scene clouds).
 * :mod:`pri3d.io.atomic`: the atomic write every writer uses.
 
 Nothing is re-exported here so that importing one format does not pull in the others' dependencies.

@@ -42,9 +42,7 @@ __all__ = [
     "depth_rays",
     "export_frames",
     "pose_problem",
-    "read_chunk_boxes",
     "world_points",
-    "write_chunk_boxes",
 ]
 
 #: Padding (metres) added on every side of a frame's chunk box.
@@ -239,28 +237,3 @@ def export_frames(
             boxes.append(chunk_box(points, chunk_margin))
     result.boxes = np.array(boxes).reshape(-1, 6)
     return result
-
-
-def write_chunk_boxes(path: str | os.PathLike[str], frames: list[int], boxes: np.ndarray) -> None:
-    """Write ``<frame> minx miny minz maxx maxy maxz`` lines (metres, 4 decimals: 0.1 mm)."""
-    lines = [f"{frame} " + " ".join(f"{v:.4f}" for v in box) for frame, box in zip(frames, boxes)]
-    Path(path).write_text("".join(line + "\n" for line in lines))
-
-
-def read_chunk_boxes(path: str | os.PathLike[str]) -> dict[int, np.ndarray]:
-    """Read a ``chunk_boxes.txt``: frame number -> [6] float64 (min xyz, max xyz)."""
-    boxes = {}
-    with open(path, encoding="ascii") as file:
-        for line_number, line in enumerate(file, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                if len(fields) != 7:
-                    raise ValueError(f"{len(fields)} fields")
-                boxes[int(fields[0])] = np.array([float(v) for v in fields[1:]])
-            except ValueError as exc:
-                raise ValueError(
-                    f"{path}: line {line_number}: expected '<frame> minx miny minz maxx maxy maxz' ({exc})"
-                ) from exc
-    return boxes

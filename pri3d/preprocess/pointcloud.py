@@ -14,37 +14,18 @@ silent 0 would hide a wrong table. Where groups share a segment, the later group
 original's loop). The cloud is in ScanNet's scene frame, the frame of the ``.sens`` poses (not
 the axis-aligned frame).
 
-File format, ``<scene>.npz`` (NumPy ``savez``, uncompressed, no pickled objects; read with
-:func:`load_point_cloud` or ``np.load(path)``):
-
-=============  =========  =========================================================
-``points``     float32    [N, 3] world coordinates, metres
-``colors``     uint8      [N, 3] RGB
-``semantic``   int32      [N] NYU40 id, 0 = unlabeled
-``instance``   int32      [N] objectId + 1, 0 = no object
-=============  =========  =========================================================
+The file format is :mod:`pri3d.io.point_cloud`.
 """
 
 from __future__ import annotations
 
 import os
-import zipfile
-from pathlib import Path
 
 import numpy as np
 
-from pri3d.io.atomic import atomic_write
 from pri3d.io.scannet import read_aggregation_json, read_mesh_ply, read_segs_json, scene_mesh_paths
 
-__all__ = ["POINT_CLOUD_ARRAYS", "load_point_cloud", "save_point_cloud", "scene_point_cloud"]
-
-#: Array names of a saved point cloud and their dtype and per-point width (0 = one value).
-POINT_CLOUD_ARRAYS: dict[str, tuple[np.dtype, int]] = {
-    "points": (np.dtype(np.float32), 3),
-    "colors": (np.dtype(np.uint8), 3),
-    "semantic": (np.dtype(np.int32), 0),
-    "instance": (np.dtype(np.int32), 0),
-}
+__all__ = ["scene_point_cloud"]
 
 
 def scene_point_cloud(
@@ -57,7 +38,7 @@ def scene_point_cloud(
         scene: scene id, e.g. ``scene0000_00``.
         label_map: raw category -> NYU40 id (:func:`pri3d.io.scannet.read_label_map`).
     Returns:
-        the arrays of :data:`POINT_CLOUD_ARRAYS`, and a note: ``"labelled"``, or why labels are all
+        the arrays of :data:`pri3d.io.point_cloud.POINT_CLOUD_ARRAYS`, and a note: ``"labelled"``, or why labels are all
         0 (ScanNet's test scans have a mesh but no segs/aggregation files).
     Raises:
         FileNotFoundError: no mesh. ValueError: an unknown raw label, or files that disagree.
@@ -103,47 +84,3 @@ def scene_point_cloud(
 def _ranks(lengths: np.ndarray) -> np.ndarray:
     """0, 1, ..., n-1 for each n in ``lengths``, concatenated."""
     return np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-
-
-def _validate(arrays: dict[str, np.ndarray], where: str) -> dict[str, np.ndarray]:
-    missing = sorted(set(POINT_CLOUD_ARRAYS) - set(arrays))
-    if missing:
-        raise ValueError(f"{where}: point cloud lacks arrays {missing}")
-    num_points = len(arrays["points"])
-    checked = {}
-    for name, (dtype, width) in POINT_CLOUD_ARRAYS.items():
-        array = np.asarray(arrays[name])
-        shape = (num_points, width) if width else (num_points,)
-        if array.shape != shape:
-            raise ValueError(f"{where}: '{name}' has shape {list(array.shape)}, expected {list(shape)}")
-        if array.dtype != dtype:
-            if not np.can_cast(array.dtype, dtype, casting="same_kind"):
-                raise ValueError(f"{where}: '{name}' is {array.dtype}, expected {dtype}")
-            array = array.astype(dtype)
-        checked[name] = array
-    return checked
-
-
-def save_point_cloud(path: str | os.PathLike[str], arrays: dict[str, np.ndarray]) -> None:
-    """Write a point cloud (see module doc) atomically: a temporary file renamed onto ``path``."""
-    path = Path(path)
-    checked = _validate(arrays, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "wb") as file:
-        np.savez(file, **checked)
-
-
-def load_point_cloud(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read a point cloud written by :func:`save_point_cloud`; checks names, dtypes and shapes.
-
-    A missing file raises FileNotFoundError; a file that is not a whole ``.npz`` (e.g. cut short by a
-    full disk) or holds other arrays raises ValueError naming it.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable point cloud .npz ({error})") from None
-    return _validate(arrays, str(path))

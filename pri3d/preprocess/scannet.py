@@ -45,12 +45,14 @@ from tqdm import tqdm
 
 from pri3d import __version__
 from pri3d.io.atomic import atomic_write, check_writable_folder
+from pri3d.io.chunk_boxes import write_chunk_boxes
 from pri3d.io.pairs import FramePair, pair_line, read_pair_list
+from pri3d.io.point_cloud import save_point_cloud
 from pri3d.io.scannet import read_label_map, scene_mesh_paths
-from pri3d.preprocess.frames import CAMERA_FILES, CHUNK_MARGIN, SKIP_REASONS, export_frames, write_chunk_boxes
+from pri3d.preprocess.frames import CAMERA_FILES, CHUNK_MARGIN, SKIP_REASONS, export_frames
 from pri3d.preprocess.output_folder import output_lock
 from pri3d.preprocess.overlap import VOXEL_SIZE, overlap_matrix, pair_scores
-from pri3d.preprocess.pointcloud import save_point_cloud, scene_point_cloud
+from pri3d.preprocess.pointcloud import scene_point_cloud
 
 __all__ = [
     "LABEL_TSV",

@@ -16,14 +16,14 @@ import torch
 
 import pri3d.cli
 from pri3d.geometry import depth_to_world
+from pri3d.io.chunk_boxes import read_chunk_boxes
 from pri3d.io.images import read_depth_png
 from pri3d.io.pairs import read_pair_list
+from pri3d.io.point_cloud import load_point_cloud
 from pri3d.io.scannet import read_matrix_txt
 from pri3d.io.sens import SensReader
 from pri3d.preprocess.cli import register, summary_lines
-from pri3d.preprocess.frames import read_chunk_boxes
 from pri3d.preprocess.overlap import overlap_matrix_kdtree, pair_scores, voxel_downsample
-from pri3d.preprocess.pointcloud import load_point_cloud
 from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet
 from pri3d.synth.generate import SynthConfig, build_scene, generate
 from pri3d.synth.mesh import tessellate

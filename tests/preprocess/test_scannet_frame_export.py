@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pri3d.geometry import backproject_depth, depth_to_world
+from pri3d.io.chunk_boxes import read_chunk_boxes, write_chunk_boxes
 from pri3d.io.images import read_depth_png
 from pri3d.io.scannet import read_matrix_txt
 from pri3d.io.sens import SensFormatError, SensReader, SensWriter
@@ -16,9 +17,7 @@ from pri3d.preprocess.frames import (
     depth_rays,
     export_frames,
     pose_problem,
-    read_chunk_boxes,
     world_points,
-    write_chunk_boxes,
 )
 from pri3d.preprocess.overlap import voxel_downsample
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pri3d.io.point_cloud import load_point_cloud, save_point_cloud
 from pri3d.io.scannet import write_aggregation_json, write_mesh_ply, write_segs_json
-from pri3d.preprocess.pointcloud import load_point_cloud, save_point_cloud, scene_point_cloud
+from pri3d.preprocess.pointcloud import scene_point_cloud
 
 SCENE = "scene0007_00"
 LABELS = {"chair": 5, "table": 7, "wall": 1}
