@@ -37,6 +37,7 @@ __all__ = [
     "depth_to_world",
     "invert_rigid",
     "pixel_correspondences",
+    "points_in_frustum",
     "project_points",
     "sample_pixel_correspondences",
     "scale_intrinsics",
@@ -193,6 +194,39 @@ def project_points(K: torch.Tensor, points: torch.Tensor) -> tuple[torch.Tensor,
     u = K[..., 0, 0, None] * x_over_z + K[..., 0, 1, None] * y_over_z + K[..., 0, 2, None]
     v = K[..., 1, 1, None] * y_over_z + K[..., 1, 2, None]
     return torch.stack((v, u), dim=-1), z
+
+
+def points_in_frustum(
+    points: torch.Tensor,
+    K: torch.Tensor,
+    world_to_camera: torch.Tensor,
+    image_hw: tuple[int, int],
+    margin: float = 0.0,
+) -> torch.Tensor:
+    """Which world points lie in a camera's view frustum, widened sideways by ``margin`` metres.
+
+    A point is inside when z > 0 and it projects onto the H×W image, i.e. its nearest pixel
+    ``floor(x + 0.5)`` is a pixel of the image (the test `voxel_pixel_correspondences` applies, so
+    with margin 0 the two agree exactly). ``margin`` moves the four side planes out by that many
+    metres along the camera's x and y axes: a point at depth z may project up to
+    f·margin / z pixels outside the image. There is no far plane.
+
+    Args:
+        points: [N, 3] world; K: [3, 3] (or 4×4) at ``image_hw`` = (H, W); world_to_camera: [4, 4].
+    Returns:
+        [N] bool.
+    """
+    if margin < 0:
+        raise ValueError(f"margin must be >= 0 metres, got {margin}")
+    K = _intrinsics3x3(K)
+    dtype = _float_dtype(points, K, world_to_camera)
+    rowcol, z = project_points(K.to(dtype), transform_points(world_to_camera.to(dtype), points.to(dtype)))
+    focal = torch.stack((K[1, 1], K[0, 0])).to(dtype)  # (fy, fx): pixels per metre at z = 1, per (row, col)
+    slack = margin * focal / z[:, None]  # [N, 2] pixels
+    size = torch.tensor(image_hw, dtype=dtype, device=points.device)
+    shifted = rowcol + 0.5  # floor(shifted) is the nearest pixel
+    inside = ((shifted + slack >= 0) & (shifted - slack < size)).all(-1)
+    return (z > 0) & inside
 
 
 def _offset_tensor(offset: Offset, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pri3d.geometry import (
     depth_to_world,
     invert_rigid,
     pixel_correspondences,
+    points_in_frustum,
     project_points,
     sample_pixel_correspondences,
     scale_intrinsics,
@@ -433,3 +434,43 @@ def test_voxel_pixel_correspondences_plane_behind_and_occluded(dtype):
     # A wider visibility threshold accepts them again; invalid depth never matches.
     assert len(voxel_pixel_correspondences(voxels, s, occluded, K, world_to_camera, 0.6)[1]) == len(index)
     assert len(voxel_pixel_correspondences(voxels, s, torch.zeros_like(depth), K, world_to_camera)[1]) == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_points_in_frustum_of_a_camera_looking_along_z(dtype):
+    K = intrinsics(dtype=dtype)  # fx = fy = 70, the 60x80 image spans u in [-0.5, 79.5), v in [-0.5, 59.5)
+    camera_to_world = rigid(t=(10.0, -1.0, 0.0)).to(dtype)  # the camera sits at (10, -1, 0), looking along +z
+    world_to_camera = invert_rigid(camera_to_world)
+    # At depth 2 m the image covers |x| < 40 px * 2 m / 70 px = 1.143 m and |y| < 30 * 2 / 70 = 0.857 m.
+    camera_points = torch.tensor(
+        [
+            [0.0, 0.0, 2.0],  # on the axis
+            [1.1, 0.0, 2.0],  # near the right edge
+            [-1.1, 0.8, 2.0],  # near the bottom-left corner
+            [1.2, 0.0, 2.0],  # 0.06 m right of the frustum
+            [0.0, -0.9, 2.0],  # 0.04 m above it
+            [0.0, 0.0, -2.0],  # behind the camera (its projection is the image centre)
+            [0.0, 0.0, 0.0],  # the camera centre
+            [1.3, 0.0, 2.0],  # 0.16 m right of the frustum
+        ],
+        dtype=dtype,
+    )
+    points = camera_points + camera_to_world[:3, 3]
+    inside = points_in_frustum(points, K, world_to_camera, (H, W))
+    assert inside.tolist() == [True, True, True, False, False, False, False, False]
+    widened = points_in_frustum(points, K, world_to_camera, (H, W), margin=0.1)
+    assert widened.tolist() == [True, True, True, True, True, False, False, False]
+    with pytest.raises(ValueError, match="margin"):
+        points_in_frustum(points, K, world_to_camera, (H, W), margin=-0.1)
+
+
+def test_points_in_frustum_agrees_with_the_voxel_pixel_projection_test():
+    """With margin 0 a voxel centre is inside exactly when it rounds to a pixel of the image."""
+    K = intrinsics()
+    world_to_camera = invert_rigid(rigid(rotation("y", 20.0), (0.3, 0.1, -0.5)))
+    points = torch.rand(20000, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 6 - 3
+    rowcol, z = project_points(K, transform_points(world_to_camera, points))
+    pixel = torch.floor(rowcol + 0.5)
+    expected = (z > 0) & (pixel >= 0).all(1) & (pixel[:, 0] < H) & (pixel[:, 1] < W)
+    assert 0 < expected.sum() < len(points)
+    assert torch.equal(points_in_frustum(points, K, world_to_camera, (H, W)), expected)
