@@ -29,6 +29,7 @@ from torchvision.transforms import v2
 
 from pri3d.geometry import (
     invert_rigid,
+    points_in_frustum,
     sample_pixel_correspondences,
     scale_intrinsics,
     sparse_quantize,
@@ -40,6 +41,8 @@ from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD, read_depth_png
 from pri3d.io.pairs import read_pair_list
 from pri3d.io.point_cloud import load_point_cloud
 from pri3d.io.scannet import read_matrix_txt
+
+VOXEL_CROPS = ("box", "frustum")
 
 
 @dataclass(frozen=True)
@@ -53,9 +56,19 @@ class PairOptions:
     geometric_prior: bool = False  # load voxel chunks and 3D–2D matches
     voxel_size: float = 0.02
     visibility_threshold: float = 0.2  # metres; occlusion test for 3D–2D matches
+    # "box": the frame's chunk box, as the original; "frustum": only its voxels in the view frustum
+    # widened by frustum_margin metres (fewer voxels for the 3D network; docs/deviations.md)
+    voxel_crop: str = "box"
+    frustum_margin: float = 0.1
     augment: bool = True  # colour jitter, grayscale, blur (never geometric)
     seed: int = 0
     cloud_cache_mb: float = 256.0  # scene point clouds kept per process (always at least the last one)
+
+    def __post_init__(self):
+        if self.voxel_crop not in VOXEL_CROPS:
+            raise ValueError(f"voxel_crop={self.voxel_crop!r}: expected one of {VOXEL_CROPS}")
+        if not self.frustum_margin >= 0:  # checked here, not per sample, where it would skip every pair
+            raise ValueError(f"frustum_margin={self.frustum_margin}: expected metres >= 0")
 
 
 class ScanNetPairs(Dataset):
@@ -66,7 +79,8 @@ class ScanNetPairs(Dataset):
       intrinsics{v} [3, 3]; world_to_camera{v} [4, 4];
       match{v} [S, 2] int64 (row, col) pixel of the 2D–2D matches, match_valid [S] bool;
     and with the geometric prior:
-      voxels{v} [V, 3] int32 voxel coordinates (floor(p / voxel_size)), voxel_colors{v} [V, 3] float32
+      voxels{v} [V, 3] int32 voxel coordinates (floor(p / voxel_size)) of the view's crop
+      (``PairOptions.voxel_crop``), voxel_colors{v} [V, 3] float32
       RGB in [0, 1], vp_pixel{v} [S, 2] int64, vp_voxel{v} [S] int64 (row into voxels{v}),
       vp_valid{v} [S] bool.
     A pair whose scene has no point cloud (preprocessing skips the cloud of a scene without a mesh;
@@ -270,12 +284,22 @@ class ScanNetPairs(Dataset):
         coords = voxelize(torch.from_numpy(columns[:, inside].T), self.options.voxel_size)  # [n, 3]
         voxels, first, _ = sparse_quantize(coords)  # one point (the first) per voxel, as the original
         voxel_colors = torch.from_numpy(colors[inside]).to(torch.float32)[first] / 255.0
+        k, world_to_camera = k.to(torch.float64), world_to_camera.to(torch.float64)
+        if self.options.voxel_crop == "frustum":
+            # The same centres and dtype as voxel_pixel_correspondences: every voxel it can match is kept.
+            centres = (voxels.to(torch.float64) + 0.5) * self.options.voxel_size  # [V, 3] world
+            seen = points_in_frustum(
+                centres, k, world_to_camera, tuple(depth.shape), self.options.frustum_margin
+            )
+            if not seen.any():
+                raise ValueError("no voxel of the frame's chunk box is inside its view frustum")
+            voxels, voxel_colors = voxels[seen], voxel_colors[seen]
         pixels, voxel_index = voxel_pixel_correspondences(
             voxels,
             self.options.voxel_size,
             depth.to(torch.float64),
-            k.to(torch.float64),
-            world_to_camera.to(torch.float64),
+            k,
+            world_to_camera,
             self.options.visibility_threshold,
         )
         pick, valid = sample_indices(len(voxel_index), self.options.num_matches, generator)

@@ -69,6 +69,51 @@ def test_voxel_chunks_and_voxel_pixel_matches(pretrain_root):
         ).abs().max() < OPTIONS.visibility_threshold
 
 
+def _keys(voxels: torch.Tensor) -> torch.Tensor:
+    """One int64 per voxel row, ordered as the rows are lexicographically."""
+    shifted = voxels.long() + 2**20
+    return (shifted[:, 0] << 42) | (shifted[:, 1] << 21) | shifted[:, 2]
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.1])
+def test_frustum_crop_is_a_subset_of_the_box_that_keeps_every_voxel_pixel_match(pretrain_root, margin):
+    box = ScanNetPairs(pretrain_root, options=OPTIONS)
+    frustum = ScanNetPairs(
+        pretrain_root,
+        options=PairOptions(**{**vars(OPTIONS), "voxel_crop": "frustum", "frustum_margin": margin}),
+    )
+    kept = total = 0
+    for index in range(0, len(box), len(box) // 4):
+        a, b = box[index], frustum[index]
+        for v in (1, 2):
+            box_voxels, crop = a[f"voxels{v}"], b[f"voxels{v}"]
+            box_keys, crop_keys = _keys(box_voxels), _keys(crop)
+            assert torch.isin(crop_keys, box_keys).all()
+            kept, total = kept + len(crop), total + len(box_voxels)
+            # every box voxel whose centre rounds to a pixel of the image (with z > 0) is still there,
+            # with its colour: the voxel-pixel matches, the 3D loss's positives, all survive
+            centres = (box_voxels.double() + 0.5) * OPTIONS.voxel_size
+            camera = transform_points(a[f"world_to_camera{v}"].double(), centres)
+            rc, z = project_points(a[f"intrinsics{v}"].double(), camera)
+            pixel = torch.floor(rc + 0.5)
+            seen = (z > 0) & (pixel >= 0).all(1) & (pixel[:, 0] < 60) & (pixel[:, 1] < 80)
+            row = torch.searchsorted(crop_keys, box_keys[seen])  # both tables are sorted
+            assert torch.equal(crop_keys[row.clamp(max=len(crop) - 1)], box_keys[seen])
+            assert torch.equal(b[f"voxel_colors{v}"][row], a[f"voxel_colors{v}"][seen])
+            # the same matches are found and sampled, only their rows into the smaller table differ
+            assert torch.equal(a[f"vp_valid{v}"], b[f"vp_valid{v}"]) and a[f"vp_valid{v}"].all()
+            assert torch.equal(a[f"vp_pixel{v}"], b[f"vp_pixel{v}"])
+            assert torch.equal(box_voxels[a[f"vp_voxel{v}"]], crop[b[f"vp_voxel{v}"]])
+    assert kept < total  # the chunk boxes do hold voxels outside the view
+
+
+def test_voxel_crop_options_are_checked():
+    with pytest.raises(ValueError, match="voxel_crop='sphere'"):
+        PairOptions(voxel_crop="sphere")
+    with pytest.raises(ValueError, match=r"frustum_margin=-0\.1"):
+        PairOptions(voxel_crop="frustum", frustum_margin=-0.1)
+
+
 def test_collate_offsets_voxel_indices(pretrain_root):
     dataset = ScanNetPairs(pretrain_root, options=OPTIONS)
     samples = [dataset[0], dataset[1], {"skip": "broken.jpg: cannot read", "index": 2}]
