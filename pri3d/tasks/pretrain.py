@@ -42,6 +42,8 @@ def build_dataset(config: PretrainRunConfig) -> ScanNetPairs:
         threshold=config.pretrain.thresh,
         geometric_prior=config.pretrain.geometric_prior,
         voxel_size=config.pretrain.voxel_size,
+        voxel_crop=config.pretrain.voxel_crop,
+        frustum_margin=config.pretrain.frustum_margin,
         seed=config.train.seed,
     )
     return ScanNetPairs(

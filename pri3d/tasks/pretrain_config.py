@@ -7,6 +7,7 @@ released recipe; see :mod:`pri3d.tasks.pretrain`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from pri3d.engine.config import (
@@ -53,6 +54,10 @@ class PretrainConfig:
     sample_points: int = 1024  # correspondences sampled per pair (and per view for the 3D loss)
     thresh: float = 0.05  # metres: depth agreement for pixel <-> pixel matches
     voxel_size: float = 0.02  # metres: voxels of the 3D network's input (the original's 2 cm)
+    # box: each view's chunk box, as the original; frustum: only the box's voxels inside the view
+    # frustum, its sides moved out by frustum_margin metres (fewer 3D voxels; docs/deviations.md)
+    voxel_crop: str = "box"
+    frustum_margin: float = 0.1
 
 
 @dataclass
@@ -86,4 +91,10 @@ PRETRAIN_RULES: dict[str, Rule] = {
     "pretrain.sample_points": integer_at_least(1),
     "pretrain.thresh": POSITIVE,
     "pretrain.voxel_size": POSITIVE,
+    # pri3d.data.pretrain_pairs.VOXEL_CROPS, not imported: this module stays free of torch
+    "pretrain.voxel_crop": (lambda crop: crop in ("box", "frustum"), "box or frustum"),
+    "pretrain.frustum_margin": (
+        lambda metres: math.isfinite(metres) and metres >= 0,
+        "metres, a finite number ≥ 0",
+    ),
 }

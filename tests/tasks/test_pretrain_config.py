@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pri3d.engine.config import load_config, to_dict
-from pri3d.tasks.pretrain_config import PretrainRunConfig
+import pytest
+
+from pri3d.data.pretrain_pairs import VOXEL_CROPS
+from pri3d.engine.config import ConfigError, check_run_config, load_config, to_dict
+from pri3d.tasks.pretrain import build_dataset
+from pri3d.tasks.pretrain_config import PRETRAIN_RULES, PretrainRunConfig
 
 #: Every key and default of a pre-training run, as checkpoints and config.yaml record them: recipes,
 #: scripts and `pri3d eval`'s recognition of a pre-training checkpoint depend on them.
@@ -26,7 +30,7 @@ RELEASED_RECIPE = {
     "pretrain": {
         "model": "Pri3D", "nceT": 0.4, "npos": 2.0, "backbone": "Res50UNet", "weights": "", "pretrained": "imagenet",
         "depth": True, "save_feature": False, "view_invariant": True, "geometric_prior": True,
-        "sample_points": 1024, "thresh": 0.05, "voxel_size": 0.02,
+        "sample_points": 1024, "thresh": 0.05, "voxel_size": 0.02, "voxel_crop": "box", "frustum_margin": 0.1,
     },
     "dataset": {
         "name": "ScanNet", "size": [240, 320], "path": "data/scannet_pretrain", "pointcloud_path": "", "chunk": False,
@@ -41,3 +45,21 @@ def test_defaults_are_the_released_recipe_under_the_original_key_names():
     for section, keys in RELEASED_RECIPE.items():  # the order config.yaml lists them in
         assert list(resolved[section]) == list(keys), section
     assert list(resolved) == list(RELEASED_RECIPE)
+
+
+def test_voxel_crop_reaches_the_pairs_and_bad_values_are_refused(pretrain_root):
+    config = load_config(
+        PretrainRunConfig,
+        [f"dataset.path={pretrain_root}", "pretrain.voxel_crop=frustum", "pretrain.frustum_margin=0.3"],
+    )
+    check_run_config(config, PRETRAIN_RULES)
+    options = build_dataset(config).options
+    assert (options.voxel_crop, options.frustum_margin) == ("frustum", 0.3)
+    for crop in VOXEL_CROPS:  # the rule's list is the data module's, written out to keep this module light
+        check_run_config(load_config(PretrainRunConfig, [f"pretrain.voxel_crop={crop}"]), PRETRAIN_RULES)
+    for override, message in (
+        ("pretrain.voxel_crop=sphere", "pretrain.voxel_crop=sphere: expected box or frustum"),
+        ("pretrain.frustum_margin=-0.1", "pretrain.frustum_margin=-0.1: expected metres"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            check_run_config(load_config(PretrainRunConfig, [override]), PRETRAIN_RULES)
