@@ -1,10 +1,13 @@
-"""Pre-training sample loading: milliseconds per pair in one process, with and without the geometric prior.
+"""Pre-training sample loading: milliseconds per pair in one process, with and without the geometric prior,
+and voxels per view under the original's chunk-box crop and the optional view-frustum crop.
 
 Generates synthetic scans (``pri3d.synth``, ScanNet's formats), preprocesses them with the real
 ``pri3d preprocess scannet`` and times ``ScanNetPairs[i]`` over the pair list in its order of a
 shuffled epoch: images, depths, pixel matches and, with the geometric prior, each view's voxel chunk
 of the scene cloud with its voxel-pixel matches. This is the work each DataLoader worker does per
-pair. Example (the figures in docs/benchmarks.md; the pipeline's sizes of ``pri3d demo``)::
+pair. The 3D network's cost grows with its input voxels, so voxels per view measure the 3D work
+each crop (``PairOptions.voxel_crop``) leaves. Example (the figures in docs/benchmarks.md; the
+pipeline's sizes of ``pri3d demo``)::
 
     PYTHONPATH=. python benchmarks/pair_loading.py --scenes 4 --frames 150 --size 60x80 --voxel-size 0.12
 """
@@ -26,18 +29,21 @@ from pri3d.preprocess.scannet import ScanNetOptions, preprocess_scannet
 from pri3d.synth.generate import SynthConfig, generate
 
 
-def time_pairs(data: Path, options: PairOptions, count: int) -> float:
-    """Milliseconds per pair over ``count`` pairs of a shuffled epoch (after one warm-up pass)."""
+def time_pairs(data: Path, options: PairOptions, count: int) -> tuple[float, float]:
+    """Milliseconds per pair and mean voxels per view (0 without the geometric prior) over ``count``
+    pairs of a shuffled epoch (after one warm-up pass)."""
     pairs = ScanNetPairs(data, "splits/overlap30.txt", options)
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0))[:count].tolist()
     for index in order[:8]:  # warm-up: point clouds and chunk boxes of the first scenes
         pairs[index]
+    voxels = 0
     start = time.perf_counter()
     for index in order:
         sample = pairs[index]
         if "skip" in sample:
             raise RuntimeError(sample["skip"])
-    return 1000 * (time.perf_counter() - start) / len(order)
+        voxels += sum(len(sample.get(f"voxels{v}", ())) for v in (1, 2))
+    return 1000 * (time.perf_counter() - start) / len(order), voxels / (2 * len(order))
 
 
 def main() -> None:
@@ -50,6 +56,14 @@ def main() -> None:
     parser.add_argument("--voxel-size", type=float, default=0.12)
     parser.add_argument("--matches", type=int, default=512, help="matches per pair")
     parser.add_argument("--pairs", type=int, default=200, help="pairs timed per mode")
+    parser.add_argument(
+        "--frustum-margins",
+        type=float,
+        nargs="*",
+        default=[0.0, PairOptions.frustum_margin],
+        metavar="M",
+        help="metres; one frustum-crop run per margin",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker
 
@@ -72,17 +86,27 @@ def main() -> None:
             f"{report['frames']['exported']} frames, {report['pair_list']['pairs']} pairs; "
             f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, one thread"
         )
-        for geometric in (False, True):
-            options = PairOptions(
-                size=size, num_matches=args.matches, geometric_prior=geometric, voxel_size=args.voxel_size
-            )
-            ms = time_pairs(root / "data", options, args.pairs)
-            mode = (
-                f"with the geometric prior ({args.voxel_size} m voxels)"
-                if geometric
-                else "pixel matches only"
-            )
-            print(f"{mode}: {ms:.1f} ms per pair")
+        shared = {"size": size, "num_matches": args.matches, "voxel_size": args.voxel_size}
+        modes = [
+            ("pixel matches only", PairOptions(**shared)),
+            (
+                f"geometric prior ({args.voxel_size} m voxels), box crop",
+                PairOptions(**shared, geometric_prior=True),
+            ),
+        ]
+        for margin in args.frustum_margins:
+            frustum = PairOptions(**shared, geometric_prior=True, voxel_crop="frustum", frustum_margin=margin)
+            modes.append((f"geometric prior, frustum crop with a {margin} m margin", frustum))
+        for mode, options in modes:
+            ms, voxels = time_pairs(root / "data", options, args.pairs)
+            line = f"{mode}: {ms:.1f} ms per pair"
+            if options.voxel_crop == "box" and options.geometric_prior:
+                box_voxels = voxels
+            if options.geometric_prior:
+                line += (
+                    f", {voxels:.0f} voxels per view ({100 * voxels / box_voxels:.0f} % of the box crop's)"
+                )
+            print(line)
 
 
 if __name__ == "__main__":
