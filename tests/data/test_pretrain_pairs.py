@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,6 +106,23 @@ def test_frustum_crop_is_a_subset_of_the_box_that_keeps_every_voxel_pixel_match(
             assert torch.equal(a[f"vp_pixel{v}"], b[f"vp_pixel{v}"])
             assert torch.equal(box_voxels[a[f"vp_voxel{v}"]], crop[b[f"vp_voxel{v}"]])
     assert kept < total  # the chunk boxes do hold voxels outside the view
+
+
+def test_a_view_whose_frustum_misses_its_chunk_box_is_skipped_with_why(pretrain_root, tmp_path):
+    copy = tmp_path / "pre"
+    shutil.copytree(pretrain_root, copy)
+    scene, frame, *_ = read_pair_list(copy / "splits" / "overlap30.txt")[0]
+    pose_file = copy / scene / "pose" / f"{frame}.txt"
+    camera_to_world = np.loadtxt(pose_file)
+    camera_to_world[:3, 3] += 100 * camera_to_world[:3, 0]  # 100 m to the camera's right, box left behind
+    np.savetxt(pose_file, camera_to_world)
+    frustum = PairOptions(**{**vars(OPTIONS), "voxel_crop": "frustum"})
+    sample = ScanNetPairs(copy, options=frustum)[0]
+    assert (
+        sample["skip"]
+        == f"{scene} frame {frame}: no voxel of the frame's chunk box is inside its view frustum"
+    )
+    assert "skip" not in ScanNetPairs(copy, options=OPTIONS)[0]  # the box crop does not look at the view
 
 
 def test_voxel_crop_options_are_checked():
