@@ -6,7 +6,17 @@ a warm-up; the paths take turns) of forward, backward and their sum, and how muc
 is spent building neighbour tables (spconv's ``get_indice_pairs`` or pri3d's ``submanifold_map`` /
 ``downsample_map``); ``--profile`` adds the top operators of one run (torch profiler, self CPU time).
 
+``--bf16-gemms`` asks whether bfloat16 GEMMs would pay on this CPU for the torch path: it records
+every dense GEMM of one forward + backward (the per-offset products, the centre offset's GEMM and
+the weight gradients, with their shapes and transpositions; not the CSR segment sums), replays each
+in float32 and in bfloat16 (the same shapes, one at a time, after one warm-up pass), and reports
+their sums and the bound they set: the network's forward + backward if its GEMMs took their
+bfloat16 time and everything else (gathers, sums, BatchNorm, the casts that bf16 would add) stayed
+as it is. ``--block-pairs`` sets ``sparse_conv_torch.BLOCK_PAIRS`` (the per-offset GEMMs get
+longer with larger blocks).
+
     PYTHONPATH=. python benchmarks/sparse_unet.py --batch 2 --voxels 35000 --backend spconv torch
+    PYTHONPATH=. python benchmarks/sparse_unet.py --backend torch --bf16-gemms --threads 1
 """
 
 from __future__ import annotations
@@ -47,6 +57,73 @@ def _patch(module: object, names: list[str]) -> list[_Timed]:
     return timers
 
 
+class _GemmRecorder:
+    """Records the operands' shapes and strides of ``torch.mm`` and ``Tensor.addmm_`` calls with
+    dense operands while active (CSR × dense sums are left out)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = []
+
+    def _record(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        if a.layout == torch.strided and b.layout == torch.strided:
+            self.calls.append((tuple(a.shape), a.stride(), tuple(b.shape), b.stride()))
+
+    def __enter__(self) -> _GemmRecorder:
+        self._mm, self._addmm_ = torch.mm, torch.Tensor.addmm_
+
+        def mm(a, b, **kwargs):
+            self._record(a, b)
+            return self._mm(a, b, **kwargs)
+
+        def addmm_(out, a, b, **kwargs):
+            self._record(a, b)
+            return self._addmm_(out, a, b, **kwargs)
+
+        torch.mm, torch.Tensor.addmm_ = mm, addmm_
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.mm, torch.Tensor.addmm_ = self._mm, self._addmm_
+
+
+def _replay_seconds(calls: list, dtype: torch.dtype) -> float:
+    """Seconds of one pass over the recorded GEMMs in ``dtype`` (after a warm-up pass)."""
+    operands = []
+    for a_shape, a_stride, b_shape, b_stride in calls:
+        # same memory layout as recorded: a transposed view stays a transposed view
+        a = torch.empty_strided(a_shape, a_stride, dtype=dtype).normal_()
+        b = torch.empty_strided(b_shape, b_stride, dtype=dtype).normal_()
+        operands.append((a, b))
+    seconds = 0.0
+    for timed in (False, True):
+        for a, b in operands:
+            start = time.perf_counter()
+            torch.mm(a, b)
+            if timed:
+                seconds += time.perf_counter() - start
+    return seconds
+
+
+def bf16_gemms(net: MinkUNet34C, coords: torch.Tensor, features: torch.Tensor, repeat: int) -> None:
+    """Print the float32 / bfloat16 replay of the torch path's GEMMs and the speed-up they bound."""
+    total = float("inf")
+    for _ in range(repeat + 1):
+        start = time.perf_counter()
+        net(coords, features).square().mean().backward()
+        total = min(total, time.perf_counter() - start)
+        net.zero_grad(set_to_none=True)
+    with _GemmRecorder() as recorder:
+        net(coords, features).square().mean().backward()
+    fp32 = _replay_seconds(recorder.calls, torch.float32)
+    bf16 = _replay_seconds(recorder.calls, torch.bfloat16)
+    bound = total / (total - fp32 + bf16)
+    print(
+        f"torch path, block {sparse_conv_torch.BLOCK_PAIRS} pairs: forward + backward {total:.2f} s; "
+        f"{len(recorder.calls)} GEMMs: float32 {fp32:.2f} s, bfloat16 {bf16:.2f} s ({fp32 / bf16:.2f}x); "
+        f"network with bfloat16 GEMMs at best {bound:.2f}x faster"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -57,9 +134,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
     parser.add_argument("--profile", action="store_true", help="print the top operators of one run")
+    parser.add_argument(
+        "--bf16-gemms", action="store_true", help="bound what bfloat16 GEMMs would gain (torch path)"
+    )
+    parser.add_argument(
+        "--block-pairs", type=int, default=0, help="sparse_conv_torch.BLOCK_PAIRS (0 = its default)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.block_pairs:
+        sparse_conv_torch.BLOCK_PAIRS = args.block_pairs
     batch = pair_batch((args.batch + 1) // 2, voxels=args.voxels)
     # both views of ceil(B / 2) pairs, as B samples of one sparse tensor
     coords = torch.cat([batch["voxels1"], batch["voxels2"]])
@@ -68,6 +153,11 @@ def main() -> None:
     keep = coords[:, 0] < args.batch
     coords, features = coords[keep].contiguous(), features[keep].contiguous()
     print(f"{coords.shape[0]:,} voxels in {args.batch} views, {torch.get_num_threads()} threads")
+
+    if args.bf16_gemms:
+        torch.manual_seed(0)
+        bf16_gemms(MinkUNet34C(backend="torch"), coords, features, args.repeat)
+        return
 
     map_timers = _patch(spconv_ops, ["get_indice_pairs"]) + _patch(
         sparse_conv_torch, ["submanifold_map", "downsample_map"]
