@@ -334,9 +334,9 @@ def _smooth(net: MinkUNet34C) -> MinkUNet34C:
 
     At a ReLU's kink the gradient jumps between 0 and 1, and among the network's ~10⁶ pre-activations
     some lie within float32 rounding of 0: one summation order passes their gradient, another blocks
-    it. Measured on this test's input: one of 8 row orders of the same voxels moves a parameter's
-    gradient by 11 % of its largest entry on the same CPU, and another CPU's GEMM order does the same
-    (issue: ~1 % on an Intel Xeon). No tolerance in units of rounding bounds that. With a smooth
+    it. On this test's input one of 8 row orders of the same voxels moves a parameter's gradient by
+    9 % of its largest entry on one CPU (`benchmarks/gradient_orders.py`), and another CPU's GEMM
+    order does the same (~1 % on an Intel Xeon). No tolerance in units of rounding bounds that. With a smooth
     activation the gradients are continuous in every rounding, and the comparison tests what it is
     for: the convolutions, which are the same modules either way.
     """
@@ -386,8 +386,8 @@ def _float32_noise(reference: MinkUNet34C, coords, features, upstream, draws: in
 
 
 #: A float32 evaluation of the whole network may differ from the float64 reference by this many times
-#: the measured float32 noise. Measured on an AMD Zen 4 (one thread): the torch path and spconv both
-#: 2.5× on outputs and 2-3× on gradients; a wrong kernel map, weight or scatter moves them by 10³ or more.
+#: the measured float32 noise. `benchmarks/gradient_orders.py` on an AMD Zen 4 (one thread): the torch
+#: path's gradients are 2.2-2.9x the noise in 8 row orders with SiLU; one flipped ReLU gives 6,700x.
 NOISE_FACTOR = 20
 
 
