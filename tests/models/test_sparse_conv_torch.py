@@ -336,9 +336,9 @@ def _smooth(net: MinkUNet34C) -> MinkUNet34C:
     some lie within float32 rounding of 0: one summation order passes their gradient, another blocks
     it. On this test's input one of 8 row orders of the same voxels moves a parameter's gradient by
     9 % of its largest entry on one CPU (`benchmarks/gradient_orders.py`), and another CPU's GEMM
-    order does the same (~1 % on an Intel Xeon). No tolerance in units of rounding bounds that. With a smooth
-    activation the gradients are continuous in every rounding, and the comparison tests what it is
-    for: the convolutions, which are the same modules either way.
+    order does the same (~1 % on an Intel Xeon). No tolerance in units of rounding bounds that. With
+    a smooth activation the gradients are continuous in every rounding, and the comparison tests what
+    it is for: the convolutions, which are the same modules either way.
     """
     for module in list(net.modules()):
         for name, child in list(module.named_children()):
