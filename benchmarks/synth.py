@@ -1,4 +1,4 @@
-"""Time `pri3d synth`: scenes × frames at a resolution, end to end (render, encode, write).
+"""Time `pri3d synth scannet`: scenes × frames at a resolution, end to end (render, encode, write).
 
 python benchmarks/synth.py --scenes 10 --frames 100 --size 240x320 --workers 2
 """

@@ -8,7 +8,7 @@ import pytest
 
 from pri3d.cli import COMMAND_MODULES, build_parser, main
 from pri3d.cli_types import image_size
-from pri3d.synth import cli as synth_cli
+from pri3d.synth import scannet_cli as synth_cli
 from pri3d.synth.generate import SynthConfig
 
 
@@ -47,9 +47,9 @@ def test_image_size_reads_height_by_width():
 def test_every_size_option_is_height_by_width():
     """One string, one size: `synth --color-size` and `demo --size` both read HEIGHTxWIDTH."""
     parser = build_parser()
-    synth = parser.parse_args(["synth", "--out", "x", "--color-size", "60x80", "--depth-size", "30x40"])
+    synth = parser.parse_args(["synth", "scannet", "--out", "x", "--color-size", "60x80", "--depth-size", "30x40"])
     assert synth.color_size == (60, 80) and synth.depth_size == (30, 40)
-    defaults = parser.parse_args(["synth", "--out", "x"])
+    defaults = parser.parse_args(["synth", "scannet", "--out", "x"])
     assert (defaults.color_size, defaults.depth_size) == (SynthConfig().color_size, SynthConfig().depth_size)
     assert parser.parse_args(["demo", "--size", "60x80"]).size == (60, 80)
 
@@ -59,6 +59,6 @@ def test_an_os_error_is_one_line_without_a_traceback(monkeypatch, capsys, tmp_pa
         raise OSError(28, "No space left on device", str(tmp_path / "scene.sens"))
 
     monkeypatch.setattr(synth_cli, "run", full_disk)
-    assert main(["synth", "--out", str(tmp_path)]) == 1
+    assert main(["synth", "scannet", "--out", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert error == f"pri3d synth: error: [Errno 28] No space left on device: '{tmp_path / 'scene.sens'}'\n"

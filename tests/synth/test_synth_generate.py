@@ -327,6 +327,7 @@ def test_cli_synth_with_preview(tmp_path: Path, capsys):
     code = main(
         [
             "synth",
+            "scannet",
             "--out",
             str(out),
             "--scenes",
@@ -352,8 +353,8 @@ def test_cli_synth_with_preview(tmp_path: Path, capsys):
 
 
 def test_cli_rejects_bad_options_with_a_clear_message(tmp_path: Path, capsys):
-    assert main(["synth", "--out", str(tmp_path), "--depth-holes", "1.5"]) == 1
+    assert main(["synth", "scannet", "--out", str(tmp_path), "--depth-holes", "1.5"]) == 1
     assert "depth_holes=1.5" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["synth", "--out", str(tmp_path), "--color-size", "640by480"])
+        main(["synth", "scannet", "--out", str(tmp_path), "--color-size", "640by480"])
     assert "HEIGHTxWIDTH" in capsys.readouterr().err
