@@ -18,11 +18,11 @@ import torch
 from pri3d.data.collate import collate_pairs
 from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.engine import distributed
-from pri3d.engine.config import check_run_config, load_config, to_yaml
+from pri3d.engine.config import check_run_config, expand_overrides, load_config, to_yaml
 from pri3d.engine.trainer import Trainer, TrainingStopped
 from pri3d.io.atomic import atomic_write, check_writable_folder
 from pri3d.models.pri3d import Pri3D
-from pri3d.tasks.pretrain_config import PRETRAIN_RULES, PretrainRunConfig
+from pri3d.tasks.pretrain_config import PRETRAIN_RULES, RECIPES, PretrainRunConfig
 
 PAIR_LISTS = {
     "train": "splits/overlap30.txt",
@@ -31,12 +31,16 @@ PAIR_LISTS = {
 }
 
 
-def build_dataset(config: PretrainRunConfig) -> ScanNetPairs:
-    if config.dataset.name != "ScanNet":
-        raise ValueError(f"dataset.name={config.dataset.name!r}: only ScanNet pre-training is available")
-    if config.train.phase not in PAIR_LISTS:
-        raise ValueError(f"train.phase={config.train.phase!r}: expected one of {sorted(PAIR_LISTS)}")
-    options = PairOptions(
+def build_dataset(config: PretrainRunConfig):
+    """The pair dataset `dataset.name` selects; each yields the items `collate_pairs` batches."""
+    builders = {"ScanNet": _scannet_pairs}
+    if config.dataset.name not in builders:
+        raise ValueError(f"dataset.name={config.dataset.name!r}: expected one of {', '.join(builders)}")
+    return builders[config.dataset.name](config)
+
+
+def _pair_options(config: PretrainRunConfig) -> PairOptions:
+    return PairOptions(
         size=tuple(config.dataset.size),
         num_matches=config.pretrain.sample_points,
         threshold=config.pretrain.thresh,
@@ -46,10 +50,15 @@ def build_dataset(config: PretrainRunConfig) -> ScanNetPairs:
         frustum_margin=config.pretrain.frustum_margin,
         seed=config.train.seed,
     )
+
+
+def _scannet_pairs(config: PretrainRunConfig) -> ScanNetPairs:
+    if config.train.phase not in PAIR_LISTS:
+        raise ValueError(f"train.phase={config.train.phase!r}: expected one of {sorted(PAIR_LISTS)}")
     return ScanNetPairs(
         config.dataset.path,
         PAIR_LISTS[config.train.phase],
-        options,
+        _pair_options(config),
         pointcloud_dir=config.dataset.pointcloud_path or None,
     )
 
@@ -85,7 +94,7 @@ def pretrain(config: PretrainRunConfig) -> dict:
                 with atomic_write(Path(config.train.log_dir) / "config.yaml") as handle:
                     handle.write(to_yaml(config))
                 trainer.logger.info("config:\n" + to_yaml(config))
-            if dataset.scenes_without_cloud:
+            if getattr(dataset, "scenes_without_cloud", None):
                 missing = dataset.scenes_without_cloud
                 trainer.logger.info(
                     f"{len(missing)} scene{'s have' if len(missing) > 1 else ' has'} no point cloud in "
@@ -103,9 +112,11 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "pretrain",
         help="Pri3D pre-training (view-invariant, geometric-prior and depth losses)",
-        description="Pre-train a 2D backbone on `pri3d preprocess scannet` output. Settings are key=value "
-        "overrides with the original Pri3D's names, e.g. train.batch_size=64 pretrain.backbone=Res18UNet "
-        "dataset.path=DIR. Defaults are the released recipe. Launch with torchrun for several processes.",
+        description="Pre-train a 2D backbone on prepared data (dataset.name=ScanNet, MegaDepth, KITTI or "
+        "Mixture). Settings are key=value overrides with the original Pri3D's names, e.g. "
+        "train.batch_size=64 pretrain.backbone=Res18UNet dataset.path=DIR. Defaults are the released ScanNet "
+        "recipe; recipe=NAME first applies a released model's settings (" + ", ".join(RECIPES) + "), and "
+        "explicit overrides win. Launch with torchrun for several processes.",
     )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -113,7 +124,12 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(PretrainRunConfig, args.overrides)
+    overrides, extras = expand_overrides(args.overrides, {"recipe": RECIPES}, {})
+    if extras:
+        raise ValueError(
+            f"{', '.join(extras)}=: not an option of pri3d pretrain (train.log_dir sets the folder)"
+        )
+    config = load_config(PretrainRunConfig, overrides)
     if args.print_config:
         print(to_yaml(config))
         return 0

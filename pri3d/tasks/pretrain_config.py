@@ -23,7 +23,9 @@ from pri3d.engine.config import (
 )
 
 __all__ = [
+    "DATASETS",
     "PRETRAIN_RULES",
+    "RECIPES",
     "PretrainConfig",
     "PretrainDatasetConfig",
     "PretrainRunConfig",
@@ -60,13 +62,22 @@ class PretrainConfig:
     frustum_margin: float = 0.1
 
 
+#: The pre-training data `dataset.name` selects (docs/data.md describes each layout).
+DATASETS = ("ScanNet", "MegaDepth", "KITTI", "Mixture")
+
+
 @dataclass
 class PretrainDatasetConfig:
-    name: str = "ScanNet"
+    name: str = "ScanNet"  # ScanNet, MegaDepth, KITTI, or Mixture (ScanNet + MegaDepth)
     size: list[int] = field(default_factory=lambda: [240, 320])  # (H, W)
-    path: str = "data/scannet_pretrain"  # output of `pri3d preprocess scannet`
+    # ScanNet and Mixture: output of `pri3d preprocess scannet`; MegaDepth and KITTI: the dataset's root
+    path: str = "data/scannet_pretrain"
     pointcloud_path: str = ""  # default: <path>/pointcloud
     chunk: bool = False  # unused: chunks are loaded when pretrain.geometric_prior is on
+    megadepth_path: str = ""  # Mixture: the MegaDepth root (dataset.path is ScanNet's)
+    pairs_per_scene: int = 4000  # MegaDepth: pairs drawn per scene and epoch, with replacement
+    min_overlap: float = 0.3  # MegaDepth: a pair's directional overlap (scene_info) is at least this
+    resize: bool = False  # KITTI: resize to dataset.size instead of cropping around a stored match
 
 
 @dataclass
@@ -87,6 +98,9 @@ PRETRAIN_RULES: dict[str, Rule] = {
         lambda size: len(size) == 2 and all(side >= 1 for side in size),
         "[height, width], both integers ≥ 1",
     ),
+    "dataset.name": (lambda name: name in DATASETS, ", ".join(DATASETS)),
+    "dataset.pairs_per_scene": integer_at_least(1),
+    "dataset.min_overlap": (lambda overlap: 0 <= overlap <= 1, "a fraction in [0, 1]"),
     "pretrain.nceT": POSITIVE,
     "pretrain.sample_points": integer_at_least(1),
     "pretrain.thresh": POSITIVE,
@@ -98,3 +112,19 @@ PRETRAIN_RULES: dict[str, Rule] = {
         "metres, a finite number ≥ 0",
     ),
 }
+
+
+#: ``recipe=<name>`` -> overrides applied before the explicit ones: the settings of the original's released
+#: models (its model zoo's names: ``MDViewBS64LR001EP5IM180RN50``, ``KITTIViewBS64LR001EP10IM240RN50`` and
+#: ``…IM180RN50``), which differ from its shipped scripts (spec §1.3). ``scannet`` is the default config.
+RECIPES: dict[str, dict[str, object]] = {
+    "scannet": {"dataset.name": "ScanNet"},
+    "megadepth": {"dataset.name": "MegaDepth", "dataset.path": "data/megadepth", "dataset.size": [180, 360],
+                  "optimizer.lr": 0.01, "pretrain.geometric_prior": False},
+    "kitti": {"dataset.name": "KITTI", "dataset.path": "data/kitti", "optimizer.lr": 0.01,
+              "scheduler.max_epochs": 10, "pretrain.geometric_prior": False},
+    "kitti180": {"dataset.name": "KITTI", "dataset.path": "data/kitti", "dataset.size": [180, 360],
+                 "optimizer.lr": 0.01, "scheduler.max_epochs": 10, "pretrain.geometric_prior": False},
+    "mixture": {"dataset.name": "Mixture", "dataset.path": "data/scannet_pretrain",
+                "dataset.megadepth_path": "data/megadepth"},
+}  # fmt: skip

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from pri3d.cli import main
 from pri3d.data.pretrain_pairs import VOXEL_CROPS
 from pri3d.engine.config import ConfigError, check_run_config, load_config, to_dict
+from pri3d.tasks import pretrain as pretrain_task
 from pri3d.tasks.pretrain import build_dataset
 from pri3d.tasks.pretrain_config import PRETRAIN_RULES, PretrainRunConfig
 
@@ -34,6 +36,7 @@ RELEASED_RECIPE = {
     },
     "dataset": {
         "name": "ScanNet", "size": [240, 320], "path": "data/scannet_pretrain", "pointcloud_path": "", "chunk": False,
+        "megadepth_path": "", "pairs_per_scene": 4000, "min_overlap": 0.3, "resize": False,
     },
     "logging": {"tensorboard": True, "wandb": "disabled", "wandb_project": "pri3d"},
 }  # fmt: skip
@@ -63,3 +66,35 @@ def test_voxel_crop_reaches_the_pairs_and_bad_values_are_refused(pretrain_root):
     ):
         with pytest.raises(ConfigError, match=message):
             check_run_config(load_config(PretrainRunConfig, [override]), PRETRAIN_RULES)
+
+
+def test_a_recipe_applies_the_released_models_settings_and_explicit_overrides_win(monkeypatch, capsys):
+    """`recipe=megadepth` is the model zoo's MDViewBS64LR001EP5IM180RN50; `recipe=kitti` its KITTI models."""
+    resolved = []
+    monkeypatch.setattr(pretrain_task, "pretrain", resolved.append)
+    assert main(["pretrain", "recipe=megadepth", "optimizer.lr=0.02"]) == 0
+    assert main(["pretrain", "recipe=kitti180"]) == 0
+    megadepth, kitti = resolved
+    assert (megadepth.dataset.name, megadepth.dataset.size, megadepth.optimizer.lr) == (
+        "MegaDepth",
+        [180, 360],
+        0.02,
+    )
+    assert (
+        not megadepth.pretrain.geometric_prior
+        and megadepth.pretrain.view_invariant
+        and megadepth.pretrain.depth
+    )
+    assert (kitti.dataset.name, kitti.dataset.size, kitti.scheduler.max_epochs) == ("KITTI", [180, 360], 10)
+    assert main(["pretrain", "recipe=nyu"]) == 1
+    assert (
+        "recipe='nyu': expected one of scannet, megadepth, kitti, kitti180, mixture"
+        in capsys.readouterr().err
+    )
+
+
+def test_an_unknown_dataset_name_is_refused_naming_the_choices():
+    with pytest.raises(
+        ConfigError, match=r"dataset\.name=Matterport: expected ScanNet, MegaDepth, KITTI, Mixture"
+    ):
+        check_run_config(load_config(PretrainRunConfig, ["dataset.name=Matterport"]), PRETRAIN_RULES)
