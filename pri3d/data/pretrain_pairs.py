@@ -205,7 +205,7 @@ class ScanNetPairs(Dataset):
             image = image.convert("RGB")
             # nearest, as the original: keeps colour and depth pixels aligned to the same rays
             image = image.resize((width, height), Image.NEAREST)
-        color = self._augment(image, generator)
+        color = color_tensor(image, generator, self.options.augment)
         depth_mm = read_depth_png(folder / "depth" / f"{frame}.png")
         depth_native = depth_mm.shape
         depth = torch.from_numpy(np.array(Image.fromarray(depth_mm).resize((width, height), Image.NEAREST)))
@@ -221,22 +221,6 @@ class ScanNetPairs(Dataset):
             "intrinsics": k.to(torch.float32),
             "world_to_camera": invert_rigid(torch.from_numpy(camera_to_world)).to(torch.float32),
         }
-
-    def _augment(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
-        """The original's colour augmentations (jitter p=0.8, grayscale p=0.2, blur p=0.5), seeded."""
-        if self.options.augment:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-                if torch.rand(1) < 0.8:
-                    image = v2.ColorJitter(0.4, 0.4, 0.4, 0.1)(image)
-                if torch.rand(1) < 0.2:
-                    image = v2.Grayscale(num_output_channels=3)(image)
-                if torch.rand(1) < 0.5:
-                    image = image.filter(
-                        ImageFilter.GaussianBlur(radius=float(torch.empty(1).uniform_(0.1, 2.0)))
-                    )
-        tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
-        return v2.functional.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
 
     def _depth_intrinsics(self, scene: str) -> np.ndarray:
         if scene not in self._intrinsics:
@@ -310,6 +294,24 @@ class ScanNetPairs(Dataset):
             "vp_voxel": voxel_index[pick] if len(pixels) else torch.zeros(len(pick), dtype=torch.int64),
             "vp_valid": valid,
         }
+
+
+def color_tensor(image: Image.Image, generator: torch.Generator, augment: bool = True) -> torch.Tensor:
+    """RGB image -> [3, H, W] float32 ImageNet-normalised, after the original's colour augmentations
+    (jitter p=0.8, grayscale p=0.2, blur p=0.5) when ``augment``, drawn from ``generator``."""
+    if augment:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
+            if torch.rand(1) < 0.8:
+                image = v2.ColorJitter(0.4, 0.4, 0.4, 0.1)(image)
+            if torch.rand(1) < 0.2:
+                image = v2.Grayscale(num_output_channels=3)(image)
+            if torch.rand(1) < 0.5:
+                image = image.filter(
+                    ImageFilter.GaussianBlur(radius=float(torch.empty(1).uniform_(0.1, 2.0)))
+                )
+    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return v2.functional.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def sample_indices(count: int, num: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
