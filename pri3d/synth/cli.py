@@ -9,7 +9,12 @@ import argparse
 import importlib
 
 #: Modules that provide ``add_parser(datasets)``: one ``pri3d synth`` sub-command each.
-DATASET_MODULES = ("pri3d.synth.scannet_cli", "pri3d.synth.megadepth_cli")
+DATASET_MODULES = (
+    "pri3d.synth.scannet_cli",
+    "pri3d.synth.megadepth_cli",
+    "pri3d.synth.kitti_cli",
+    "pri3d.synth.cityscapes_cli",
+)
 
 
 def register(subparsers) -> None:

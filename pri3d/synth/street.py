@@ -247,3 +247,9 @@ def street_camera(rng: np.random.Generator, x: float, height_m: float) -> np.nda
     pose[:3, :3] = look_rotation(np.array([heading]), np.array([pitch]), np.array([roll]))[0]
     pose[:3, 3] = (x, LANE_Y + rng.uniform(-0.3, 0.3), height_m)
     return pose
+
+
+def street_photo(rng: np.random.Generator, camera_height_m: float, length_m: float = 60.0):
+    """A short street and the camera-to-world pose [4, 4] of one photo taken on it: (scene, pose)."""
+    scene = street_scene(rng, length_m)
+    return scene, street_camera(rng, rng.uniform(5.0, length_m - 5.0), camera_height_m)
