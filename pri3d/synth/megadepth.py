@@ -347,8 +347,9 @@ def sample_tracks(
 def observe(scene: OutdoorScene, photo: Photo, xyz: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Which world points [P, 3] `photo` sees, and where: point indices [M] and keypoints uv [M, 2].
 
-    Seen = in front of the camera, projected inside the image (COLMAP coordinates in [0, W) × [0, H)),
-    and not occluded: the depth the renderer finds along the point's own ray equals its z.
+    Seen = in front of the camera, projected inside the image (COLMAP coordinates in [0, W) × [0, H))
+    by the branch of the radial model that the image uses (undistorting the keypoint gives the point's
+    ray back), and not occluded: the depth the renderer finds along the point's own ray equals its z.
     """
     rotation, centre = photo.camera_to_world[:3, :3], photo.camera_to_world[:3, 3]
     cam = (xyz - centre) @ rotation  # [P, 3] camera frame
@@ -359,6 +360,9 @@ def observe(scene: OutdoorScene, photo: Photo, xyz: np.ndarray) -> tuple[np.ndar
         (uv[:, 0] >= 0) & (uv[:, 0] < photo.camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < photo.camera.height)
     )
     front, xy, uv = front[inside], xy[inside], uv[inside]
+    # beyond the image's radii the radial polynomial folds back: far-off-axis points land inside too
+    unfolded = np.abs(undistort_normalized(photo.camera, uv) - xy).max(-1) <= 1e-9 * (1 + np.abs(xy).max(-1))
+    front, xy, uv = front[unfolded], xy[unfolded], uv[unfolded]
     if len(front) == 0:
         return front, uv
     order = np.argsort(xy[:, 0])  # the renderer culls boxes by ray columns: sorted rays keep windows tight
