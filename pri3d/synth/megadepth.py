@@ -64,6 +64,7 @@ import numpy as np
 import pycolmap
 from PIL import Image
 
+from pri3d.io.colmap import colmap_to_pri3d_intrinsics
 from pri3d.io.images import write_jpeg
 from pri3d.synth.landmark import Landmark, landmark_scene, photo_pose
 from pri3d.synth.outdoor import OutdoorScene, pinhole_rays, render_rays
@@ -216,17 +217,6 @@ def image_rays(camera: pycolmap.Camera) -> np.ndarray:
 def dense_camera(camera: pycolmap.Camera) -> pycolmap.Camera:
     """The PINHOLE camera of `camera`'s undistorted image, as COLMAP's image undistorter computes it."""
     return pycolmap.undistort_camera(pycolmap.UndistortCameraOptions(), camera)
-
-
-def pinhole_intrinsics(camera: pycolmap.Camera) -> np.ndarray:
-    """3×3 intrinsics of a PINHOLE camera in `pri3d.geometry`'s convention (pixel centres at integers).
-
-    COLMAP puts the centre of the top-left pixel at (0.5, 0.5); pri3d at (0, 0): cx and cy move by -0.5.
-    """
-    if camera.model_name != "PINHOLE":
-        raise ValueError(f"camera {camera.camera_id}: expected PINHOLE, got {camera.model_name}")
-    fx, fy, cx, cy = (float(p) for p in camera.params)
-    return np.array([[fx, 0.0, cx - 0.5], [0.0, fy, cy - 0.5], [0.0, 0.0, 1.0]])
 
 
 def scene_scale(rng: np.random.Generator) -> float:
@@ -464,7 +454,9 @@ def write_scene(out: Path, config: MegaDepthSynthConfig, index: int) -> None:
         view = render_rays(scene, photo.camera_to_world, image_rays(photo.camera))
         write_photo(sfm / "images" / photo.name, view.color, photo.grayscale, config.jpeg_quality)
         pinhole = dense_camera(photo.camera)
-        rays = pinhole_rays(pinhole_intrinsics(pinhole), pinhole.height, pinhole.width)
+        rays = pinhole_rays(
+            colmap_to_pri3d_intrinsics(pinhole.calibration_matrix()), pinhole.height, pinhole.width
+        )
         view = render_rays(scene, photo.camera_to_world, rays)
         write_photo(dense / "imgs" / photo.name, view.color, photo.grayscale, config.jpeg_quality)
         depth_path = dense / "depths" / f"{Path(photo.name).stem}.h5"

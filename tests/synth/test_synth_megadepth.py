@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from pri3d.cli import main
+from pri3d.io.megadepth import is_mask, read_depth
 from pri3d.synth.megadepth import (
     MODEL_FILES,
     MegaDepthSynthConfig,
@@ -216,10 +217,8 @@ def test_grayscale_photos_and_mask_depth_files(root: Path):
     for photo in spec.photos:
         modes = {Image.open(sfm / "images" / photo.name).mode, Image.open(dense / "imgs" / photo.name).mode}
         assert modes == ({"L"} if photo.grayscale else {"RGB"})
-        with h5py.File(dense / "depths" / photo.name.replace(".jpg", ".h5"), "r") as f:
-            values = f["depth"][()]
-        # the rule preprocessing applies: a mask's values are all 0 or 1, depth in SfM units is continuous
-        assert np.isin(values, (0, 1)).all() == photo.depth_is_mask
+        values = read_depth(dense / "depths" / photo.name.replace(".jpg", ".h5"), raw=True)
+        assert is_mask(values) == photo.depth_is_mask  # the rule preprocessing applies
         if photo.depth_is_mask:
             assert (values == 1).any() and (values == 0).any()
 
