@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from pri3d.preprocess.kitti_cli import add_kitti_parser
+from pri3d.preprocess.megadepth_cli import add_megadepth_parser
 from pri3d.preprocess.scannet import REPORT_NAME, ScanNetOptions, preprocess_scannet
 
 
@@ -105,6 +106,7 @@ def register(subparsers) -> None:
     datasets = parser.add_subparsers(dest="dataset", metavar="DATASET")
     add_scannet_parser(datasets)
     add_kitti_parser(datasets)
+    add_megadepth_parser(datasets)
     parser.set_defaults(run=lambda args: _print_help(parser))
 
 
