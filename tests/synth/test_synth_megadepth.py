@@ -246,6 +246,7 @@ def test_command_line(tmp_path: Path, capsys):
     assert main([*args, "--workers", "2", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["scenes"] == ["0000", "0001"] and summary["generated"] == 2
+    assert [size["images"] for size in summary["models"].values()] == [3, 3]
     for scene in ("0000", "0001"):
         assert len(list((out / "MegaDepth_v1" / scene / "dense0" / "depths").iterdir())) == 3
     assert not (out / ".partial").exists()
