@@ -135,31 +135,38 @@ def overlap_and_scale_ratio(
     n = len(indptr) - 1
     rows = np.repeat(np.arange(n), np.diff(indptr))
     keep = usable[rows]
-    rows, ids, ndepth = rows[keep], ids[keep], ndepth[keep]
-    points, columns = np.unique(ids, return_inverse=True)
+    observed = np.bincount(rows[keep], minlength=n)  # [N] points per usable image
+    usable_indptr = np.concatenate([[0], np.cumsum(observed)])
+    ids, ndepth = ids[keep], ndepth[keep]
+    columns, num_points = _dense_columns(ids)  # ascending per image, as the ids
+    entries = len(ids)
     incidence = sparse.csr_matrix(
-        (np.ones(len(rows), np.int32), (rows, columns)), shape=(n, len(points))
+        (np.ones(entries, np.int32), columns, usable_indptr), shape=(n, num_points)
     )  # [N, P] 0/1
     common = (incidence @ incidence.T).toarray()  # [N, N] |common points|
-    observed = np.bincount(rows, minlength=n)  # [N]
     with np.errstate(divide="ignore", invalid="ignore"):
         overlap = np.where(observed[:, None] > 0, common / observed[:, None], 0.0)
     unused = ~usable[:, None] | ~usable[None, :] | np.eye(n, dtype=bool)
     overlap[unused] = -1.0
 
-    # scale ratio: entries sorted by (point, image), so a track is a contiguous run of rows
-    order = np.lexsort((rows, columns))
-    rows, columns, ndepth = rows[order], columns[order], ndepth[order]
-    starts = np.flatnonzero(np.r_[True, columns[1:] != columns[:-1]])
-    lengths = np.diff(np.r_[starts, len(columns)])
+    # scale ratio over the tracks: the transposed incidence lists each point's images in ascending
+    # order; its data (entry numbers + 1, never 0) carries the permutation to the ndepth values
+    tracks = sparse.csr_matrix(
+        (np.arange(1, entries + 1), columns, usable_indptr), shape=(n, num_points)
+    ).tocsc()
+    track_images, track_nd = tracks.indices, ndepth[tracks.data - 1]  # [nnz] grouped by point
+    starts, lengths = tracks.indptr[:-1], np.diff(tracks.indptr)  # [P]
+    by_length = np.argsort(lengths, kind="stable")
+    sorted_lengths = lengths[by_length]
     best = np.full(n * n, np.inf)  # [N*N] flat (i, j) with i < j
-    for length in np.unique(lengths[lengths > 1]):
+    for length in np.unique(sorted_lengths[sorted_lengths > 1]):
         first, second = np.triu_indices(length, 1)  # every image pair within a track, i before j
-        track_starts = starts[lengths == length]
+        same = slice(*np.searchsorted(sorted_lengths, [length, length + 1]))
+        track_starts = starts[by_length[same]]
         step = max(1, _CHUNK // len(first))
         for chunk in range(0, len(track_starts), step):
             members = track_starts[chunk : chunk + step, None] + np.arange(length)  # [T, L] entries
-            image, nd = rows[members], ndepth[members]  # [T, L]
+            image, nd = track_images[members], track_nd[members]  # [T, L]
             a, b = nd[:, first], nd[:, second]  # [T, L(L-1)/2] nd of the first / second image
             ratio = np.maximum(a / b, b / a)
             np.minimum.at(best, (image[:, first] * n + image[:, second]).ravel(), ratio.ravel())
@@ -167,6 +174,20 @@ def overlap_and_scale_ratio(
     best = np.minimum(best, best.T)
     scale = np.where(np.isfinite(best), best, -1.0)
     return overlap, scale
+
+
+def _dense_columns(ids: np.ndarray) -> tuple[np.ndarray, int]:
+    """Column 0..P-1 of each (possibly repeated) 3D point id, in id order, and P."""
+    if not len(ids):
+        return np.zeros(0, np.int64), 0
+    low, high = int(ids.min()), int(ids.max())
+    if high - low < 4 * len(ids) + 1024:  # COLMAP numbers points 1, 2, ...: a table beats a sort
+        present = np.zeros(high - low + 1, bool)
+        present[ids - low] = True
+        column = np.cumsum(present) - 1
+        return column[ids - low], int(column[-1]) + 1
+    points, columns = np.unique(ids, return_inverse=True)
+    return columns, len(points)
 
 
 def principal_axis_angles(poses: np.ndarray) -> np.ndarray:
