@@ -24,8 +24,9 @@ the pixels where its elevation is crossed, within `lidar_range_m`, with a share 
 semantics benchmark (`pri3d.data.semseg.KITTISemseg` takes its first 40 sorted images as val).
 
 A drive appears under its final names only once complete (written under ``.partial/`` and moved into
-place, its poses file last), so an interrupted run resumes by skipping finished drives. Drives are
-seeded by (seed, drive index): the output does not depend on the number of workers.
+place, its poses file last), so an interrupted run resumes by skipping finished drives. Workers render
+chunks of frames; a drive's street and path are seeded by (seed, drive index) and its LiDAR dropout by
+(seed, drive index, raw frame), so the output does not depend on the number of workers.
 """
 
 from __future__ import annotations
@@ -236,7 +237,8 @@ def generate_kitti(
 ) -> dict:
     """Write `config.drives` drives and the semantics set under `out`; returns a summary.
 
-    Finished drives (and a finished semantics set) are kept.
+    Finished drives (and a finished semantics set) are kept. Work is split into chunks of frames, so
+    the progress bar counts frames and the workers stay busy whatever the number of drives.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -244,102 +246,157 @@ def generate_kitti(
     write_drive_table(out, config.drive_table)
     todo = [i for i in range(config.drives) if not _drive_done(out, config, i)]
     semantics_todo = config.semantic_frames > 0 and not (out / "data_semantics").is_dir()
-    jobs = [(out, config, i) for i in todo] + ([(out, config, -1)] if semantics_todo else [])
+    chunks: dict[int, list[tuple]] = {}  # drive index (-1: semantics) -> its jobs
+    for index in todo:
+        _stage_drive(out, config, index)
+        # raw frames with a sequence image or annotated depth (raw_start > depth_margin)
+        frames = list(range(config.depth_margin, config.drive_table[index].end + 1))
+        chunks[index] = [(out, config, index, part) for part in _split(frames)]
+    if semantics_todo:
+        _stage_semantics(out)
+        chunks[-1] = [(out, config, -1, part) for part in _split(list(range(config.semantic_frames)))]
+    jobs = [job for index_jobs in chunks.values() for job in index_jobs]
+    remaining = {index: len(index_jobs) for index, index_jobs in chunks.items()}
+    depth_counts = {index: np.zeros(2, dtype=np.int64) for index in todo}  # valid, all depth pixels
     start = time.perf_counter()
     from tqdm import tqdm
 
-    with tqdm(
-        total=len(jobs), unit="job", desc="synth kitti", disable=not progress, dynamic_ncols=True
-    ) as bar:
+    total = sum(len(job[3]) for job in jobs)
+    with tqdm(total=total, unit="frame", desc="synth kitti", disable=not progress, dynamic_ncols=True) as bar:
+
+        def finished(index: int, frames: int, counts: np.ndarray) -> None:
+            bar.update(frames)
+            if index >= 0:
+                depth_counts[index] += counts
+            remaining[index] -= 1
+            if remaining[index] == 0 and index < 0:
+                _finish_semantics(out)
+            elif remaining[index] == 0:
+                _finish_drive(out, config, index)
+
         if workers > 1 and len(jobs) > 1:
             with multiprocessing.get_context("spawn").Pool(
                 min(workers, len(jobs)), initializer=_worker_init
             ) as pool:
-                for name in pool.imap_unordered(_run_job, jobs):
-                    bar.set_postfix_str(name)
-                    bar.update(1)
+                for result in pool.imap_unordered(_render_chunk, jobs):
+                    finished(*result)
         else:
             for job in jobs:
-                bar.set_postfix_str(_run_job(job))
-                bar.update(1)
+                finished(*_render_chunk(job))
     shutil.rmtree(out / ".partial", ignore_errors=True)
+    drives = []
+    for i, entry in enumerate(config.drive_table):
+        drives.append({**entry._asdict(), "split": config.split_of(i), "generated": i in todo})
+        if i in todo:  # share of pixels with annotated depth over the drive's depth files
+            drives[-1]["depth_valid_fraction"] = round(float(depth_counts[i][0] / depth_counts[i][1]), 4)
     return {
         "out": str(out),
-        "drives": [
-            {**entry._asdict(), "split": config.split_of(i), "generated": i in todo}
-            for i, entry in enumerate(config.drive_table)
-        ],
+        "drives": drives,
         "semantic_frames": config.semantic_frames,
         "semantics_generated": semantics_todo,
         "size": list(config.size),
-        "seconds": time.perf_counter() - start,
+        "seconds": round(time.perf_counter() - start, 1),
     }
 
 
-def write_drive(out: Path, config: KittiSynthConfig, index: int) -> None:
-    """Render drive `index` under ``out/.partial/<drive>`` and move it into place, poses file last."""
+_CHUNK_FRAMES = 8
+
+
+def _split(frames: list[int]) -> list[list[int]]:
+    return [frames[k : k + _CHUNK_FRAMES] for k in range(0, len(frames), _CHUNK_FRAMES)]
+
+
+def _staging(out: Path, name: str) -> Path:
+    return out / ".partial" / name
+
+
+def _stage_drive(out: Path, config: KittiSynthConfig, index: int) -> None:
+    """Empty staging folders of drive `index` (``out/.partial/<drive>``) with calib.txt and times.txt."""
+    entry = config.drive_table[index]
+    staging = _staging(out, entry.drive)
+    shutil.rmtree(staging, ignore_errors=True)
+    image_path(staging, entry.sequence, 0).parent.mkdir(parents=True)
+    drive_depth_folder(staging, config.split_of(index), entry.drive).mkdir(parents=True)
+    write_calib(calib_path(staging, entry.sequence), kitti_calibration(entry.sequence, config.size))
+    times = "".join(f"{0.1037 * i:e}\n" for i in range(config.frames))  # KITTI's ~10 Hz time stamps
+    (calib_path(staging, entry.sequence).parent / "times.txt").write_text(times)
+
+
+def _render_chunk(job: tuple[Path, KittiSynthConfig, int, list[int]]) -> tuple[int, int, np.ndarray]:
+    """Render raw frames of a drive (or semantics images for index -1) into staging.
+
+    Returns (index, frames rendered, [valid depth pixels, depth pixels]).
+    """
+    out, config, index, frames = job
+    if index < 0:
+        _render_semantics(out, config, frames)
+        return index, len(frames), np.zeros(2, dtype=np.int64)
     drive = build_drive(config, index)
     entry = drive.entry
-    staging = out / ".partial" / entry.drive
-    shutil.rmtree(staging, ignore_errors=True)
-    calib = kitti_calibration(entry.sequence, config.size)
-    intrinsics = calib["P2"][:, :3]
-    height, width = config.size
-    image_folder = image_path(staging, entry.sequence, 0).parent
-    depth_folder = drive_depth_folder(staging, drive.split, entry.drive)
-    image_folder.mkdir(parents=True)
-    depth_folder.mkdir(parents=True)
-    write_calib(calib_path(staging, entry.sequence), calib)
-    (image_folder.parent / "times.txt").write_text("".join(f"{0.1037 * i:e}\n" for i in range(config.frames)))
-
+    staging = _staging(out, entry.drive)
+    intrinsics = kitti_calibration(entry.sequence, config.size)["P2"][:, :3]
     camera2_to_velodyne = np.linalg.inv(velodyne_to_camera0()) @ camera2_to_camera0()
-    rng = np.random.default_rng([config.seed, index, 1])
-    for raw in range(
-        config.depth_margin, entry.end + 1
-    ):  # raw_start > depth_margin: earlier frames have nothing
+    counts = np.zeros(2, dtype=np.int64)
+    for raw in frames:
         in_sequence = raw >= entry.start
         has_depth = config.depth_margin <= raw <= entry.end - config.depth_margin
-        if not (in_sequence or has_depth):
-            continue
-        view = render(drive.scene, intrinsics, drive.camera2_to_street(raw), height, width, shade=in_sequence)
+        view = render(drive.scene, intrinsics, drive.camera2_to_street(raw), *config.size, shade=in_sequence)
         if in_sequence:
             _write_png_rgb(image_path(staging, entry.sequence, raw - entry.start), view.color)
         if has_depth:
+            rng = np.random.default_rng([config.seed, index, raw])
             sparse = lidar_depth(view.depth, intrinsics, camera2_to_velodyne, rng, config)
-            write_depth_png(
-                depth_path(staging, drive.split, entry.drive, raw), encode_depth(sparse), compress_level=3
-            )
+            path = depth_path(staging, drive.split, entry.drive, raw)
+            write_depth_png(path, encode_depth(sparse), compress_level=3)
+            counts += ((sparse > 0).sum(), sparse.size)
+    return index, len(frames), counts
 
-    # move into place: depth and sequence folders, then the poses file that marks the drive complete
-    final_depth = drive_depth_folder(out, drive.split, entry.drive).parents[2]  # <drive>_sync
-    final_sequence = image_path(out, entry.sequence, 0).parents[1]
-    for source, target in ((depth_folder.parents[2], final_depth), (image_folder.parent, final_sequence)):
+
+def _finish_drive(out: Path, config: KittiSynthConfig, index: int) -> None:
+    """Move a rendered drive into place: depth and sequence folders, then the poses file that marks it
+    complete."""
+    entry = config.drive_table[index]
+    split = config.split_of(index)
+    staging = _staging(out, entry.drive)
+    moves = [
+        (
+            drive_depth_folder(staging, split, entry.drive).parents[2],
+            drive_depth_folder(out, split, entry.drive).parents[2],
+        ),
+        (calib_path(staging, entry.sequence).parent, calib_path(out, entry.sequence).parent),
+    ]
+    for source, target in moves:
         shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         source.rename(target)
     poses = poses_path(out, entry.sequence)
     poses.parent.mkdir(parents=True, exist_ok=True)
     staged_poses = staging / poses.name
-    write_poses(staged_poses, drive.sequence_poses())
+    write_poses(staged_poses, build_drive(config, index).sequence_poses())
     staged_poses.rename(poses)
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_semantics(out: Path, config: KittiSynthConfig) -> None:
-    """``data_semantics/training/{image_2,semantic}/%06d_10.png``: street photos and their label ids."""
-    staging = out / ".partial" / "data_semantics"
+def _stage_semantics(out: Path) -> None:
+    staging = _staging(out, "data_semantics")
     shutil.rmtree(staging, ignore_errors=True)
-    images, labels = staging / "training" / "image_2", staging / "training" / "semantic"
-    images.mkdir(parents=True)
-    labels.mkdir(parents=True)
-    height, width = config.size
+    for folder in ("image_2", "semantic"):
+        (staging / "training" / folder).mkdir(parents=True)
+
+
+def _render_semantics(out: Path, config: KittiSynthConfig, frames: list[int]) -> None:
+    """Street photos ``training/image_2/%06d_10.png`` and their label ids ``training/semantic/``."""
+    training = _staging(out, "data_semantics") / "training"
     intrinsics = kitti_calibration("00", config.size)["P2"][:, :3]
-    for i in range(config.semantic_frames):
+    for i in frames:
         scene, pose = street_photo(np.random.default_rng([config.seed, 1000 + i]), KITTI_CAMERA_HEIGHT)
-        view = render(scene, intrinsics, pose, height, width)
-        _write_png_rgb(images / f"{i:06d}_10.png", view.color)
-        write_label_png(labels / f"{i:06d}_10.png", view.label)
-    staging.rename(out / "data_semantics")
+        view = render(scene, intrinsics, pose, *config.size)
+        _write_png_rgb(training / "image_2" / f"{i:06d}_10.png", view.color)
+        write_label_png(training / "semantic" / f"{i:06d}_10.png", view.label)
+
+
+def _finish_semantics(out: Path) -> None:
+    _staging(out, "data_semantics").rename(out / "data_semantics")
 
 
 def _write_png_rgb(path: Path, rgb: np.ndarray) -> None:
@@ -348,15 +405,6 @@ def _write_png_rgb(path: Path, rgb: np.ndarray) -> None:
 
 def _worker_init() -> None:
     torch.set_num_threads(1)
-
-
-def _run_job(job: tuple[Path, KittiSynthConfig, int]) -> str:
-    out, config, index = job
-    if index < 0:
-        write_semantics(out, config)
-        return "data_semantics"
-    write_drive(out, config, index)
-    return config.drive_table[index].drive
 
 
 def _drive_done(out: Path, config: KittiSynthConfig, index: int) -> bool:
