@@ -250,3 +250,6 @@ def test_command_line(tmp_path: Path, capsys):
     for scene in ("0000", "0001"):
         assert len(list((out / "MegaDepth_v1" / scene / "dense0" / "depths").iterdir())) == 3
     assert not (out / ".partial").exists()
+    serial = tmp_path / "serial"
+    generate(serial, MegaDepthSynthConfig(scenes=2, images=3, max_size=48), workers=1, progress=False)
+    assert _files(serial) == _files(out)  # the output does not depend on the number of workers
