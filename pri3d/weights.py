@@ -8,7 +8,7 @@ Layouts recognised by :func:`detect_layout` (the key each is recognised by):
 | ``unet`` | ``encoder.conv1.weight`` + ``decoder.up1.*`` | a bare :class:`~pri3d.models.resunet.ResUNet` |
 | ``smp`` | ``encoder.conv1.weight`` + ``decoder.*``/``segmentation_head.*`` | `pri3d finetune semseg model=pspnet …` |
 | ``torchvision`` | ``conv1.weight``, ``layer1.0.conv1.weight`` | torchvision, timm, smp encoders, our exports |
-| ``moco`` | ``module.encoder_q.conv1.weight`` | MoCo v1/v2 (`main_moco.py`) |
+| ``moco`` | ``module.encoder_q.conv1.weight`` | MoCo v1/v2 (`main_moco.py`), `pri3d moco` (also ``encoder_q.*``) |
 | ``moco_pri3d`` | ``backbone.conv1.weight`` | the original's `mocov2_to_pri3d.py` (its wrong prefix, fixed here) |
 
 Nothing is dropped silently: every conversion returns a :class:`LoadReport` listing the keys taken,
@@ -266,7 +266,7 @@ def require_task(path: str | Path, state: dict[str, torch.Tensor], extra: dict, 
 def detect_layout(state: dict[str, torch.Tensor], source: str = "state dict") -> str:
     """The layout name of ``state`` (see the module docstring); ValueError when none fits."""
     keys = set(state)
-    if "module.encoder_q.conv1.weight" in keys:
+    if "module.encoder_q.conv1.weight" in keys or "encoder_q.conv1.weight" in keys:
         return "moco"
     if "backbone.encoder.conv1.weight" in keys:
         return "pri3d"
@@ -317,7 +317,8 @@ def mocov2_to_pri3d(state: dict[str, torch.Tensor], source: str = "MoCo checkpoi
     right; the MLP head ``fc.*``, the key encoder and the queue are skipped and reported.
     """
     layout = detect_layout(state, source)
-    prefix = {"moco": "module.encoder_q.", "moco_pri3d": "backbone."}.get(layout)
+    moco = "module.encoder_q." if "module.encoder_q.conv1.weight" in state else "encoder_q."
+    prefix = {"moco": moco, "moco_pri3d": "backbone."}.get(layout)
     if prefix is None:
         raise ValueError(f"{source}: expected a MoCo checkpoint, found the {layout} layout")
     report = LoadReport(source, layout)

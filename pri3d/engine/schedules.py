@@ -34,13 +34,19 @@ def build_scheduler(
 ):
     """A LambdaLR/MultiStepLR/StepLR stepped per optimizer step.
 
-    PolyLR decays over the run's ``total_steps`` (`Trainer.total_steps`: ``train.max_steps`` when
-    set, else ``max_epochs × steps_per_epoch``); the step schedules count epochs × steps_per_epoch.
+    PolyLR and CosineLR decay over the run's ``total_steps`` (`Trainer.total_steps`:
+    ``train.max_steps`` when set, else ``max_epochs × steps_per_epoch``); the step schedules count
+    epochs × steps_per_epoch.
     """
     if config.scheduler == "PolyLR":
         power = config.poly_power
         # the original's (1 - s / (max_iter + 1)) ** power: never exactly 0 at the last step
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: (1 - s / (total_steps + 1)) ** power)
+    if config.scheduler == "CosineLR":
+        # MoCo v2's --cos: lr · ½(1 + cos(π · progress)); stepped per optimizer step, not per epoch
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total_steps))
+        )
     if config.scheduler == "MultiStepLR":
         milestones = [e * steps_per_epoch for e in config.decay_epochs]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=config.lr_decay)
@@ -48,7 +54,9 @@ def build_scheduler(
         return torch.optim.lr_scheduler.StepLR(
             optimizer, config.step_size * steps_per_epoch, gamma=config.lr_decay
         )
-    raise ValueError(f"scheduler.scheduler={config.scheduler!r}: expected PolyLR, MultiStepLR or StepLR")
+    raise ValueError(
+        f"scheduler.scheduler={config.scheduler!r}: expected PolyLR, CosineLR, MultiStepLR or StepLR"
+    )
 
 
 class BNMomentumScheduler:

@@ -57,6 +57,7 @@ class Trainer:
         config,
         env: DistEnv,
         on_epoch_end: Callable[[Trainer, int], None] | None = None,
+        shuffle: bool = True,  # False: a dataset that orders each epoch in set_epoch is read in order
     ):
         self.config = config
         self.on_epoch_end = on_epoch_end  # called on every rank after each epoch's checkpoint (validation)
@@ -74,6 +75,7 @@ class Trainer:
             world_size=env.world_size,
             accumulate=self.accumulate,
             seed=train.seed,
+            shuffle=shuffle,
         )
         self.loader = DataLoader(
             dataset,
