@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "pri3d.preprocess.cli",
     "pri3d.coco.cli",
     "pri3d.tasks.pretrain",
+    "pri3d.tasks.moco",
     "pri3d.tasks.finetune_cli",
     "pri3d.tasks.eval_cli",
     "pri3d.tasks.export_cli",
