@@ -16,10 +16,11 @@ from pri3d.data.megadepth_pairs import MegaDepthPairs, crop_window
 from pri3d.data.mixture_pairs import MixturePairs
 from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.geometry import invert_rigid, project_points, transform_points
-from pri3d.io.colmap import colmap_to_pri3d_intrinsics
+from pri3d.io.colmap import colmap_to_pri3d_intrinsics, read_model
 from pri3d.io.images import IMAGENET_MEAN, IMAGENET_STD
 from pri3d.io.megadepth import read_depth, read_scene_info
 from pri3d.preprocess.megadepth import preprocess_megadepth
+from pri3d.synth.megadepth import MegaDepthSynthConfig, generate
 
 OPTIONS = PairOptions(size=(32, 40), num_matches=64, augment=False, threshold=0.05)
 KEYS = {
@@ -208,3 +209,30 @@ def test_mixture_yields_both_and_collates(megadepth, pretrain_root, geometric_pr
     drawn = mixture.megadepth.pairs.copy()
     mixture.set_epoch(3)
     assert mixture.scannet.epoch == 3 and not np.array_equal(mixture.megadepth.pairs, drawn)
+
+
+def test_generated_megadepth_pairs_see_their_central_point(tmp_path):
+    """On `pri3d synth megadepth` data: the central 3D point (from the SfM model) projects through
+    each crop's camera into the crop, and most pairs find matches."""
+    generate(
+        tmp_path, MegaDepthSynthConfig(scenes=1, images=8, max_size=64, points_per_image=30), progress=False
+    )
+    preprocess_megadepth(tmp_path, progress=False)
+    model = read_model(tmp_path / "MegaDepth_v1_SfM" / "0000" / "sparse" / "manhattan" / "0")
+    pairs = MegaDepthPairs(tmp_path, dataclasses.replace(OPTIONS, size=(24, 32)), pairs_per_scene=8)
+    matched = 0
+    for index in range(8):
+        point_id, *centers = pairs.central_match(index)
+        item = pairs[index]
+        xyz = torch.from_numpy(model.point_xyz(np.array([point_id]))).double()
+        for v, center in zip((1, 2), centers):
+            rowcol, _ = project_points(
+                item[f"intrinsics{v}"].double(), transform_points(item[f"world_to_camera{v}"].double(), xyz)
+            )
+            pixel = torch.floor(rowcol[0] + 0.5)
+            assert 0 <= pixel[0] < 24 and 0 <= pixel[1] < 32
+            # float32 crop intrinsics and pose: about 3e-6 px on this data; 1e-3 allows larger SfM scales
+            offset = center - rowcol[0].numpy()
+            np.testing.assert_allclose(offset, np.round(offset), atol=1e-3)
+        matched += bool(item["match_valid"].any())
+    assert matched >= 6

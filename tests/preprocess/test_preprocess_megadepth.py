@@ -7,8 +7,10 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pycolmap
 import pytest
 from megadepth_fixture import GRAYSCALE, MASK, NO_DEPTH, copy_scene, write_tiny_scene
+from PIL import Image
 
 from pri3d.cli import main
 from pri3d.io.colmap import colmap_to_pri3d_intrinsics, colmap_xy_to_rowcol, read_model
@@ -20,6 +22,7 @@ from pri3d.preprocess.megadepth import (
     principal_axis_angles,
 )
 from pri3d.preprocess.output_folder import output_lock
+from pri3d.synth.megadepth import MegaDepthSynthConfig, generate
 
 
 @pytest.fixture(scope="module")
@@ -241,3 +244,38 @@ def test_missing_layout_is_a_clear_error(tmp_path):
     (tmp_path / "MegaDepth_v1" / "0001" / "dense0" / "imgs").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match=r"no <scene>/dense0/imgs for scenes \['nope'\]"):
         preprocess_megadepth(tmp_path, scenes=["nope"], progress=False)
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """`pri3d synth megadepth` output (one small scene), preprocessed."""
+    root = tmp_path_factory.mktemp("synth_megadepth")
+    config = MegaDepthSynthConfig(scenes=1, images=10, max_size=64, points_per_image=30)
+    generate(root, config, workers=1, progress=False)
+    return root, preprocess_megadepth(root, progress=False)
+
+
+def test_generated_scene_overlap_equals_a_direct_count_on_its_tracks(generated):
+    root, report = generated
+    assert report["scenes"]["done"] == 1 and report["images"]["dropped"]["depth_size_differs"] == 0
+    info = read_scene_info(root / "scene_info" / "0000.npz")
+    source = pycolmap.Reconstruction(root / "MegaDepth_v1_SfM" / "0000" / "sparse" / "manhattan" / "0")
+    image_ids = {image.name: image_id for image_id, image in source.images.items()}
+    index = {image_ids[Path(path).name]: i for i, path in enumerate(info.image_paths)}
+    seen = [set() for _ in info.image_paths]  # from the tracks of the 3D points, not the images' keypoints
+    for point_id, point in source.points3D.items():
+        for element in point.track.elements:
+            seen[index[element.image_id]].add(point_id)
+    usable = info.usable
+    assert usable.sum() >= 8
+    for i in range(len(seen)):
+        for j in range(len(seen)):
+            expected = len(seen[i] & seen[j]) / len(seen[i]) if usable[i] and usable[j] and i != j else -1.0
+            assert info.overlap_matrix[i, j] == expected
+    # the undistorted photos are the generator's dense images, pixel grid for pixel grid
+    for path in info.image_paths:
+        with (
+            Image.open(root / path) as undistorted,
+            Image.open(root / "MegaDepth_v1" / "0000" / "dense0" / "imgs" / Path(path).name) as dense,
+        ):
+            assert undistorted.size == dense.size
