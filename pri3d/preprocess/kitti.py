@@ -33,6 +33,7 @@ per drive, and torch would cost each about 0.6 GB.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -40,7 +41,7 @@ import queue
 import shutil
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,6 +88,7 @@ REPORT_NAME = "preprocess_report.json"
 DRIVE_REPORT_NAME = "drive_report.json"
 #: Partners of one frame projected per batch (bounds memory to a few [16, N, 3] float64 arrays).
 PARTNER_BATCH = 16
+_BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _NPY_HEADER_BYTES = 128  # room for any [rows, 4] int16 header; rewritten with the final row count
 
 
@@ -133,40 +135,55 @@ def frame_points(depth: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 
 def match_partners(
-    points: np.ndarray, K: np.ndarray, camera_i_to_j: np.ndarray, depths_j: np.ndarray, threshold: float
+    points: np.ndarray, K: np.ndarray, camera_i_to_j: np.ndarray, depths_j: list[np.ndarray], threshold: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Where frame i's points land in each partner j, and whether they match there.
+
+    Each partner's camera is one 3x4 matrix K [R | t]; a batch of partners is one matrix product of
+    their stacked matrices with the homogeneous points (rows z·u, z·v and z per partner).
 
     Args:
         points: [N, 3] camera points of frame i (:func:`frame_points`); K: [3, 3] of both frames.
         camera_i_to_j: [J, 4, 4] rigid transforms camera 2 (i) -> camera 2 (j).
-        depths_j: [J, H, W] the partners' depth, metres, 0 invalid.
+        depths_j: J depth maps [H, W] of the partners, metres, 0 invalid.
         threshold: metres; |point depth - depth_j| must be below it.
     Returns:
-        matched bool [J, N] and pixel_j int64 [J, N, 2] (row, col; 0 where unmatched).
+        matched bool [J, N] and pixel_j int64 [J, N], the flat index row * W + col of the nearest pixel
+        in frame j (meaningful where matched).
     """
-    num_partners, height, width = depths_j.shape
-    matched = np.zeros((num_partners, len(points)), dtype=bool)
-    pixel_j = np.zeros((num_partners, len(points), 2), dtype=np.int64)
-    fx, skew, cx, fy, cy = K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]
-    flat_depths = depths_j.reshape(num_partners, -1)
+    height, width = depths_j[0].shape
+    num_partners, num_points = len(depths_j), len(points)
+    matched = np.zeros((num_partners, num_points), dtype=bool)
+    pixel_j = np.zeros((num_partners, num_points), dtype=np.int64)
+    homogeneous = np.concatenate((points, np.ones((num_points, 1))), axis=1).T.copy()  # [4, N]
+    projections = (K @ camera_i_to_j[:, :3, :]).transpose(1, 0, 2)  # [3, J, 4]: rows of z·u, z·v, z
+    # In-place steps on [b, N] blocks: fresh temporaries of this size cost as much as the arithmetic.
     for first in range(0, num_partners, PARTNER_BATCH):
-        batch = slice(first, first + PARTNER_BATCH)
-        transform = camera_i_to_j[batch]  # [b, 4, 4]
-        moved = points @ transform[:, :3, :3].transpose(0, 2, 1) + transform[:, None, :3, 3]  # [b, N, 3]
-        z = moved[..., 2]
-        with np.errstate(divide="ignore", invalid="ignore"):  # z = 0 fails the z > 0 test below
-            x_over_z = moved[..., 0] / z
-            y_over_z = moved[..., 1] / z
-            col = np.floor(fx * x_over_z + skew * y_over_z + cx + 0.5)
-            row = np.floor(fy * y_over_z + cy + 0.5)
-            inside = (z > 0) & (row >= 0) & (row < height) & (col >= 0) & (col < width)
-        row = np.where(inside, row, 0).astype(np.int64)
-        col = np.where(inside, col, 0).astype(np.int64)
-        depth_there = np.take_along_axis(flat_depths[batch], row * width + col, axis=1)  # [b, N]
-        ok = inside & (depth_there > 0) & (np.abs(z - depth_there) < threshold)
-        matched[batch] = ok
-        pixel_j[batch] = np.stack((row, col), axis=-1) * ok[..., None]
+        b = min(PARTNER_BATCH, num_partners - first)
+        rows_zu_zv_z = projections[:, first : first + b].reshape(-1, 4)  # [3b, 4]
+        projected = (rows_zu_zv_z @ homogeneous).reshape(3, b, num_points)
+        z, uv = projected[2], projected[:2]  # [b, N], [2, b, N] (z·u, z·v)
+        with np.errstate(divide="ignore", invalid="ignore"):  # z <= 0 fails the test below
+            np.divide(uv, z, out=uv)
+            uv += 0.5
+            np.floor(uv, out=uv)  # nearest pixel (u, v)
+            col, row = uv.astype(np.int64)  # NaN/inf become int64's minimum: outside in the unsigned test
+        inside = col.view(np.uint64) < width
+        inside &= row.view(np.uint64) < height
+        inside &= z > 0
+        index = row  # row * width + col, 0 outside the image
+        index *= width
+        index += col
+        index *= inside
+        for k in range(b):
+            depth_there = depths_j[first + k].ravel()[index[k]]  # [N]
+            error = z[k] - depth_there
+            np.abs(error, out=error)
+            ok = error < threshold
+            ok &= depth_there > 0
+            ok &= inside[k]
+            matched[first + k] = ok
+        pixel_j[first : first + b] = index
     return matched, pixel_j
 
 
@@ -271,14 +288,18 @@ def preprocess_drive(
                         points_i,
                         K,
                         transforms,
-                        np.stack([depths[j] for j in partners]),
+                        [depths[j] for j in partners],
                         options.depth_threshold,
                     )
                     counts = matched.sum(1)
                     ratios = overlap_ratio(counts, valid[frame_i], [valid[j] for j in partners])
                     tested += len(partners)
+                    width = depths[frame_i].shape[1]
                     for k in np.flatnonzero(ratios > options.min_ratio):
-                        rows = np.concatenate((pixels_i[matched[k]], pixels_j[k, matched[k]]), axis=1)
+                        index_j = pixels_j[k, matched[k]]
+                        rows = np.concatenate(
+                            (pixels_i[matched[k]], np.stack((index_j // width, index_j % width), 1)), axis=1
+                        )
                         pair = KittiPair(
                             entry.drive,
                             drive.split,
@@ -439,7 +460,10 @@ def _run_jobs(jobs: list, workers: int, bar: tqdm) -> list[dict[str, Any]]:
         return results
     context = multiprocessing.get_context("spawn")
     progress_queue = context.Queue()
-    with context.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(progress_queue,)) as pool:
+    with (
+        _one_blas_thread_in_children(),
+        context.Pool(min(workers, len(jobs)), initializer=_worker_init, initargs=(progress_queue,)) as pool,
+    ):
         pending = [pool.apply_async(_pool_job, (job,)) for job in jobs]
         while pending:
             try:
@@ -452,6 +476,23 @@ def _run_jobs(jobs: list, workers: int, bar: tqdm) -> list[dict[str, Any]]:
         while not progress_queue.empty():
             advance(*progress_queue.get())
     return results
+
+
+@contextlib.contextmanager
+def _one_blas_thread_in_children() -> Iterator[None]:
+    """Processes started inside the block run BLAS on one thread (unless the user set the variables).
+
+    Parallelism is one process per drive; BLAS threads in each would contend for the same cores (the
+    small 3x4 projections ran ~5x slower that way on a loaded 2-core machine).
+    """
+    saved = {name: os.environ.get(name) for name in _BLAS_THREAD_VARIABLES}
+    os.environ.update({name: "1" for name, value in saved.items() if value is None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
 
 
 def _finished_report(out: Path, drive: DriveInput, options: KittiOptions) -> dict[str, Any] | str | None:
