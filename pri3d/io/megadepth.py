@@ -130,8 +130,8 @@ def read_depth(
 ) -> np.ndarray:
     """The ``/depth`` dataset of a MegaDepth ``.h5`` file as float32 [H, W].
 
-    window: (top, left, height, width) reads only that part (clipped to the map; h5py reads just
-    those rows). Values that are not finite and > 0 become 0, pri3d's invalid depth, unless ``raw``
+    window: (top, left, height, width) reads only that part (top, left >= 0; a window reaching past
+    the bottom or right edge gives the part inside the map; h5py reads just those rows). Values that are not finite and > 0 become 0, pri3d's invalid depth, unless ``raw``
     (the stored values, e.g. to test :func:`is_mask`). Raises FileNotFoundError / ValueError naming
     the file.
     """
@@ -142,7 +142,9 @@ def read_depth(
             values = dataset[()]
         else:
             top, left, height, width = window
-            values = dataset[max(top, 0) : max(top + height, 0), max(left, 0) : max(left + width, 0)]
+            if top < 0 or left < 0:
+                raise ValueError(f"{path}: depth window {window} starts outside the map")
+            values = dataset[top : top + height, left : left + width]
     if raw:
         return values
     depth = values.astype(np.float32)

@@ -115,6 +115,8 @@ def test_read_depth_windows_and_invalid_values(tmp_path):
     np.testing.assert_array_equal(read_depth(tmp_path / "d.h5", window=(1, 2, 5, 5)), expected[1:, 2:])
     assert np.isnan(read_depth(tmp_path / "d.h5", raw=True)[0, 0])
     assert depth_shape(tmp_path / "d.h5") == (3, 4)
+    with pytest.raises(ValueError, match=r"d\.h5: depth window \(-1, 0, 2, 2\) starts outside the map"):
+        read_depth(tmp_path / "d.h5", window=(-1, 0, 2, 2))
 
 
 def test_depth_errors_name_the_file(tmp_path):
