@@ -246,7 +246,8 @@ def checkpoint_task(state: dict[str, torch.Tensor], extra: dict) -> str:
     checkpoint has none, but its heads (``w2d``, ``w3d``, ``headnet``) and 3D network give it away.
     """
     config = extra.get("config") if isinstance(extra.get("config"), dict) else {}
-    if "pretrain" in config or any(k.split(".")[0] in ("w2d", "w3d", "headnet", "backbone3d") for k in state):
+    heads = any(k.split(".")[0] in ("w2d", "w3d", "headnet", "backbone3d") for k in state)
+    if "pretrain" in config or "moco" in config or heads:  # `pri3d pretrain`, `pri3d moco`, the original
         return "pretrain"
     if any(k.startswith("detector.") for k in state):
         return "insseg"

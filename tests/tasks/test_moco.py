@@ -131,7 +131,7 @@ def test_cosine_schedule_follows_half_a_cosine_over_the_run():
 
 
 @pytest.mark.slow
-def test_run_writes_moco_files_that_export_and_initialise_fine_tuning(reference, tmp_path):
+def test_run_writes_moco_files_that_export_and_initialise_fine_tuning(reference, tmp_path, capsys):
     folder = reference / "checkpoints"
     files = sorted(folder.glob("checkpoint_*.pth.tar"))
     assert [f.name for f in files] == [
@@ -172,6 +172,10 @@ def test_run_writes_moco_files_that_export_and_initialise_fine_tuning(reference,
     for name, value in model.backbone.encoder.state_dict().items():
         assert torch.equal(value, final[f"encoder_q.{name}"]), name
     assert "module.queue" in report.skipped and "module.encoder_q.fc.0.weight" in report.skipped
+
+    # evaluating the run as a segmentation model is refused, naming what it is and what to do with it
+    assert main(["eval", "semseg", f"checkpoint={reference}"]) == 1
+    assert "is a Pri3D pre-training checkpoint, not a semantic segmentation one" in capsys.readouterr().err
 
 
 @pytest.mark.slow
