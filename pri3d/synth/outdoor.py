@@ -281,11 +281,12 @@ def _sunlight(cos_incidence: np.ndarray) -> np.ndarray:
 
 
 def _uniform(seeds: np.ndarray, k: int) -> np.ndarray:
-    """A per-seed number in [0, 1) (value noise at a lattice point is the lattice hash)."""
-    seeds = np.asarray(seeds, dtype=np.int64)
-    lattice = np.zeros((len(seeds), 3))
+    """A number in [0, 1) per seed [N] (value noise at a lattice point is the lattice hash), hashed
+    once per distinct seed."""
+    unique, inverse = np.unique(np.asarray(seeds, dtype=np.int64), return_inverse=True)
+    lattice = np.zeros((len(unique), 3))
     lattice[:, 0] = k
-    return value_noise(lattice, seeds)
+    return value_noise(lattice, unique)[inverse]
 
 
 def box_color(scene: OutdoorScene, part: np.ndarray, face: np.ndarray, local: np.ndarray) -> np.ndarray:
@@ -343,11 +344,12 @@ def _facade(
     in_grid = (cell >= 0) & (cell < columns) & (height < top - 0.8)
     opening = in_grid & (np.abs(col_frac) < 0.5 * width) & (row_frac > 0.9) & (row_frac < 2.3)
     pane = opening & (np.abs(col_frac) < 0.5 * width - 0.08) & (row_frac > 0.98) & (row_frac < 2.22)
-    cell_id = np.stack([np.floor(cell), np.floor(level), np.zeros_like(cell)], 1)
-    glass = np.array([0.16, 0.2, 0.27]) * (0.7 + 0.8 * value_noise(cell_id, seed + 3))[:, None]
-    frame = np.array([0.85, 0.84, 0.8])
-    out = np.where(opening[:, None], frame, wall)
-    return np.where(pane[:, None], glass, out)
+    out = np.where(opening[:, None], np.array([0.85, 0.84, 0.8]), wall)  # window frames
+    # each pane its own shade of glass (hashed by its window cell)
+    cell_id = np.stack([np.floor(cell[pane]), np.floor(level[pane]), np.zeros(pane.sum())], 1)
+    brightness = 0.7 + 0.8 * value_noise(cell_id, seed[pane] + 3)
+    out[pane] = np.array([0.16, 0.2, 0.27]) * brightness[:, None]
+    return out
 
 
 def ground_color(rule: GroundBands, xy: np.ndarray, label: np.ndarray) -> np.ndarray:
