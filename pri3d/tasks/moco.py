@@ -88,6 +88,7 @@ def write_moco_checkpoint(model: MoCo, path: Path, epoch: int, step: int) -> Pat
         "step": step,
         "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
     }
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path, "wb") as handle:
         torch.save(state, handle)
     return path

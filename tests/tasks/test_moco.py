@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from pri3d.engine.config import ConfigError, SchedulerConfig, check_run_config, 
 from pri3d.engine.schedules import build_scheduler
 from pri3d.models.moco import MoCo
 from pri3d.models.segmentation import build_segmentation_model, initialise
-from pri3d.tasks.moco import check_bn_groups, moco_pretrain
+from pri3d.tasks.moco import _MoCoFiles, check_bn_groups, moco_pretrain
 from pri3d.tasks.moco_config import MOCO_RULES, MoCoRunConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,6 +129,19 @@ def test_cosine_schedule_follows_half_a_cosine_over_the_run():
     for step in (0, 10, 20, 33, 40):
         assert math.isclose(rates[step], 0.03 * 0.5 * (1 + math.cos(math.pi * step / 40)), abs_tol=1e-12)
     assert rates[0] == 0.03 and math.isclose(rates[20], 0.015) and rates[40] < 1e-18
+
+
+def test_moco_files_are_pruned_to_the_newest_keep_checkpoints(tmp_path):
+    config = load_config(MoCoRunConfig, [f"train.log_dir={tmp_path}", "train.keep_checkpoints=2"])
+    files = _MoCoFiles(MoCo("resnet18", queue_size=4), config)
+    trainer = SimpleNamespace(env=SimpleNamespace(is_main=True), step=0, logger=SimpleNamespace(info=print))
+    for epoch in range(1, 5):
+        trainer.step = 3 * epoch
+        files(trainer, epoch)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["checkpoint_0002.pth.tar", "checkpoint_0003.pth.tar"]
+    state = torch.load(tmp_path / "checkpoints" / kept[-1], weights_only=True)
+    assert (state["epoch"], state["step"], state["arch"]) == (4, 12, "resnet18")
 
 
 @pytest.mark.slow
