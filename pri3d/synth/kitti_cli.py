@@ -71,7 +71,15 @@ def add_parser(datasets) -> None:
         "(default %(default)s)",
     )
     parser.add_argument(
-        "--workers", type=int, default=2, help="drives generated in parallel (default %(default)s)"
+        "--lidar-dropout",
+        type=float,
+        default=d.lidar_dropout,
+        metavar="SHARE",
+        help="share of scan-line points left without depth; lower gives denser depth maps and more "
+        "frame pairs above preprocessing's overlap ratio (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes rendering chunks of 8 frames (default %(default)s)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
@@ -86,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         semantic_frames=args.semantic_frames,
         raw_start=args.raw_start,
         val_drives=args.val_drives,
+        lidar_dropout=args.lidar_dropout,
     )
     summary = generate_kitti(args.out, config, workers=args.workers, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
