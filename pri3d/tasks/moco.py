@@ -32,7 +32,14 @@ from pri3d.models.moco import MoCo
 from pri3d.tasks.moco_config import MOCO_RULES, MoCoRunConfig
 from pri3d.tasks.pretrain import PAIR_LISTS
 
-__all__ = ["build_dataset", "build_model", "moco_pretrain", "write_moco_checkpoint"]
+__all__ = [
+    "MoCoFiles",
+    "build_dataset",
+    "build_model",
+    "check_bn_groups",
+    "moco_pretrain",
+    "write_moco_checkpoint",
+]
 
 
 def build_dataset(config: MoCoRunConfig) -> MoCoFrames:
@@ -94,7 +101,7 @@ def write_moco_checkpoint(model: MoCo, path: Path, epoch: int, step: int) -> Pat
     return path
 
 
-class _MoCoFiles:
+class MoCoFiles:
     """Writes ``checkpoint_<e>.pth.tar`` (upstream's names: e is the 0-based epoch written at its end)
     on the main rank, keeping the newest ``train.keep_checkpoints`` of them when that is set."""
 
@@ -139,7 +146,7 @@ def moco_pretrain(config: MoCoRunConfig) -> dict:
         torch.manual_seed(config.train.seed)  # identical initialisation (head, queue) on every rank
         dataset = build_dataset(config)
         model = build_model(config)
-        files = _MoCoFiles(model, config)
+        files = MoCoFiles(model, config)
         with Trainer(
             model, dataset, collate_views, config, env, on_epoch_end=files, shuffle=not dataset.orders_epochs
         ) as trainer:

@@ -24,7 +24,7 @@ from pri3d.engine.config import ConfigError, SchedulerConfig, check_run_config, 
 from pri3d.engine.schedules import build_scheduler
 from pri3d.models.moco import MoCo
 from pri3d.models.segmentation import build_segmentation_model, initialise
-from pri3d.tasks.moco import _MoCoFiles, check_bn_groups, moco_pretrain
+from pri3d.tasks.moco import MoCoFiles, check_bn_groups, moco_pretrain
 from pri3d.tasks.moco_config import MOCO_RULES, MoCoRunConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def test_cosine_schedule_follows_half_a_cosine_over_the_run():
 
 def test_moco_files_are_pruned_to_the_newest_keep_checkpoints(tmp_path):
     config = load_config(MoCoRunConfig, [f"train.log_dir={tmp_path}", "train.keep_checkpoints=2"])
-    files = _MoCoFiles(MoCo("resnet18", queue_size=4), config)
+    files = MoCoFiles(MoCo("resnet18", queue_size=4), config)
     trainer = SimpleNamespace(env=SimpleNamespace(is_main=True), step=0, logger=SimpleNamespace(info=print))
     for epoch in range(1, 5):
         trainer.step = 3 * epoch
