@@ -92,7 +92,9 @@ class KittiSynthConfig:
     semantic_frames: int = 50  # data_semantics/training images (KITTISemseg: first 40 are val)
     raw_start: int = 10  # raw frame of the first drive's sequence frame 0; drive k adds 7 * k
     depth_margin: int = 5  # raw frames without annotated depth at each end of a drive
-    val_drives: int = 1  # the last drives go to the annotated-depth val split (never all of them)
+    val_every: int = (
+        2  # every val_every-th drive (2nd, 4th, ...) is in the annotated-depth val split; 0: none
+    )
     lidar_range_m: float = 80.0
     lidar_dropout: float = 0.3  # share of scan-line points without a depth value
     spacing_m: float = 1.0  # distance driven per frame
@@ -108,7 +110,7 @@ class KittiSynthConfig:
             "semantic_frames": self.semantic_frames >= 0,
             "raw_start": self.raw_start > self.depth_margin,
             "depth_margin": self.depth_margin >= 0,
-            "val_drives": self.val_drives >= 0,
+            "val_every": self.val_every >= 0,
             "lidar_range_m": self.lidar_range_m > 0,
             "lidar_dropout": 0.0 <= self.lidar_dropout < 1.0,
             "spacing_m": self.spacing_m > 0,
@@ -123,9 +125,8 @@ class KittiSynthConfig:
         ]
 
     def split_of(self, index: int) -> str:
-        """Annotated-depth split of drive `index`: the last `val_drives` are val, at least one is train."""
-        num_val = min(self.val_drives, self.drives - 1)
-        return "val" if index >= self.drives - num_val else "train"
+        """Annotated-depth split of drive `index`; fixed per drive, so adding drives moves none."""
+        return "val" if self.val_every and index % self.val_every == self.val_every - 1 else "train"
 
 
 def intrinsics_for(sequence: str, size: tuple[int, int]) -> np.ndarray:

@@ -63,12 +63,12 @@ def add_parser(datasets) -> None:
         f"later; must exceed the {d.depth_margin} frames without annotated depth (default %(default)s)",
     )
     parser.add_argument(
-        "--val-drives",
+        "--val-every",
         type=int,
-        default=d.val_drives,
+        default=d.val_every,
         metavar="N",
-        help="last drives put in the annotated-depth val split, at least one drive stays in train "
-        "(default %(default)s)",
+        help="every Nth drive (the Nth, 2Nth, ...) goes to the annotated-depth val split, the others to "
+        "train; 0 puts all in train (default %(default)s)",
     )
     parser.add_argument(
         "--lidar-dropout",
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         semantic_frames=args.semantic_frames,
         raw_start=args.raw_start,
-        val_drives=args.val_drives,
+        val_every=args.val_every,
         lidar_dropout=args.lidar_dropout,
     )
     summary = generate_kitti(args.out, config, workers=args.workers, progress=not args.quiet)

@@ -210,6 +210,11 @@ def test_generation_is_deterministic_and_resumes(tmp_path: Path):
     summary = generate_kitti(first, config, progress=False)
     assert summary["drives"][0]["generated"] is True
     assert poses_path(first, "00").read_bytes() == poses_path(second, "00").read_bytes()
+    # more drives: the first is kept where it is, the second goes to val
+    more = KittiSynthConfig(drives=2, frames=12, size=(24, 80), semantic_frames=2, seed=3)
+    summary = generate_kitti(first, more, progress=False)
+    assert [(d["generated"], d["split"]) for d in summary["drives"]] == [(False, "train"), (True, "val")]
+    assert not (first / "depth/data_depth_annotated/val/2011_10_03_drive_0027_sync").exists()
     with pytest.raises(ValueError, match="frames=12"):
         generate_kitti(first, KittiSynthConfig(drives=1, frames=13, size=(24, 80), seed=3), progress=False)
 
