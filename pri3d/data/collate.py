@@ -10,7 +10,8 @@ losses use it as any other pair, and its all-False `vp_valid{v}` rows take it ou
 geometric-prior loss, which averages over the pairs that have matches (`batched_info_nce`). So the
 other pairs' 3D loss is exactly what it would be without it, where dropping the sample would also
 shrink the 2D losses' batch. Such pairs are counted under `counts["pairs_without_point_cloud"]`.
-Only a micro-batch in which no pair has a cloud is dropped whole: the 3D network needs a voxel.
+A micro-batch in which no pair has a cloud (e.g. MegaDepth pairs of a Mixture) is kept too: its voxel
+tables are empty and the model gives it a geometric-prior loss of 0 (`pri3d.models.pri3d`).
 """
 
 from __future__ import annotations
@@ -25,13 +26,6 @@ def collate_pairs(samples: list[dict]) -> dict:
     and, with voxel chunks, `counts` (named counters the trainer adds up)."""
     skipped = [s["skip"] for s in samples if "skip" in s]
     samples = [s for s in samples if "skip" not in s]
-    if samples and "voxels1" in samples[0] and not any(len(s["voxels1"]) for s in samples):
-        skipped += [
-            f"{s['scene']} frames {s['frames'][0]}/{s['frames'][1]}: {s['scene']} has no point cloud, and "
-            "no other pair of its micro-batch has one for the 3D network"
-            for s in samples
-        ]
-        samples = []
     batch: dict = {"batch_size": len(samples), "skipped": skipped}
     if not samples:
         return batch

@@ -82,11 +82,18 @@ class Pri3D(nn.Module):
         if self.geometric_prior:
             geo = []
             for v, feature in zip((1, 2), features):
-                # spconv computes in float32 only: keep the 3D network out of autocast
-                with torch.autocast(device_type=feature.device.type, enabled=False):
-                    voxel_features = self.backbone3d(
-                        batch[f"voxels{v}"], batch[f"voxel_colors{v}"].float()
-                    )  # [N, 96]
+                if len(batch[f"voxels{v}"]):
+                    # spconv computes in float32 only: keep the 3D network out of autocast
+                    with torch.autocast(device_type=feature.device.type, enabled=False):
+                        voxel_features = self.backbone3d(
+                            batch[f"voxels{v}"], batch[f"voxel_colors{v}"].float()
+                        )  # [N, 96]
+                else:
+                    # No pair of this micro-batch has a point cloud (MegaDepth pairs of a Mixture): every
+                    # vp_valid row is False and points at row 0, so the loss below is 0. The zero-weighted
+                    # parameter sum gives the 3D network zero gradients, so DDP ranks reduce the same tensors.
+                    unused = sum(p.sum() for p in self.backbone3d.parameters())
+                    voxel_features = feature.new_zeros(1, FEATURE3D_DIM) + 0.0 * unused  # [1, 96]
                 q = self.w2d(_gather_pixels(feature, batch[f"vp_pixel{v}"]).float())  # [B, S, 64]
                 k = self.w3d(voxel_features[batch[f"vp_voxel{v}"]])  # [B, S, 64]
                 geo.append(self.info_nce(q, k, batch[f"vp_valid{v}"]))

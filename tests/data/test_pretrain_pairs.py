@@ -12,6 +12,7 @@ from pri3d.data.collate import collate_pairs
 from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.geometry import invert_rigid, project_points, transform_points
 from pri3d.io.pairs import read_pair_list
+from pri3d.models.pri3d import Pri3D
 
 OPTIONS = PairOptions(size=(60, 80), num_matches=64, geometric_prior=True)
 
@@ -198,10 +199,16 @@ def test_a_scene_without_a_point_cloud_trains_the_2d_losses_only(pretrain_root, 
             assert batch[f"vp_voxel{v}"].max() < len(batch[f"voxels{v}"])  # every index is a real row
             assert batch[f"vp_valid{v}"].sum() == with_cloud[f"vp_valid{v}"].sum()
 
-    # the 3D network cannot run on no voxels: a micro-batch of such pairs alone is skipped, with why
+    # a micro-batch of such pairs alone still trains the 2D losses; its 3D loss is 0 with zero gradients
     alone = collate_pairs([without, without])
-    assert alone["batch_size"] == 0 and len(alone["skipped"]) == 2
-    assert all("scene0001_00 has no point cloud" in reason for reason in alone["skipped"])
+    assert alone["batch_size"] == 2 and not alone["skipped"] and alone["voxels1"].shape == (0, 4)
+    assert alone["counts"] == {"pairs_without_point_cloud": 2}
+    model = Pri3D("Res18UNet", geometric_prior=True, depth=True)
+    losses = model(alone)
+    assert losses["geo_loss"] == 0 and losses["view_loss"] > 0 and losses["depth_loss"] > 0
+    losses["total_loss"].backward()
+    assert all(p.grad is not None and not p.grad.any() for p in model.backbone3d.parameters())
+    assert model.backbone.encoder.conv1.weight.grad.abs().sum() > 0
 
 
 def test_a_pair_list_without_any_point_cloud_is_refused_up_front(pretrain_root, tmp_path):
