@@ -16,6 +16,9 @@ from pathlib import Path
 import torch
 
 from pri3d.data.collate import collate_pairs
+from pri3d.data.kitti_pairs import KITTIPairs
+from pri3d.data.megadepth_pairs import MegaDepthPairs
+from pri3d.data.mixture_pairs import MixturePairs
 from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.engine import distributed
 from pri3d.engine.config import check_run_config, expand_overrides, load_config, to_yaml
@@ -33,7 +36,12 @@ PAIR_LISTS = {
 
 def build_dataset(config: PretrainRunConfig):
     """The pair dataset `dataset.name` selects; each yields the items `collate_pairs` batches."""
-    builders = {"ScanNet": _scannet_pairs}
+    builders = {
+        "ScanNet": _scannet_pairs,
+        "MegaDepth": _megadepth_pairs,
+        "KITTI": _kitti_pairs,
+        "Mixture": _mixture_pairs,
+    }
     if config.dataset.name not in builders:
         raise ValueError(f"dataset.name={config.dataset.name!r}: expected one of {', '.join(builders)}")
     return builders[config.dataset.name](config)
@@ -60,6 +68,37 @@ def _scannet_pairs(config: PretrainRunConfig) -> ScanNetPairs:
         PAIR_LISTS[config.train.phase],
         _pair_options(config),
         pointcloud_dir=config.dataset.pointcloud_path or None,
+    )
+
+
+def _megadepth_pairs(config: PretrainRunConfig) -> MegaDepthPairs:
+    return MegaDepthPairs(
+        config.dataset.path,
+        _pair_options(config),
+        pairs_per_scene=config.dataset.pairs_per_scene,
+        min_overlap=config.dataset.min_overlap,
+    )
+
+
+def _kitti_pairs(config: PretrainRunConfig) -> KITTIPairs:
+    return KITTIPairs(config.dataset.path, _pair_options(config), resize=config.dataset.resize)
+
+
+def _mixture_pairs(config: PretrainRunConfig) -> MixturePairs:
+    if not config.dataset.megadepth_path:
+        raise ValueError(
+            "dataset.name=Mixture needs dataset.megadepth_path (the MegaDepth root; dataset.path is ScanNet's)"
+        )
+    if config.train.phase not in PAIR_LISTS:
+        raise ValueError(f"train.phase={config.train.phase!r}: expected one of {sorted(PAIR_LISTS)}")
+    return MixturePairs(
+        config.dataset.path,
+        config.dataset.megadepth_path,
+        _pair_options(config),
+        pair_list=PAIR_LISTS[config.train.phase],
+        pointcloud_dir=config.dataset.pointcloud_path or None,
+        pairs_per_scene=config.dataset.pairs_per_scene,
+        min_overlap=config.dataset.min_overlap,
     )
 
 
