@@ -17,8 +17,8 @@ def add_parser(datasets) -> None:
         "kitti",
         help="street drives in KITTI's odometry, annotated-depth and semantics formats",
         description="Generate procedural street drives written exactly as KITTI distributes them: odometry "
-        "poses/<seq>.txt and sequences/<seq>/{calib.txt, times.txt, image_2/%%06d.png}, raw-drive annotated "
-        "depth depth/data_depth_annotated/{train,val}/<drive>_sync/proj_depth/groundtruth/image_02/%%010d.png "
+        "poses/<seq>.txt and sequences/<seq>/{calib.txt, times.txt, image_2/%06d.png}, raw-drive annotated "
+        "depth depth/data_depth_annotated/{train,val}/<drive>_sync/proj_depth/groundtruth/image_02/%010d.png "
         "(uint16 metres x 256, sparse LiDAR scan lines) and data_semantics/training/{image_2,semantic} "
         "(Cityscapes label ids). Each odometry sequence starts at a non-zero raw frame of its drive "
         "(OUT/odometry_drives.txt). Re-running with the same options skips finished drives.",
