@@ -25,13 +25,16 @@ spconv CPU facts handled here (spconv 2.3.8):
 
 Both patches are applied once, at import, to ``spconv.pytorch.ops`` only.
 
-Backends: the network's parameters are spconv modules, but the convolutions run either through
-spconv or through :mod:`pri3d.models.sparse_conv_torch` (torch ops on spconv's weights and offset
-convention, for CPU and CUDA tensors). With ``backend="auto"`` (the default) CPU tensors take the
-torch path (multi-threaded, ~2× faster than spconv's native CPU path for forward + backward; see
-docs/benchmarks.md), CUDA tensors take spconv when the installed spconv is a CUDA build and the
-torch path otherwise: spconv's CUDA wheels stop at CUDA 12.6, and the CPU-only ``spconv`` wheel
-that pri3d installs cannot convolve CUDA tensors. ``backend="torch"`` / ``"spconv"`` force a path.
+Backends: the network's parameters are spconv modules, but the convolutions run through spconv,
+through :mod:`pri3d.models.sparse_conv_torch` (torch ops on spconv's weights and offset
+convention, for CPU and CUDA tensors) or through :mod:`pri3d.models.sparse_conv_triton`
+(spconv-triton's Triton kernels on spconv's weights, CUDA tensors only). :func:`select_backend`
+is the rule; with ``backend="auto"`` (the default) CPU tensors take the torch path (multi-threaded,
+~2× faster than spconv's native CPU path for forward + backward; see docs/benchmarks.md), CUDA
+tensors take spconv when the installed spconv is a CUDA build, else the triton path when
+spconv-triton and triton are installed, else the torch path: spconv's CUDA wheels stop at CUDA
+12.6, and the CPU-only ``spconv`` wheel that pri3d installs cannot convolve CUDA tensors.
+``backend="torch"`` / ``"spconv"`` / ``"triton"`` force a path.
 """
 
 from __future__ import annotations
@@ -46,9 +49,10 @@ from spconv.core import ConvAlgo
 from spconv.pytorch.conv import SparseConvolution
 from torch import nn
 
+from pri3d.models import sparse_conv_triton
 from pri3d.models.sparse_conv_torch import TorchSparseTensor
 
-__all__ = ["MinkUNet34C", "SparseBasicBlock"]
+__all__ = ["BACKENDS", "MinkUNet34C", "SparseBasicBlock", "resolve_backend", "select_backend"]
 
 # Four stride-2 levels: shifting coordinates by a multiple of 2**4 keeps every level's
 # floor(c / 2**l) grouping identical to ME's on the unshifted coordinates.
@@ -118,8 +122,8 @@ def _patch_spconv_cpu_gather_scatter() -> None:
 _patch_spconv_stream_for_cpu()
 _patch_spconv_cpu_gather_scatter()
 
-SparseTensor = spconv.SparseConvTensor | TorchSparseTensor
-BACKENDS = ("auto", "torch", "spconv")
+SparseTensor = spconv.SparseConvTensor | TorchSparseTensor  # or spconv-triton's SparseConvTensor
+BACKENDS = ("auto", "torch", "spconv", "triton")
 
 
 def spconv_has_cuda() -> bool:
@@ -127,32 +131,61 @@ def spconv_has_cuda() -> bool:
     return not spconv_constants.CPU_ONLY_BUILD
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The path (``"torch"`` or ``"spconv"``) that tensors on ``device`` take with option ``backend``.
+def select_backend(backend: str, device_type: str, spconv_cuda: bool, triton: bool) -> str:
+    """The path (``"torch"``, ``"spconv"`` or ``"triton"``) for option ``backend`` on ``device_type``.
 
-    ``"auto"``: the torch path on CPU; on CUDA spconv when it is a CUDA build, else the torch path;
-    the torch path on any other device. Raises ValueError for ``"spconv"`` where spconv cannot run.
+    Args:
+        backend: one of :data:`BACKENDS`.
+        device_type: the tensors' ``torch.device.type`` (``"cpu"``, ``"cuda"``, ...).
+        spconv_cuda: the installed spconv is a CUDA build (:func:`spconv_has_cuda`).
+        triton: spconv-triton and triton are installed (:func:`sparse_conv_triton.available`).
+
+    ``"auto"``: on CUDA spconv if it is a CUDA build, else triton if installed, else the torch
+    path; the torch path on CPU and any other device. ``"spconv"`` runs on CPU, and on CUDA with a
+    CUDA build; ``"triton"`` on CUDA with spconv-triton installed; otherwise a ValueError naming
+    what is missing.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
-    device = torch.device(device)
-    spconv_runs = device.type == "cpu" or (device.type == "cuda" and spconv_has_cuda())
+    cuda = device_type == "cuda"
     if backend == "auto":
-        return "spconv" if device.type == "cuda" and spconv_runs else "torch"
-    if backend == "spconv" and not spconv_runs:
-        if device.type == "cuda":
+        if cuda and spconv_cuda:
+            return "spconv"
+        return "triton" if cuda and triton else "torch"
+    if backend == "spconv" and not (device_type == "cpu" or (cuda and spconv_cuda)):
+        if cuda:
             raise ValueError(
-                f"backend='spconv' on {device} tensors needs a CUDA build of spconv, but the installed "
+                "backend='spconv' on cuda tensors needs a CUDA build of spconv, but the installed "
                 "spconv is CPU-only: install the build for your CUDA (e.g. `pip install spconv-cu126`; "
-                "spconv has none past CUDA 12.6) or use backend='auto' or 'torch' (pri3d's torch path)"
+                "spconv has none past CUDA 12.6) or use backend='auto', 'triton' or 'torch'"
             )
-        raise ValueError(f"backend='spconv': spconv does not run on {device.type} tensors; use 'torch'")
+        raise ValueError(f"backend='spconv': spconv does not run on {device_type} tensors; use 'torch'")
+    if backend == "triton" and not cuda:
+        raise ValueError(
+            f"backend='triton' needs cuda tensors, got {device_type}: spconv-triton's kernels are GPU-only "
+            "(Triton's CPU interpreter cannot run them); use backend='auto' or 'torch'"
+        )
+    if backend == "triton" and not triton:
+        raise ValueError(
+            "backend='triton' needs spconv-triton and triton: `pip install \"pri3d[triton]\"` (offline: "
+            "`pip install .wheels/spconv_triton-*.whl`); triton comes with CUDA builds of PyTorch"
+        )
     return backend
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """:func:`select_backend` for tensors on ``device`` with what is installed here."""
+    device = torch.device(device)
+    return select_backend(backend, device.type, spconv_has_cuda(), sparse_conv_triton.available())
 
 
 def _conv(module: SparseConvolution, x: SparseTensor) -> SparseTensor:
     """Apply a spconv convolution module on whichever path ``x`` belongs to."""
-    return x.conv(module) if isinstance(x, TorchSparseTensor) else module(x)
+    if isinstance(x, TorchSparseTensor):
+        return x.conv(module)
+    if isinstance(x, spconv.SparseConvTensor):
+        return module(x)
+    return sparse_conv_triton.conv(module, x)
 
 
 class SparseBasicBlock(nn.Module):
@@ -206,10 +239,11 @@ class MinkUNet34C(nn.Module):
         algo: spconv algorithm for every conv; ``None`` keeps spconv's default (Native on the CPU
             build, implicit GEMM on CUDA builds).
         backend: which path convolves: ``"auto"`` (the default: :mod:`pri3d.models.sparse_conv_torch`
-            for CPU tensors; for CUDA tensors spconv if it is a CUDA build, else the torch path),
-            ``"torch"`` (the torch path on any device) or ``"spconv"`` (spconv on CPU and CUDA; a
-            ValueError at forward time for CUDA tensors when spconv is a CPU-only build). See
-            :func:`resolve_backend`. All paths share the parameters and give the same results up to
+            for CPU tensors; for CUDA tensors spconv if it is a CUDA build, else spconv-triton if
+            installed, else the torch path), ``"torch"`` (the torch path on any device), ``"spconv"``
+            (spconv on CPU and CUDA; a ValueError at forward time for CUDA tensors when spconv is a
+            CPU-only build) or ``"triton"`` (spconv-triton, CUDA tensors only). See
+            :func:`select_backend`. All paths share the parameters and give the same results up to
             float32 rounding. Can be changed after construction (``net.backend = "spconv"``).
 
     Module names follow ME's MinkUNet (``conv0p1s1``, ``bn0``, ``block1`` ... ``final``); the kernel
@@ -267,7 +301,7 @@ class MinkUNet34C(nn.Module):
 
     @property
     def backend(self) -> str:
-        """``"auto"``, ``"torch"`` or ``"spconv"``; see the class docstring."""
+        """``"auto"``, ``"torch"``, ``"spconv"`` or ``"triton"``; see the class docstring."""
         return self._backend
 
     @backend.setter
@@ -313,12 +347,12 @@ class MinkUNet34C(nn.Module):
             )
         path = resolve_backend(self.backend, features.device)
         # float64 (with float64 parameters) is for reference computations; spconv computes it wrongly
-        # on CPU, so only the torch path takes it.
+        # on CPU and spconv-triton's kernels take float32, so only the torch path takes it.
         allowed = (torch.float32, torch.float64) if path == "torch" else (torch.float32,)
         if features.dtype not in allowed:
             raise TypeError(
-                f"features must be {' or '.join(str(d) for d in allowed)} on the {path} path (spconv "
-                f"computes float64 wrongly on CPU), got {features.dtype}"
+                f"features must be {' or '.join(str(d) for d in allowed)} on the {path} path (float64 "
+                f"only on the torch path), got {features.dtype}"
             )
         coords = coords.long()
         batch = coords[:, 0]
@@ -337,17 +371,21 @@ class MinkUNet34C(nn.Module):
         indices = torch.cat([batch[:, None], local], dim=1).to(torch.int32).contiguous()
         if path == "torch":
             return TorchSparseTensor(features.contiguous(), indices, [sx, sy, sz], batch_size)
+        if path == "triton":
+            return sparse_conv_triton.sparse_tensor(features.contiguous(), indices, [sx, sy, sz], batch_size)
         return spconv.SparseConvTensor(features.contiguous(), indices, [sx, sy, sz], batch_size)
 
     def forward_sparse(self, coords: torch.Tensor, features: torch.Tensor) -> SparseTensor:
         """Like :meth:`forward`, but returns the output sparse tensor (spconv's ``SparseConvTensor``,
-        or :class:`~pri3d.models.sparse_conv_torch.TorchSparseTensor` on the torch path).
+        :class:`~pri3d.models.sparse_conv_torch.TorchSparseTensor` on the torch path, spconv-triton's
+        ``SparseConvTensor`` on the triton path).
 
         Its ``indices`` ``[N, 4]`` int32 equal ``coords`` row for row, except that x, y, z are
         shifted by ``-floor(min / 16) * 16`` per axis (spconv needs non-negative coordinates).
         """
-        # the features' dtype throughout: spconv's CPU kernels only compute float32 correctly, and the
-        # torch path keeps the features' dtype (autocast would hand it float16 / bfloat16 GEMMs)
+        # the features' dtype throughout: spconv's CPU kernels only compute float32 correctly, the
+        # torch path keeps the features' dtype (autocast would hand it float16 / bfloat16 GEMMs), and
+        # spconv-triton would run float16 under autocast in training mode
         with torch.autocast(features.device.type, enabled=False):
             x = self._to_sparse(coords, features)
             p1 = self._bn_relu(_conv(self.conv0p1s1, x), self.bn0)

@@ -1,6 +1,7 @@
 """The torch path of the 3D network: neighbour tables, each conv kind against dense convolutions,
 block boundaries, the whole network against spconv's native CPU path, the backend option, and
-(with a GPU) the torch path on CUDA against the same computation on CPU."""
+(with a GPU) the torch path on CUDA against the same computation on CPU and the triton path against
+the float64 reference."""
 
 from __future__ import annotations
 
@@ -459,6 +460,7 @@ def test_backend_option_is_validated():
 def test_backend_resolution(monkeypatch, cpu_only_build):
     """Which path each option takes per device; no tensors, so no GPU needed."""
     monkeypatch.setattr(sparse_unet.spconv_constants, "CPU_ONLY_BUILD", cpu_only_build)
+    monkeypatch.setattr(sparse_unet.sparse_conv_triton, "available", lambda: False)
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     assert [resolve_backend(b, cpu) for b in ("auto", "torch", "spconv")] == ["torch", "torch", "spconv"]
     assert resolve_backend("torch", cuda) == "torch"
@@ -542,19 +544,47 @@ def test_network_torch_path_on_cuda_matches_cpu(full_precision, autocast):
 
 @needs_cuda
 def test_network_auto_backend_on_cuda():
-    """``"auto"`` takes spconv on CUDA only with a CUDA build of spconv; forcing ``"spconv"`` with
-    the CPU-only build is refused before anything runs."""
+    """``"auto"`` takes spconv on CUDA only with a CUDA build of spconv, else spconv-triton where
+    installed, else the torch path; forcing ``"spconv"`` with the CPU-only build is refused before
+    anything runs."""
     coords, features = _voxels(100)
     net = MinkUNet34C().cuda()
     out = net.forward_sparse(coords.cuda(), features.cuda())
     assert out.features.is_cuda
     if sparse_unet.spconv_has_cuda():
         assert isinstance(out, spconv.SparseConvTensor)
+        return
+    if sparse_unet.sparse_conv_triton.available():
+        assert type(out).__module__.startswith("spconv_triton")
     else:
         assert isinstance(out, TorchSparseTensor)
-        net.backend = "spconv"
-        with pytest.raises(ValueError, match="pip install spconv-cu"):
-            net(coords.cuda(), features.cuda())
+    net.backend = "spconv"
+    with pytest.raises(ValueError, match="pip install spconv-cu"):
+        net(coords.cuda(), features.cuda())
+
+
+@needs_cuda
+@pytest.mark.skipif(not sparse_unet.sparse_conv_triton.available(), reason="needs spconv-triton and triton")
+def test_network_triton_on_cuda_matches_float64_reference():
+    """The triton path (spconv-triton, float32, TF32 off) against the float64 torch path on the same
+    weights, loaded strictly from the triton network's state dict: outputs and gradients within
+    NOISE_FACTOR times the measured float32 noise, as the CPU paths."""
+    torch.manual_seed(0)
+    coords, features = _voxels(250)
+    net = _smooth(MinkUNet34C(backend="triton")).cuda()
+    reference = _smooth(MinkUNet34C(backend="torch"))
+    reference.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
+    reference.double()
+    upstream = torch.randn(
+        coords.shape[0], 96, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    out_noise, grad_noise = _float32_noise(reference, coords, features.double(), upstream)
+    want_out, want_grads = _outputs_and_grads(reference, coords, features.double(), upstream)
+    out, grads = _outputs_and_grads(net, coords.cuda(), features.cuda(), upstream.cuda())
+    assert _relative(out.cpu(), want_out) <= NOISE_FACTOR * out_noise
+    for name, want in want_grads.items():
+        error = _relative(grads[name].cpu(), want)
+        assert error <= NOISE_FACTOR * grad_noise, f"{name}: {error:.2e} > {NOISE_FACTOR} × {grad_noise:.2e}"
 
 
 @needs_cuda
