@@ -24,6 +24,7 @@ from pri3d.engine import distributed
 from pri3d.engine.config import check_run_config, expand_overrides, load_config, to_yaml
 from pri3d.engine.trainer import Trainer, TrainingStopped
 from pri3d.io.atomic import atomic_write, check_writable_folder
+from pri3d.models import sparse_conv_triton
 from pri3d.models.pri3d import Pri3D
 from pri3d.tasks.pretrain_config import PRETRAIN_RULES, RECIPES, PretrainRunConfig
 
@@ -106,7 +107,7 @@ def build_model(config: PretrainRunConfig) -> Pri3D:
     if config.pretrain.model != "Pri3D":
         raise ValueError(f"pretrain.model={config.pretrain.model!r}: only Pri3D exists")
     p = config.pretrain
-    return Pri3D(
+    model = Pri3D(
         backbone=p.backbone,
         pretrained=p.pretrained,
         view_invariant=p.view_invariant,
@@ -114,6 +115,32 @@ def build_model(config: PretrainRunConfig) -> Pri3D:
         depth=p.depth,
         temperature=p.nceT,
     )
+    if p.geometric_prior:
+        model.backbone3d.backend = p.backend3d
+    return model
+
+
+def check_backend3d(config: PretrainRunConfig, device: torch.device) -> str:
+    """The 3D network's path on ``device`` under ``pretrain.backend3d``; a ValueError naming the
+    option where that path cannot run (e.g. ``triton`` without CUDA or spconv-triton)."""
+    from pri3d.models.sparse_unet import resolve_backend  # spconv is optional (the sparse extra)
+
+    try:
+        return resolve_backend(config.pretrain.backend3d, device)
+    except ValueError as error:
+        raise ValueError(f"pretrain.backend3d={config.pretrain.backend3d}: {error}") from None
+
+
+def warm_up_triton(model: Pri3D, config: PretrainRunConfig, env: distributed.DistEnv) -> None:
+    """Point Triton's cache at ``<train.log_dir>/triton_cache`` (unless ``TRITON_CACHE_DIR`` is set)
+    and fill it once: rank 0 compiles and autotunes the 3D network's kernels, then the other ranks
+    load them from the cache instead of all autotuning at the first step."""
+    sparse_conv_triton.use_cache_dir(Path(config.train.log_dir) / "triton_cache")
+    for main_turn in (True, False):
+        if env.is_main == main_turn:
+            sparse_conv_triton.warm_up(model.backbone3d, env.device)
+        if env.distributed:
+            torch.distributed.barrier()
 
 
 def pretrain(config: PretrainRunConfig) -> dict:
@@ -126,8 +153,11 @@ def pretrain(config: PretrainRunConfig) -> dict:
         if config.train.threads > 0:
             torch.set_num_threads(config.train.threads)
         torch.manual_seed(config.train.seed)  # identical initialisation on every rank
+        path3d = check_backend3d(config, env.device) if config.pretrain.geometric_prior else None
         dataset = build_dataset(config)
         model = build_model(config)
+        if path3d == "triton":
+            warm_up_triton(model, config, env)
         with Trainer(model, dataset, collate_pairs, config, env) as trainer:
             if env.is_main:
                 with atomic_write(Path(config.train.log_dir) / "config.yaml") as handle:

@@ -60,6 +60,8 @@ class PretrainConfig:
     # frustum, its sides moved out by frustum_margin metres (fewer 3D voxels; docs/deviations.md)
     voxel_crop: str = "box"
     frustum_margin: float = 0.1
+    # the 3D network's sparse convolutions: auto, torch, spconv or triton (pri3d.models.sparse_unet)
+    backend3d: str = "auto"
 
 
 #: The pre-training data `dataset.name` selects (docs/data.md describes each layout).
@@ -110,6 +112,11 @@ PRETRAIN_RULES: dict[str, Rule] = {
     "pretrain.frustum_margin": (
         lambda metres: math.isfinite(metres) and metres >= 0,
         "metres, a finite number ≥ 0",
+    ),
+    # pri3d.models.sparse_unet.BACKENDS; whether the choice runs on the device is checked at start
+    "pretrain.backend3d": (
+        lambda backend: backend in ("auto", "torch", "spconv", "triton"),
+        "auto, torch, spconv or triton",
     ),
 }
 

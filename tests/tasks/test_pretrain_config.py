@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from types import SimpleNamespace
+
 import pytest
+import torch
 
 from pri3d.cli import main
 from pri3d.data.pretrain_pairs import VOXEL_CROPS
 from pri3d.engine.config import ConfigError, check_run_config, load_config, to_dict
+from pri3d.engine.distributed import DistEnv
 from pri3d.tasks import pretrain as pretrain_task
 from pri3d.tasks.pretrain import build_dataset
 from pri3d.tasks.pretrain_config import PRETRAIN_RULES, PretrainRunConfig
@@ -33,6 +38,7 @@ RELEASED_RECIPE = {
         "model": "Pri3D", "nceT": 0.4, "npos": 2.0, "backbone": "Res50UNet", "weights": "", "pretrained": "imagenet",
         "depth": True, "save_feature": False, "view_invariant": True, "geometric_prior": True,
         "sample_points": 1024, "thresh": 0.05, "voxel_size": 0.02, "voxel_crop": "box", "frustum_margin": 0.1,
+        "backend3d": "auto",
     },
     "dataset": {
         "name": "ScanNet", "size": [240, 320], "path": "data/scannet_pretrain", "pointcloud_path": "", "chunk": False,
@@ -98,3 +104,42 @@ def test_an_unknown_dataset_name_is_refused_naming_the_choices():
         ConfigError, match=r"dataset\.name=Matterport: expected ScanNet, MegaDepth, KITTI, Mixture"
     ):
         check_run_config(load_config(PretrainRunConfig, ["dataset.name=Matterport"]), PRETRAIN_RULES)
+
+
+def test_backend3d_reaches_the_3d_network_and_a_path_that_cannot_run_is_refused(tmp_path):
+    """`pretrain.backend3d` sets the 3D network's backend; `triton` on a CPU run stops with the option's
+    name before any data is read (dataset.path does not exist), and an unknown name is refused."""
+    pytest.importorskip("spconv.pytorch")
+    config = load_config(PretrainRunConfig, ["pretrain.backend3d=torch", "pretrain.pretrained=scratch"])
+    assert pretrain_task.build_model(config).backbone3d.backend == "torch"
+    config = load_config(
+        PretrainRunConfig,
+        [
+            "pretrain.backend3d=triton",
+            "train.device=cpu",
+            f"train.log_dir={tmp_path}",
+            "dataset.path=missing",
+        ],
+    )
+    with pytest.raises(ValueError, match=r"^pretrain\.backend3d=triton: backend='triton' needs cuda tensors"):
+        pretrain_task.pretrain(config)
+    with pytest.raises(
+        ConfigError, match=r"pretrain\.backend3d=minkowski: expected auto, torch, spconv or triton"
+    ):
+        check_run_config(load_config(PretrainRunConfig, ["pretrain.backend3d=minkowski"]), PRETRAIN_RULES)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_triton_warm_up_runs_on_rank_0_first_into_the_run_folder(monkeypatch, tmp_path, rank):
+    """Rank 0 warms Triton's cache while the others wait at a barrier, then they warm from it."""
+    events = []
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    monkeypatch.setattr(
+        pretrain_task.sparse_conv_triton, "warm_up", lambda net, device: events.append("warm")
+    )
+    monkeypatch.setattr(pretrain_task.torch.distributed, "barrier", lambda: events.append("barrier"))
+    config = load_config(PretrainRunConfig, [f"train.log_dir={tmp_path}"])
+    env = DistEnv(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
+    pretrain_task.warm_up_triton(SimpleNamespace(backbone3d=None), config, env)
+    assert events == (["warm", "barrier", "barrier"] if rank == 0 else ["barrier", "warm", "barrier"])
+    assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path.resolve() / "triton_cache")
