@@ -64,7 +64,7 @@ class OptimizerConfig:
 
 @dataclass
 class SchedulerConfig:
-    scheduler: str = "PolyLR"  # PolyLR, MultiStepLR or StepLR, stepped per optimizer step
+    scheduler: str = "PolyLR"  # PolyLR, CosineLR, MultiStepLR or StepLR, stepped per optimizer step
     max_epochs: int = 5
     decay_epochs: list[int] = field(default_factory=lambda: [80, 120, 160])  # MultiStepLR milestones
     lr_decay: float = 0.1
