@@ -11,7 +11,8 @@ matches where its point is in front of camera 2 (j), its **nearest pixel** ``flo
 the image (pri3d's pixel-centre convention, :mod:`pri3d.geometry`; the original truncated), and frame
 j's depth there is valid and within ``depth_threshold`` metres of the point's depth. The ratio is
 matches / (valid_i + valid_j - matches). Pairs with ratio > ``min_ratio`` are kept with their pixel
-mapping. Raw-drive frame r is odometry frame r - start of its sequence: poses are read at that row.
+mapping (row-major order of frame i's pixels). Raw-drive frame r is odometry frame r - start of its
+sequence: poses are read at that row.
 
 Output under OUT (default ROOT/preprocessed)::
 
@@ -26,9 +27,11 @@ folder holds the files its report lists at their recorded sizes and redoes one t
 at a time may write OUT (:mod:`pri3d.preprocess.output_folder`). Drives run in parallel processes; a
 drive that fails (missing calibration or poses, unreadable depth) is reported and the others go on.
 
-All the partners j of a frame i are matched in a few batched array operations with one composed 3x4
-matrix each, every depth map is read once, the calibration once per drive. Pure NumPy: one process
-per drive, and torch would cost each about 0.6 GB.
+Per frame i, every partner is bounded first (:mod:`pri3d.preprocess.kitti_overlap`: an exact upper
+bound on the matches from boxes around groups of frame i's points); only the pairs the bound cannot
+reject are matched point by point, on the points that can land in frame j. The result is the same as
+matching every point of every pair. Every depth map is read once, the calibration once per drive.
+Pure NumPy: one process per drive, and torch would cost each about 0.6 GB.
 """
 
 from __future__ import annotations
@@ -68,6 +71,12 @@ from pri3d.io.kitti import (
     read_kitti_depth,
     read_poses,
 )
+from pri3d.preprocess.kitti_overlap import (
+    match_points,
+    overlap_ratio,
+    point_blocks,
+    reachable_blocks,
+)
 from pri3d.preprocess.output_folder import output_lock
 
 __all__ = [
@@ -76,9 +85,6 @@ __all__ = [
     "DriveInput",
     "KittiOptions",
     "find_drives",
-    "frame_points",
-    "match_partners",
-    "overlap_ratio",
     "preprocess_drive",
     "preprocess_kitti",
     "summary_lines",
@@ -86,8 +92,6 @@ __all__ = [
 
 REPORT_NAME = "preprocess_report.json"
 DRIVE_REPORT_NAME = "drive_report.json"
-#: Partners of one frame projected per batch (bounds memory to a few [16, N, 3] float64 arrays).
-PARTNER_BATCH = 16
 _BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _NPY_HEADER_BYTES = 128  # room for any [rows, 4] int16 header; rewritten with the final row count
 
@@ -112,86 +116,6 @@ class KittiOptions:
             raise ValueError(f"--depth-threshold must be > 0 metres, got {self.depth_threshold}")
         if not 0 <= self.min_ratio < 1:
             raise ValueError(f"--min-ratio must be in [0, 1), got {self.min_ratio}")
-
-
-# --- overlap of one frame with its partners --------------------------------------------------------
-
-
-def frame_points(depth: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Valid pixels of a depth map and their camera points.
-
-    Args:
-        depth: float [H, W] metres, 0 (or non-finite) invalid; K: [3, 3] at H x W.
-    Returns:
-        pixels int64 [N, 2] (row, col) in row-major order and points float64 [N, 3] (x, y, z).
-    """
-    rows, cols = np.nonzero(np.isfinite(depth) & (depth > 0))
-    z = depth[rows, cols].astype(np.float64)
-    fx, skew, cx, fy, cy = K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]
-    y_over_z = (rows - cy) / fy
-    x_over_z = (cols - cx - skew * y_over_z) / fx
-    points = np.stack((x_over_z * z, y_over_z * z, z), axis=-1)
-    return np.stack((rows, cols), axis=-1), points
-
-
-def match_partners(
-    points: np.ndarray, K: np.ndarray, camera_i_to_j: np.ndarray, depths_j: list[np.ndarray], threshold: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Where frame i's points land in each partner j, and whether they match there.
-
-    Each partner's camera is one 3x4 matrix K [R | t]; a batch of partners is one matrix product of
-    their stacked matrices with the homogeneous points (rows z·u, z·v and z per partner).
-
-    Args:
-        points: [N, 3] camera points of frame i (:func:`frame_points`); K: [3, 3] of both frames.
-        camera_i_to_j: [J, 4, 4] rigid transforms camera 2 (i) -> camera 2 (j).
-        depths_j: J depth maps [H, W] of the partners, metres, 0 invalid.
-        threshold: metres; |point depth - depth_j| must be below it.
-    Returns:
-        matched bool [J, N] and pixel_j int64 [J, N], the flat index row * W + col of the nearest pixel
-        in frame j (meaningful where matched).
-    """
-    height, width = depths_j[0].shape
-    num_partners, num_points = len(depths_j), len(points)
-    matched = np.zeros((num_partners, num_points), dtype=bool)
-    pixel_j = np.zeros((num_partners, num_points), dtype=np.int64)
-    homogeneous = np.concatenate((points, np.ones((num_points, 1))), axis=1).T.copy()  # [4, N]
-    projections = (K @ camera_i_to_j[:, :3, :]).transpose(1, 0, 2)  # [3, J, 4]: rows of z·u, z·v, z
-    # In-place steps on [b, N] blocks: fresh temporaries of this size cost as much as the arithmetic.
-    for first in range(0, num_partners, PARTNER_BATCH):
-        b = min(PARTNER_BATCH, num_partners - first)
-        rows_zu_zv_z = projections[:, first : first + b].reshape(-1, 4)  # [3b, 4]
-        projected = (rows_zu_zv_z @ homogeneous).reshape(3, b, num_points)
-        z, uv = projected[2], projected[:2]  # [b, N], [2, b, N] (z·u, z·v)
-        with np.errstate(divide="ignore", invalid="ignore"):  # z <= 0 fails the test below
-            np.divide(uv, z, out=uv)
-            uv += 0.5
-            np.floor(uv, out=uv)  # nearest pixel (u, v)
-            col, row = uv.astype(np.int64)  # NaN/inf become int64's minimum: outside in the unsigned test
-        inside = col.view(np.uint64) < width
-        inside &= row.view(np.uint64) < height
-        inside &= z > 0
-        index = row  # row * width + col, 0 outside the image
-        index *= width
-        index += col
-        index *= inside
-        for k in range(b):
-            depth_there = depths_j[first + k].ravel()[index[k]]  # [N]
-            error = z[k] - depth_there
-            np.abs(error, out=error)
-            ok = error < threshold
-            ok &= depth_there > 0
-            ok &= inside[k]
-            matched[first + k] = ok
-        pixel_j[first : first + b] = index
-    return matched, pixel_j
-
-
-def overlap_ratio(matches: np.ndarray, valid_i: int, valid_j: np.ndarray) -> np.ndarray:
-    """matches / (valid_i + valid_j - matches) per partner; 0 where neither frame has a valid pixel."""
-    matches, valid_j = np.asarray(matches), np.asarray(valid_j)
-    union = valid_i + valid_j - matches
-    return np.where(union > 0, matches / np.maximum(union, 1), 0.0)
 
 
 # --- one drive ------------------------------------------------------------------------------------
@@ -260,6 +184,7 @@ def preprocess_drive(
     without_pose = sorted(set(drive.frames) - set(with_pose))
     # camera 2 -> world at every posed frame: pose(r - start) @ inverse(camera 0 -> camera 2)
     camera2_to_world = {r: poses[r - entry.start] @ np.linalg.inv(camera0_to_2) for r in with_pose}
+    world_to_camera2 = {r: np.linalg.inv(pose) for r, pose in camera2_to_world.items()}
     if on_frames:
         on_frames(len(without_pose))
 
@@ -270,6 +195,7 @@ def preprocess_drive(
         depth_folder = drive_depth_folder(root, drive.split, entry.drive)
         depths: dict[int, np.ndarray] = {}  # the frames still needed as partners
         valid: dict[int, int] = {}
+        shape: tuple[int, ...] | None = None  # of the drive's first depth map; all must share it
         lines, tested = [], 0
         writer = _MappingWriter(tmp / MAPPING_NAME)
         try:
@@ -277,40 +203,27 @@ def preprocess_drive(
                 partners = [j for j in with_pose[position + 1 :] if j - frame_i <= options.max_gap]
                 for frame in (frame_i, *partners):
                     if frame not in depths:
-                        depths[frame] = _read_depth(depth_folder / f"{frame:010d}.png")
-                        valid[frame] = int(np.count_nonzero(depths[frame] > 0))
+                        depths[frame] = _read_depth(depth_folder / f"{frame:010d}.png", shape)
+                        shape = depths[frame].shape
+                        valid[frame] = np.count_nonzero(depths[frame] > 0)
                 if partners:
-                    pixels_i, points_i = frame_points(depths[frame_i], K)
-                    transforms = np.stack(
-                        [np.linalg.inv(camera2_to_world[j]) @ camera2_to_world[frame_i] for j in partners]
-                    )
-                    matched, pixels_j = match_partners(
-                        points_i,
-                        K,
-                        transforms,
+                    transforms = np.stack([world_to_camera2[j] for j in partners]) @ camera2_to_world[frame_i]
+                    kept = _kept_partners(
+                        depths[frame_i],
                         [depths[j] for j in partners],
-                        options.depth_threshold,
+                        valid[frame_i],
+                        [valid[j] for j in partners],
+                        K @ transforms[:, :3],
+                        options,
+                        K,
                     )
-                    counts = matched.sum(1)
-                    ratios = overlap_ratio(counts, valid[frame_i], [valid[j] for j in partners])
-                    tested += len(partners)
-                    width = depths[frame_i].shape[1]
-                    for k in np.flatnonzero(ratios > options.min_ratio):
-                        index_j = pixels_j[k, matched[k]]
-                        rows = np.concatenate(
-                            (pixels_i[matched[k]], np.stack((index_j // width, index_j % width), 1)), axis=1
-                        )
+                    for k, ratio, rows in kept:
                         pair = KittiPair(
-                            entry.drive,
-                            drive.split,
-                            frame_i,
-                            partners[k],
-                            float(ratios[k]),
-                            writer.rows,
-                            len(rows),
+                            entry.drive, drive.split, frame_i, partners[k], ratio, writer.rows, len(rows)
                         )
                         lines.append(kitti_pair_line(pair))
                         writer.append(rows)
+                    tested += len(partners)
                 del depths[frame_i]
                 if on_frames:
                     on_frames(1)
@@ -339,10 +252,54 @@ def preprocess_drive(
     return report
 
 
-def _read_depth(path: Path) -> np.ndarray:
+def _kept_partners(
+    depth_i: np.ndarray,
+    partner_depths: list[np.ndarray],
+    valid_i: int,
+    partner_valid: list[int],
+    projections: np.ndarray,
+    options: KittiOptions,
+    K: np.ndarray,
+) -> Iterator[tuple[int, float, np.ndarray]]:
+    """The partners k of frame i with ratio > min_ratio: (k, ratio, mapping int [M, 4]).
+
+    The mapping's rows are (row_i, col_i, row_j, col_j) in row-major order of frame i's pixels.
+    projections: [J, 3, 4] camera 2 (i) -> pixels of each partner; K: [3, 3] camera 2's intrinsics.
+    Pairs the bound rejects (:mod:`pri3d.preprocess.kitti_overlap`) are not matched at all; the others
+    on the points of the blocks that can reach the partner's image.
+    """
+    width = depth_i.shape[1]
+    blocks = point_blocks(depth_i, K)
+    reachable = reachable_blocks(blocks, projections, depth_i.shape)  # [J, B]
+    bound = reachable.astype(np.int64) @ blocks.counts  # [J] most matches each pair can have
+    for k in np.flatnonzero(overlap_ratio(bound, valid_i, partner_valid) > options.min_ratio):
+        reached = np.flatnonzero(reachable[k])  # not empty: bound[k] > 0
+        first, stop = blocks.starts[reached[0]], blocks.starts[reached[-1]] + blocks.counts[reached[-1]]
+        matched, pixel_j = match_points(
+            blocks.points[:, first:stop], projections[k], partner_depths[k], options.depth_threshold
+        )
+        ratio = float(overlap_ratio(np.count_nonzero(matched), valid_i, partner_valid[k]))
+        if ratio > options.min_ratio:
+            pixel_i = blocks.pixels[first:stop][matched]
+            row_major = np.argsort(pixel_i)
+            pixel_i, pixel_j = pixel_i[row_major], pixel_j[matched][row_major]
+            yield (
+                k,
+                ratio,
+                np.stack((pixel_i // width, pixel_i % width, pixel_j // width, pixel_j % width), 1),
+            )
+
+
+def _read_depth(path: Path, shape: tuple[int, ...] | None) -> np.ndarray:
+    """A depth map of the drive; ``shape``: that of the drive's maps read before (None for the first)."""
     depth = read_kitti_depth(path)  # errors name the file
     if max(depth.shape) > np.iinfo(np.int16).max:
         raise ValueError(f"{path}: {depth.shape} pixels do not fit the int16 indices of {MAPPING_NAME}")
+    if shape is not None and depth.shape != shape:
+        raise ValueError(
+            f"{path}: {depth.shape[0]}x{depth.shape[1]} pixels, the drive's other depth maps have "
+            f"{shape[0]}x{shape[1]}"
+        )
     return depth
 
 
