@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pri3d.data.pretrain_pairs import PairOptions, _sample_seed, color_tensor
-from pri3d.geometry import invert_rigid, sample_pixel_correspondences
+from pri3d.data.pretrain_pairs import PairOptions, _sample_seed, add_pixel_matches, color_tensor
+from pri3d.geometry import invert_rigid
 from pri3d.io.kitti import (
     MAPPING_NAME,
     PAIRS_NAME,
@@ -123,18 +123,7 @@ class KITTIPairs(Dataset):
             sample[f"depth{v}"] = torch.from_numpy(np.ascontiguousarray(depth))
             sample[f"intrinsics{v}"] = torch.from_numpy(k).to(torch.float32)
             sample[f"world_to_camera{v}"] = torch.from_numpy(world_to_camera).to(torch.float32)
-        pos1, pos2, valid = sample_pixel_correspondences(
-            sample["depth1"][None],
-            sample["intrinsics1"][None],
-            sample["world_to_camera1"][None],
-            sample["depth2"][None],
-            sample["intrinsics2"][None],
-            sample["world_to_camera2"][None],
-            self.options.num_matches,
-            self.options.threshold,
-            generator=generator,
-        )
-        sample["match1"], sample["match2"], sample["match_valid"] = pos1[0], pos2[0], valid[0]
+        add_pixel_matches(sample, self.options, generator)
         return sample
 
     # ------------------------------------------------------------------------------------------

@@ -34,8 +34,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from pri3d.data.pretrain_pairs import PairOptions, color_tensor
-from pri3d.geometry import sample_pixel_correspondences
+from pri3d.data.pretrain_pairs import PairOptions, add_pixel_matches, color_tensor
 from pri3d.io.colmap import colmap_to_pri3d_intrinsics, colmap_xy_to_rowcol
 from pri3d.io.megadepth import SCENE_INFO_FOLDER, depth_shape, read_depth, read_scene_info
 
@@ -235,18 +234,7 @@ class MegaDepthPairs(Dataset):
         for v, view in enumerate(views, start=1):
             for key, value in view.items():
                 sample[f"{key}{v}"] = value
-        pos1, pos2, valid = sample_pixel_correspondences(
-            sample["depth1"][None],
-            sample["intrinsics1"][None],
-            sample["world_to_camera1"][None],
-            sample["depth2"][None],
-            sample["intrinsics2"][None],
-            sample["world_to_camera2"][None],
-            self.options.num_matches,
-            self.options.threshold,
-            generator=generator,
-        )
-        sample["match1"], sample["match2"], sample["match_valid"] = pos1[0], pos2[0], valid[0]
+        add_pixel_matches(sample, self.options, generator)
         return sample
 
     def _load_view(self, scene: _Scene, k: int, center: np.ndarray, generator: torch.Generator) -> dict:

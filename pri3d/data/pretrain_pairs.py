@@ -131,18 +131,7 @@ class ScanNetPairs(Dataset):
         for v, view in enumerate(views, start=1):
             for key, value in view.items():
                 sample[f"{key}{v}"] = value
-        pos1, pos2, valid = sample_pixel_correspondences(
-            sample["depth1"][None],
-            sample["intrinsics1"][None],
-            sample["world_to_camera1"][None],
-            sample["depth2"][None],
-            sample["intrinsics2"][None],
-            sample["world_to_camera2"][None],
-            self.options.num_matches,
-            self.options.threshold,
-            generator=generator,
-        )
-        sample["match1"], sample["match2"], sample["match_valid"] = pos1[0], pos2[0], valid[0]
+        add_pixel_matches(sample, self.options, generator)
         if self.options.geometric_prior:
             for v, frame in enumerate((frame_a, frame_b), start=1):
                 if scene in self.scenes_without_cloud:
@@ -312,6 +301,20 @@ def color_tensor(image: Image.Image, generator: torch.Generator, augment: bool =
                 )
     tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return v2.functional.normalize(tensor, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def add_pixel_matches(sample: dict, options: PairOptions, generator: torch.Generator) -> None:
+    """Set a pair's `match1`, `match2` [S, 2] (row, col) and `match_valid` [S]: ``options.num_matches``
+    pixels of view 1 whose depth, moved into view 2, agrees with view 2's within ``options.threshold``
+    (`pri3d.geometry.sample_pixel_correspondences`), from the views' `depth`, `intrinsics` and
+    `world_to_camera` entries. Every pair dataset defines its matches this way."""
+    pos1, pos2, valid = sample_pixel_correspondences(
+        *(sample[f"{key}{v}"][None] for v in (1, 2) for key in ("depth", "intrinsics", "world_to_camera")),
+        options.num_matches,
+        options.threshold,
+        generator=generator,
+    )
+    sample["match1"], sample["match2"], sample["match_valid"] = pos1[0], pos2[0], valid[0]
 
 
 def sample_indices(count: int, num: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
