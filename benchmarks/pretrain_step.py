@@ -15,6 +15,8 @@ The original's step times (2 cores, 240×320, fp32, from the issue) give the spe
     PYTHONPATH=. python benchmarks/pretrain_step.py --backbone Res18UNet Res50UNet --batch 2 8
     PYTHONPATH=. python benchmarks/pretrain_step.py --bf16 --channels-last
     PYTHONPATH=. python benchmarks/pretrain_step.py --device cuda --bf16 --channels-last
+    PYTHONPATH=. python benchmarks/pretrain_step.py --device cuda --backbone Res50UNet --batch 8 \
+        --backend3d torch triton
 """
 
 from __future__ import annotations
@@ -159,10 +161,12 @@ def main() -> None:
     parser.add_argument("--voxels", type=int, default=35000, help="voxels per view")
     parser.add_argument(
         "--backend3d",
-        default="auto",
-        choices=["auto", "torch", "spconv"],
-        help="3D network's sparse convolutions: pri3d's torch ops, spconv, or auto "
-        "(torch on the CPU and where spconv has no CUDA build)",
+        nargs="+",
+        default=["auto"],
+        choices=["auto", "torch", "spconv", "triton"],
+        help="3D network's sparse convolutions: pri3d's torch ops, spconv, spconv-triton (cuda), or auto "
+        "(torch on the CPU; on cuda spconv's CUDA build, else triton, else torch); several are timed in "
+        "turn, each in its own row",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -180,7 +184,7 @@ def main() -> None:
     )
     print(
         f"# {where}, torch {torch.__version__}, "
-        f"{args.size[0]}×{args.size[1]}, {precision}, 3D network: {args.backend3d}"
+        f"{args.size[0]}×{args.size[1]}, {precision}, 3D network: {', '.join(args.backend3d)}"
     )
     print(
         "| backbone | batch | mode | step (s) | pairs/s | original step (s) | speed-up | 3D network | corr. + loss |"
@@ -199,27 +203,32 @@ def main() -> None:
                     print(
                         f"<!-- batch {batch_size}{' with voxels' if geo else ''}: {batch_summary(batches[key])} -->"
                     )
-                model = Pri3D(backbone, view_invariant=view, geometric_prior=geo, depth=depth).to(device)
-                if geo:
-                    model.backbone3d.backend = args.backend3d
-                if args.channels_last:  # as the trainer: 4-D (2D conv) tensors only
-                    for tensor in [*model.parameters(), *model.buffers()]:
-                        if tensor.dim() == 4:
-                            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
-                batch = {
-                    k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batches[key].items()
-                }
-                if args.channels_last:  # as the trainer moves a batch
-                    batch = {k: _channels_last(v) for k, v in batch.items()}
-                times = measure(model, batch, args.bf16, args.repeat, device)
-                original = ORIGINAL_STEP_S.get((backbone, batch_size, mode)) if device.type == "cpu" else None
-                speedup = f"{original / times['step']:.1f}×" if original else "n/a"
-                share_3d = f"{times['3d'] / times['step']:.0%}" if "3d" in times else "–"
-                print(
-                    f"| {backbone} | {batch_size} | {mode} | {times['step']:.2f} | {batch_size / times['step']:.2f} | "
-                    f"{original if original else 'n/a'} | {speedup} | {share_3d} | {times['loss'] / times['step']:.1%} |",
-                    flush=True,
-                )
+                for backend3d in args.backend3d if geo else [None]:
+                    model = Pri3D(backbone, view_invariant=view, geometric_prior=geo, depth=depth).to(device)
+                    if geo:
+                        model.backbone3d.backend = backend3d
+                    if args.channels_last:  # as the trainer: 4-D (2D conv) tensors only
+                        for tensor in [*model.parameters(), *model.buffers()]:
+                            if tensor.dim() == 4:
+                                tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+                    batch = {
+                        k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batches[key].items()
+                    }
+                    if args.channels_last:  # as the trainer moves a batch
+                        batch = {k: _channels_last(v) for k, v in batch.items()}
+                    several = geo and len(args.backend3d) > 1
+                    label = f"{mode} ({backend3d})" if several else mode
+                    times = measure(model, batch, args.bf16, args.repeat, device)
+                    original = (
+                        ORIGINAL_STEP_S.get((backbone, batch_size, mode)) if device.type == "cpu" else None
+                    )
+                    speedup = f"{original / times['step']:.1f}×" if original else "n/a"
+                    share_3d = f"{times['3d'] / times['step']:.0%}" if "3d" in times else "–"
+                    print(
+                        f"| {backbone} | {batch_size} | {label} | {times['step']:.2f} | {batch_size / times['step']:.2f} | "
+                        f"{original if original else 'n/a'} | {speedup} | {share_3d} | {times['loss'] / times['step']:.1%} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

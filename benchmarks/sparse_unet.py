@@ -1,10 +1,13 @@
-"""The 3D network alone: MinkUNet34C forward + backward on CPU, pri3d's torch path vs spconv's.
+"""The 3D network alone: MinkUNet34C forward + backward, pri3d's torch path vs spconv's or spconv-triton's.
 
 Voxels come from `synthetic_batch.py` (room surfaces at 2 cm, ``--voxels`` per view, ``--batch``
-views in one sparse tensor). For each CPU path it reports the minimum over ``--repeat`` runs (after
-a warm-up; the paths take turns) of forward, backward and their sum, and how much of the forward
-is spent building neighbour tables (spconv's ``get_indice_pairs`` or pri3d's ``submanifold_map`` /
-``downsample_map``); ``--profile`` adds the top operators of one run (torch profiler, self CPU time).
+views in one sparse tensor), on ``--device`` (cpu or cuda). For each path (``--backend``: torch,
+spconv, triton; triton needs cuda and ``pip install "pri3d[triton]"``) it reports the minimum over
+``--repeat`` runs (after a warm-up, which also compiles and autotunes Triton's kernels; the paths
+take turns) of forward, backward and their sum, and how much of the forward is spent building
+neighbour tables (spconv's or spconv-triton's ``get_indice_pairs*`` or pri3d's ``submanifold_map`` /
+``downsample_map``; on cuda each of these calls is bracketed by synchronisations);
+``--profile`` adds the top operators of one run (torch profiler, self CPU time).
 
 ``--bf16-gemms`` asks whether bfloat16 GEMMs would pay on this CPU for the torch path: it records
 every dense GEMM of one forward + backward (the per-offset products, the centre offset's GEMM and
@@ -16,6 +19,7 @@ as it is. ``--block-pairs`` sets ``sparse_conv_torch.BLOCK_PAIRS`` (the per-offs
 longer with larger blocks).
 
     PYTHONPATH=. python benchmarks/sparse_unet.py --batch 2 --voxels 35000 --backend spconv torch
+    PYTHONPATH=. python benchmarks/sparse_unet.py --device cuda --batch 2 --voxels 35000 --backend torch triton
     PYTHONPATH=. python benchmarks/sparse_unet.py --backend torch --bf16-gemms --threads 1
 """
 
@@ -34,24 +38,27 @@ from pri3d.models.sparse_unet import MinkUNet34C
 
 
 class _Timed:
-    """Wraps a function and sums the seconds spent in it."""
+    """Wraps a function and sums the seconds spent in it (``sync`` before and after each call)."""
 
-    def __init__(self, fn: Callable) -> None:
+    def __init__(self, fn: Callable, sync: Callable[[], None]) -> None:
         self.fn = fn
+        self.sync = sync
         self.seconds = 0.0
 
     def __call__(self, *args, **kwargs):
+        self.sync()
         start = time.perf_counter()
         try:
             return self.fn(*args, **kwargs)
         finally:
+            self.sync()
             self.seconds += time.perf_counter() - start
 
 
-def _patch(module: object, names: list[str]) -> list[_Timed]:
+def _patch(module: object, names: list[str], sync: Callable[[], None]) -> list[_Timed]:
     timers = []
     for name in names:
-        timer = _Timed(getattr(module, name))
+        timer = _Timed(getattr(module, name), sync)
         setattr(module, name, timer)
         timers.append(timer)
     return timers
@@ -130,7 +137,10 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=2, help="views in one sparse tensor")
     parser.add_argument("--voxels", type=int, default=35000, help="voxels per view")
-    parser.add_argument("--backend", nargs="+", default=["spconv", "torch"], choices=["spconv", "torch"])
+    parser.add_argument(
+        "--backend", nargs="+", default=["spconv", "torch"], choices=["spconv", "torch", "triton"]
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = PyTorch's default)")
     parser.add_argument("--profile", action="store_true", help="print the top operators of one run")
@@ -141,6 +151,8 @@ def main() -> None:
         "--block-pairs", type=int, default=0, help="sparse_conv_torch.BLOCK_PAIRS (0 = its default)"
     )
     args = parser.parse_args()
+    if args.bf16_gemms and args.device != "cpu":
+        parser.error("--bf16-gemms replays the torch path's GEMMs on the CPU; use --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.block_pairs:
@@ -151,24 +163,37 @@ def main() -> None:
     coords[batch["voxels1"].shape[0] :, 0] += batch["batch_size"]
     features = torch.cat([batch["voxel_colors1"], batch["voxel_colors2"]])
     keep = coords[:, 0] < args.batch
-    coords, features = coords[keep].contiguous(), features[keep].contiguous()
-    print(f"{coords.shape[0]:,} voxels in {args.batch} views, {torch.get_num_threads()} threads")
+    device = torch.device(args.device)
+    coords, features = coords[keep].contiguous().to(device), features[keep].contiguous().to(device)
+    where = (
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    )
+    print(f"{coords.shape[0]:,} voxels in {args.batch} views, {where}, torch {torch.__version__}")
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     if args.bf16_gemms:
         torch.manual_seed(0)
         bf16_gemms(MinkUNet34C(backend="torch"), coords, features, args.repeat)
         return
 
-    map_timers = _patch(spconv_ops, ["get_indice_pairs"]) + _patch(
-        sparse_conv_torch, ["submanifold_map", "downsample_map"]
+    map_timers = _patch(spconv_ops, ["get_indice_pairs"], sync) + _patch(
+        sparse_conv_torch, ["submanifold_map", "downsample_map"], sync
     )
+    if "triton" in args.backend:
+        import spconv_triton.pytorch.ops as triton_ops  # optional: pip install "pri3d[triton]"
+
+        map_timers += _patch(triton_ops, ["get_indice_pairs", "get_indice_pairs_implicit_gemm"], sync)
     torch.manual_seed(0)
     state = MinkUNet34C().state_dict()
     print(
-        "| CPU path | forward (s) | of which neighbour tables (s) | backward (s) | forward + backward (s) |"
+        f"| {args.device} path | forward (s) | of which neighbour tables (s) | backward (s) | "
+        "forward + backward (s) |"
     )
     print("|---|---|---|---|---|")
-    nets = {backend: MinkUNet34C(backend=backend) for backend in args.backend}
+    nets = {backend: MinkUNet34C(backend=backend).to(device) for backend in args.backend}
     best: dict[str, tuple[float, float, float, float]] = {}
     # runs of the paths alternate, so that a slow spell of a shared machine hits both alike
     for run in range(args.repeat + 1):
@@ -176,10 +201,13 @@ def main() -> None:
             net.load_state_dict(state)
             for timer in map_timers:
                 timer.seconds = 0.0
+            sync()
             start = time.perf_counter()
             out = net(coords, features)
+            sync()
             middle = time.perf_counter()
             out.square().mean().backward()
+            sync()
             end = time.perf_counter()
             net.zero_grad(set_to_none=True)
             result = (middle - start, sum(t.seconds for t in map_timers), end - middle, end - start)
