@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from types import SimpleNamespace
 
@@ -143,3 +144,21 @@ def test_triton_warm_up_runs_on_rank_0_first_into_the_run_folder(monkeypatch, tm
     pretrain_task.warm_up_triton(SimpleNamespace(backbone3d=None), config, env)
     assert events == (["warm", "barrier", "barrier"] if rank == 0 else ["barrier", "warm", "barrier"])
     assert os.environ["TRITON_CACHE_DIR"] == str(tmp_path.resolve() / "triton_cache")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pretraining_on_the_triton_path_fills_the_run_folders_cache(
+    monkeypatch, pretrain_root, tiny_pretrain, tmp_path
+):
+    """A short CUDA run with `pretrain.backend3d=triton`: Triton compiles into <train.log_dir>/triton_cache
+    (the warm-up) and the run trains all three losses to finite values."""
+    pytest.importorskip("spconv_triton.pytorch")
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    overrides = tiny_pretrain(
+        pretrain_root, tmp_path / "run", "pretrain.backend3d=triton", "train.device=cuda", "train.max_steps=2"
+    )
+    metrics = pretrain_task.pretrain(load_config(PretrainRunConfig, overrides))
+    assert any((tmp_path / "run" / "triton_cache").iterdir())
+    assert all(
+        math.isfinite(metrics[key]) for key in ("train/geo_loss", "train/view_loss", "train/depth_loss")
+    )
