@@ -153,7 +153,7 @@ def match_points(
     pixel_j = row * width  # int32 wraps silently outside the image; those are set to 0 just below
     pixel_j += col
     pixel_j *= inside
-    depth_there = depth_j.ravel()[pixel_j]  # [N]
+    depth_there = depth_j.ravel().take(pixel_j)  # [N]; take is ~2x faster than fancy indexing here
     error = z - depth_there
     np.abs(error, out=error)
     matched = error < threshold

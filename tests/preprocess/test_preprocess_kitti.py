@@ -1,6 +1,7 @@
 """`pri3d preprocess kitti` on a tiny analytic street (tests/kitti_street.py): pair ratios and pixel
 mappings against an independent computation, the raw-drive / odometry frame offset, resume, a broken
-drive, the lock and the command line."""
+drive, the lock and the command line; the bound that skips pairs never drops a point that can land in
+frame j's image, and the pairs it skips are not kept by the exact computation."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import shutil
 from pathlib import Path
 
+import kitti_street
 import numpy as np
 import pytest
 import torch
@@ -17,6 +19,7 @@ import pri3d.cli
 from pri3d.geometry import invert_rigid, pixel_correspondences
 from pri3d.io.kitti import MAPPING_NAME, calib_path, depth_path, read_kitti_depth, read_kitti_pairs
 from pri3d.preprocess.kitti import DRIVE_REPORT_NAME, KittiOptions, preprocess_kitti
+from pri3d.preprocess.kitti_overlap import match_points, overlap_ratio, point_blocks, reachable_blocks
 from pri3d.preprocess.output_folder import OutputFolderError, output_lock
 
 
@@ -36,12 +39,14 @@ def _true_pose(start: int, raw_frame: int) -> np.ndarray:
     return camera2_to_world(raw_frame)
 
 
-def _expected_pairs(root: Path, pose_of=_true_pose, threshold=0.5, min_ratio=0.05, max_gap=100):
+def _expected_pairs(
+    root: Path, pose_of=_true_pose, threshold=0.5, min_ratio=0.05, max_gap=100, drives=DRIVES
+):
     """Every kept pair of the street by pri3d.geometry.pixel_correspondences (dense torch float64) and
     the street's camera 2 poses ``pose_of(start, raw_frame)``: {(drive, i, j): (ratio, mapping [M, 4])}."""
     expected = {}
     k = torch.from_numpy(K2)
-    for _, drive, split, start, length in DRIVES:
+    for _, drive, split, start, length in drives:
         frames = range(start, start + length)  # the frames with an odometry pose
         depth = {
             r: torch.from_numpy(read_kitti_depth(depth_path(root, split, drive, r))).double() for r in frames
@@ -221,3 +226,108 @@ def test_command_line_with_worker_processes(street, tmp_path, capsys):
     shutil.rmtree(root / "preprocessed" / drive)
     assert pri3d.cli.main(["preprocess", "kitti", "--root", str(root), "--quiet"]) == 1
     assert "1 drive(s) failed" in capsys.readouterr().err
+
+
+# --- the bound that skips pairs -------------------------------------------------------------------
+
+
+def _lands_in_image(points: np.ndarray, projection: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool [N]: in front of camera j with its nearest pixel in the image, in float64 without casts."""
+    projected = projection @ points
+    with np.errstate(divide="ignore", invalid="ignore"):
+        col, row = np.floor(projected[:2] / projected[2] + 0.5)
+    return (projected[2] > 0) & (col >= 0) & (col < shape[1]) & (row >= 0) & (row < shape[0])
+
+
+def _reached_points(blocks, projection: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """bool [N]: the points of the blocks the bound keeps for this partner."""
+    return np.repeat(reachable_blocks(blocks, projection[None], shape)[0], blocks.counts)
+
+
+def test_bound_keeps_every_point_that_lands_in_the_image():
+    """Random scenes and camera motions (forward, backward, sideways, turned): every point whose nearest
+    pixel is in frame j's image, in front of it, is in a block the bound keeps; match_points finds
+    exactly these points when frame j's depth is valid everywhere and the threshold is infinite."""
+    rng = np.random.default_rng(7)
+    shape, k = (40, 90), np.array([[45.0, 0.3, 44.7], [0.0, 47.0, 19.2], [0.0, 0.0, 1.0]])
+    anywhere = np.ones(shape, dtype=np.float32)
+    partly, all_kept = 0, 0
+    for _ in range(60):
+        depth = np.exp(rng.uniform(np.log(0.3), np.log(200.0), shape)) * (rng.random(shape) < 0.3)
+        blocks = point_blocks(depth.astype(np.float32), k)
+        for size in (0.01, 0.1, 1.0, 1.0, 1.0):  # small motions keep every block, large ones drop some
+            axis = rng.normal(size=3)
+            rotation = torch.linalg.matrix_exp(
+                torch.tensor(np.cross(np.eye(3), axis / np.linalg.norm(axis) * rng.uniform(0, 0.8 * size)))
+            ).numpy()
+            projection = k @ np.concatenate((rotation, rng.normal(0, 15 * size, (3, 1))), axis=1)
+            lands = _lands_in_image(blocks.points, projection, shape)
+            reached = _reached_points(blocks, projection, shape)
+            assert not (lands & ~reached).any()
+            np.testing.assert_array_equal(match_points(blocks.points, projection, anywhere, np.inf)[0], lands)
+            partly += reached.sum() < len(reached)
+            all_kept += reached.all()
+    assert partly > 50 and all_kept > 10  # both the pruning and the keeping are exercised
+
+
+@pytest.mark.parametrize(
+    ("where", "reached"),
+    [
+        ("inside the left edge by 1e-6 px", True),
+        ("outside the left edge by 0.01 px", False),
+        ("inside the bottom edge by 1e-6 px", True),
+        ("outside the bottom edge by 0.01 px", False),
+        ("1 mm in front of camera j", True),
+        ("1 mm behind camera j", False),
+    ],
+)
+def test_bound_at_the_image_edges_and_the_camera_plane(where, reached):
+    """One point, one block; camera j is camera i moved so that the point lands just inside or just
+    outside frame j's image (nearest pixel col 0 starts at u = -0.5, the last row ends at v = H - 0.5)."""
+    height, width, k = 24, 80, K2  # K2's principal point (39.3, 11.6)
+    depth = np.zeros((height, width), dtype=np.float32)
+    depth[12, 50] = 8.0
+    blocks = point_blocks(depth, k)
+    x, y, z = blocks.points[:3, 0]
+    shift = np.zeros(3)  # camera j = camera i translated by `shift`
+    if "left" in where:
+        u = -0.5 + (1e-6 if reached else -0.01)
+        shift[0] = x - (u - k[0, 2]) * z / k[0, 0]
+    elif "bottom" in where:
+        v = height - 0.5 + (-1e-6 if reached else 0.01)
+        shift[1] = y - (v - k[1, 2]) * z / k[1, 1]
+    else:  # the point at depth +-1 mm, on the ray of pixel (12, 40)
+        z_j = 1e-3 if reached else -1e-3
+        shift = np.array([x, y, z]) - z_j * np.array([(40 - k[0, 2]) / k[0, 0], (12 - k[1, 2]) / k[1, 1], 1])
+    projection = k @ np.concatenate((np.eye(3), -shift[:, None]), axis=1)
+    assert _lands_in_image(blocks.points, projection, (height, width))[0] == reached
+    assert _reached_points(blocks, projection, (height, width))[0] == reached
+
+
+def test_pairs_the_bound_skips_are_not_kept(tmp_path, monkeypatch):
+    """A longer drive of the street (30 frames, up to 60 m apart): the bound rejects some pairs and must
+    keep the others, and the stored pairs equal the independent computation over every pair."""
+    long_drive = (("00", "2011_10_03_drive_0027", "train", 3, 30),)
+    monkeypatch.setattr(kitti_street, "DRIVES", long_drive)
+    root = write_street(tmp_path / "kitti")
+    preprocess_kitti(root, progress=False)
+    stored, expected = _stored_pairs(root / "preprocessed"), _expected_pairs(root, drives=long_drive)
+    assert sorted(stored) == sorted(expected)
+    for key, (ratio, mapping) in expected.items():
+        assert stored[key][0] == pytest.approx(ratio, abs=5e-7)
+        np.testing.assert_array_equal(stored[key][1], mapping)
+
+    _, drive, split, start, length = long_drive[0]
+    depth = {r: read_kitti_depth(depth_path(root, split, drive, r)) for r in range(start, start + length)}
+    valid = {r: int((d > 0).sum()) for r, d in depth.items()}
+    rejected = []
+    for i in depth:
+        blocks = point_blocks(depth[i], K2)
+        for j in range(i + 1, start + length):
+            projection = K2 @ (np.linalg.inv(camera2_to_world(j)) @ camera2_to_world(i))[:3]
+            bound = _reached_points(blocks, projection, depth[i].shape).sum()
+            matches = match_points(blocks.points, projection, depth[j], 0.5)[0].sum()
+            assert bound >= matches
+            if overlap_ratio(bound, valid[i], valid[j]) <= 0.05:
+                rejected.append((drive, i, j))
+    assert len(rejected) > 20 and len(expected) > 20 and not set(rejected) & set(expected)
