@@ -29,7 +29,7 @@ from torch import nn
 
 __all__ = ["available", "conv", "sparse_tensor", "use_cache_dir", "warm_up"]
 
-#: Box room of the warm-up: its six faces at 2 cm are ~34k voxels, the size of one view's crop.
+#: Box room of the warm-up: its six faces are 33,088 voxels, about one view's crop at 2 cm (35k).
 WARM_UP_BOX = (100, 80, 50)
 
 # spconv module -> its weightless spconv-triton counterpart (dies with the module)
