@@ -21,8 +21,8 @@ points behind), so each pair is first bounded without projecting its points:
   rounded, so it does not decrease either): a pair whose bound's ratio is <= min_ratio cannot be kept.
 
 The pairs that pass are matched exactly (:func:`match_points`), on the points of the blocks from the
-first reachable one to the last in block order (depth bins first, so that is roughly "the points far
-enough ahead"); the points outside that range are in blocks that cannot match. Kept pairs are therefore
+first reachable one to the last in block order (blocks are ordered so that this run is nearly only
+reachable ones for a partner ahead); the points outside that range are in blocks that cannot match. Kept pairs are therefore
 the same as matching every point of every pair, which the tests check.
 """
 
@@ -56,8 +56,7 @@ _BOUND_MARGIN = 1e-3
 class PointBlocks:
     """Frame i's valid pixels and camera points grouped into blocks, each block a contiguous run.
 
-    pixels: int64 [N] flat indices row * W + col in block order (blocks sorted by depth bin, then tile
-    row, tile col); points: float64 [4, N] their homogeneous camera points; starts, counts: int64 [B]
+    pixels: int64 [N] flat indices row * W + col in block order (see :func:`point_blocks`); points: float64 [4, N] their homogeneous camera points; starts, counts: int64 [B]
     first position and number of points of each block; boxes: float64 [7, B] each block's axis-aligned
     box of camera points as (centre x, y, z, half extent x, y, z, 1).
     """
@@ -75,15 +74,25 @@ def point_blocks(depth: np.ndarray, K: np.ndarray) -> PointBlocks:
     Args:
         depth: float [H, W] metres, 0 invalid (as read from an annotated depth PNG); K: [3, 3] at H x W.
     """
-    width = depth.shape[1]
+    height, width = depth.shape
     pixels = np.flatnonzero(depth > 0)  # a bool mask: nonzero on floats is several times slower
     z = depth.ravel()[pixels].astype(np.float64)
     rows, cols = np.divmod(pixels, width)
-    depth_bin = np.floor(np.log(z) * (1 / np.log(BLOCK_DEPTH_RATIO))).astype(np.int64)
-    tiles_across = -(-width // BLOCK_TILE[1])
-    tiles = (depth.shape[0] // BLOCK_TILE[0] + 1) * tiles_across
-    key = (depth_bin - depth_bin.min(initial=0)) * tiles + (rows // BLOCK_TILE[0]) * tiles_across
-    key += cols // BLOCK_TILE[1]
+    log_ratio = np.log(BLOCK_DEPTH_RATIO)
+    depth_bin = np.floor(np.log(z) * (1 / log_ratio)).astype(np.int64)
+    tiles_down, tiles_across = -(-height // BLOCK_TILE[0]), -(-width // BLOCK_TILE[1])
+    tile = (rows // BLOCK_TILE[0]) * tiles_across + cols // BLOCK_TILE[1]
+    # Blocks are ordered by how far a camera can drive forward before they leave its view, about
+    # depth x (1 - the tile's offset from the principal point as a fraction of half the image): the
+    # blocks a partner ahead still sees then form nearly one run, the exact path's slice.
+    centre_row = (np.arange(tiles_down) + 0.5) * BLOCK_TILE[0] - 0.5
+    centre_col = (np.arange(tiles_across) + 0.5) * BLOCK_TILE[1] - 0.5
+    offset = np.maximum(
+        np.abs(centre_row - K[1, 2])[:, None] / (height / 2), np.abs(centre_col - K[0, 2]) / (width / 2)
+    )  # [tiles_down, tiles_across]
+    bins_left = np.floor(np.log(np.clip(1 - offset, 0.05, 1)) / log_ratio).astype(np.int64).ravel()
+    reach_bin = depth_bin + bins_left[tile]  # (reach_bin, tile) <-> (depth_bin, tile): the same blocks
+    key = (reach_bin - reach_bin.min(initial=0)) * (tiles_down * tiles_across) + tile
     if key.max(initial=0) <= np.iinfo(np.uint16).max:
         key = key.astype(np.uint16)  # sorted by radix sort, several times faster
     order = np.argsort(key, kind="stable")
