@@ -96,9 +96,13 @@ def point_blocks(depth: np.ndarray, K: np.ndarray) -> PointBlocks:
     if key.max(initial=0) <= np.iinfo(np.uint16).max:
         key = key.astype(np.uint16)  # sorted by radix sort, several times faster
     order = np.argsort(key, kind="stable")
-    starts = np.flatnonzero(np.diff(key[order], prepend=-1))
+    sorted_key = key.take(order)
+    new_block = np.empty(len(order), dtype=bool)
+    new_block[:1] = True
+    np.not_equal(sorted_key[1:], sorted_key[:-1], out=new_block[1:])
+    starts = np.flatnonzero(new_block)
     counts = np.diff(starts, append=len(order))
-    pixels, z, rows, cols = pixels[order], z[order], rows[order], cols[order]
+    pixels, z, rows, cols = pixels.take(order), z.take(order), rows.take(order), cols.take(order)
     points = np.empty((4, len(pixels)))
     fx, skew, cx, fy, cy = K[0, 0], K[0, 1], K[0, 2], K[1, 1], K[1, 2]
     y_over_z = (rows - cy) / fy

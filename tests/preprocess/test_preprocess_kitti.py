@@ -304,6 +304,14 @@ def test_bound_at_the_image_edges_and_the_camera_plane(where, reached):
     assert _reached_points(blocks, projection, (height, width))[0] == reached
 
 
+def test_a_frame_without_valid_depth_has_no_blocks_and_no_matches():
+    blocks = point_blocks(np.zeros((24, 80), dtype=np.float32), K2)
+    assert blocks.points.shape == (4, 0) and len(blocks.counts) == 0
+    projection = K2 @ np.eye(3, 4)
+    assert reachable_blocks(blocks, projection[None], (24, 80)).shape == (1, 0)
+    assert match_points(blocks.points, projection, np.ones((24, 80), np.float32), 0.5)[0].shape == (0,)
+
+
 def test_pairs_the_bound_skips_are_not_kept(tmp_path, monkeypatch):
     """A longer drive of the street (30 frames, up to 60 m apart): the bound rejects some pairs and must
     keep the others, and the stored pairs equal the independent computation over every pair."""
