@@ -213,9 +213,9 @@ def preprocess_drive(
                         [depths[j] for j in partners],
                         valid[frame_i],
                         [valid[j] for j in partners],
+                        K,
                         K @ transforms[:, :3],
                         options,
-                        K,
                     )
                     for k, ratio, rows in kept:
                         pair = KittiPair(
@@ -257,16 +257,16 @@ def _kept_partners(
     partner_depths: list[np.ndarray],
     valid_i: int,
     partner_valid: list[int],
+    K: np.ndarray,
     projections: np.ndarray,
     options: KittiOptions,
-    K: np.ndarray,
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     """The partners k of frame i with ratio > min_ratio: (k, ratio, mapping int [M, 4]).
 
     The mapping's rows are (row_i, col_i, row_j, col_j) in row-major order of frame i's pixels.
-    projections: [J, 3, 4] camera 2 (i) -> pixels of each partner; K: [3, 3] camera 2's intrinsics.
+    K: [3, 3] camera 2's intrinsics; projections: [J, 3, 4] camera 2 (i) -> pixels of each partner.
     Pairs the bound rejects (:mod:`pri3d.preprocess.kitti_overlap`) are not matched at all; the others
-    on the points of the blocks that can reach the partner's image.
+    are matched on the points of the blocks that can reach the partner's image.
     """
     width = depth_i.shape[1]
     blocks = point_blocks(depth_i, K)
