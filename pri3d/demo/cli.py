@@ -1,12 +1,13 @@
-"""`pri3d demo`: does the 3D prior help? The paper's question end to end on generated data.
+"""`pri3d demo`: do 3D priors beat 2D-only contrastive pre-training? The paper's question end to end.
 
 Stages: generate synthetic ScanNet-format scans (train and held-out val scenes); preprocess the
 train scenes with the real `pri3d preprocess scannet`; check their geometry as pre-training uses
-it; pre-train Res18UNet from scratch three ways (view-invariant, geometric prior, both; the depth
-loss with --depth-loss); fine-tune semantic segmentation on a small labelled share of the train
-frames from scratch and from each pre-trained model with the same budget and several seeds;
-evaluate on the held-out scenes; write OUT/report.json, OUT/report.md and figures. Re-running with
-the same --out resumes: finished stages and runs are read back.
+it; pre-train Res18UNet four ways on the same frames, each with several seeds (MoCo v2, 2D only, on
+its ResNet-18 encoder; Pri3D's view-invariant loss, geometric prior, both; the depth loss with
+--depth-loss); fine-tune semantic segmentation on a small labelled share of the train frames from
+scratch and from each pre-trained model with the same recipe over several seeds, and probe each
+frozen model linearly; evaluate both on the held-out scenes; write OUT/report.json, OUT/report.md and
+figures. Re-running with the same --out resumes: finished stages and runs are read back.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ import torch
 
 from pri3d.cli_types import image_size
 from pri3d.demo import figures
+from pri3d.demo.report import markdown, summarise
 from pri3d.demo.study import (
     ARMS,
     StudyConfig,
-    finetune_dir,
     finetune_jobs,
     labelled_frames,
     pretrain_dir,
     pretrain_jobs,
-    pretrain_lr,
+    probe_jobs,
     run_jobs,
 )
 from pri3d.geometry import invert_rigid, pixel_correspondences
@@ -50,7 +51,8 @@ class DemoPlan:
     study: StudyConfig
 
 
-#: 15 rooms (10 train, 5 held-out val: every room type in both), 150 frames each at 60×80.
+#: 15 rooms (10 train, 5 held-out val: every room type in both), 150 frames each at 60×80; the runs'
+#: budgets keep the whole demo within 15 minutes on 2 CPU cores (docs/benchmarks.md).
 FULL = DemoPlan(
     SynthConfig(
         scenes=15,
@@ -63,6 +65,13 @@ FULL = DemoPlan(
     ),
     StudyConfig(),
 )
+#: On a GPU: the same rooms at the paper's 240×320, the budget the CPU demo had before MoCo and the
+#: pre-training seeds joined it (120 pre-training steps; three fine-tuning seeds).
+GPU = DemoPlan(
+    replace(FULL.synth, color_size=(240, 320), depth_size=(240, 320)),
+    StudyConfig(size=(240, 320), pretrain_steps=120, seeds=(0, 1, 2)),
+)
+#: A smoke test of every stage and arm (60×80 on any device).
 QUICK = DemoPlan(
     SynthConfig(
         scenes=4,
@@ -75,35 +84,53 @@ QUICK = DemoPlan(
     ),
     StudyConfig(
         size=(60, 80),
-        pretrain_steps=3,
+        pretrain_steps=2,
         pretrain_batch=4,
         sample_points=256,
         finetune_epochs=2,
         finetune_batch=4,
         labelled_share=0.5,
-        seeds=(0, 1),
+        pretrain_seeds=(0, 1),
+        seeds=(0,),
+        probe_steps=50,
     ),
 )
 #: Runs sharing one GPU at once.
 GPU_RUNS = 3
-STAGES = ("generate scans", "preprocess", "check geometry", "pre-train and fine-tune", "figures")
+STAGES = ("generate scans", "preprocess", "check geometry", "pre-train, fine-tune, probe", "figures")
+
+
+def choose_plan(quick: bool, device: str, size: tuple[int, int] | None) -> DemoPlan:
+    """``--quick``'s plan, else the GPU's on cuda and the CPU's otherwise; ``size`` (``--size``)
+    replaces the plan's image size for the rooms and every run."""
+    plan = QUICK if quick else GPU if device == "cuda" else FULL
+    if size is not None:
+        plan = DemoPlan(replace(plan.synth, color_size=size, depth_size=size), replace(plan.study, size=size))
+    return plan
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="does the 3D prior help? pre-train, fine-tune and compare on generated data (no download)",
-        description="Generate synthetic ScanNet-format scans, preprocess them, pre-train Res18UNet with the "
-        "view-invariant loss, the geometric prior and both, fine-tune semantic segmentation from scratch and "
-        "from each, and compare on held-out scenes over several seeds. Writes OUT/report.json, "
-        "OUT/report.md and OUT/figures/. Re-running with the same --out resumes.",
+        help="do 3D priors beat 2D-only contrastive pre-training? pre-train, fine-tune, probe and compare "
+        "on generated data (no download)",
+        description="Generate synthetic ScanNet-format scans, preprocess them, pre-train Res18UNet with MoCo v2 "
+        "(2D only), the view-invariant loss, the geometric prior and both, each with two seeds, fine-tune "
+        "semantic segmentation from scratch and from each over several seeds, probe each frozen model "
+        "linearly, and compare on held-out scenes. Writes OUT/report.json, OUT/report.md and OUT/figures/. "
+        "Re-running with the same --out resumes.",
     )
     parser.add_argument(
         "--out", type=Path, default=Path("out/demo"), help="output folder (default %(default)s)"
     )
-    parser.add_argument("--quick", action="store_true", help="a small run for smoke tests (< 3 min)")
     parser.add_argument(
-        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when present"
+        "--quick", action="store_true", help="a small run of every stage and arm for smoke tests (< 3 min)"
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: cuda when present; on cuda the demo runs at the paper's 240x320 unless --size says otherwise",
     )
     parser.add_argument(
         "--workers",
@@ -117,7 +144,7 @@ def register(subparsers) -> None:
         "--pretrain-steps",
         type=int,
         metavar="N",
-        help="optimizer steps of each pre-training (default: 120, --quick 3); larger budgets need a GPU",
+        help="optimizer steps of each pre-training (default: 30 on the CPU, 120 on a GPU, --quick 2)",
     )
     parser.add_argument(
         "--finetune-epochs", type=int, metavar="N", help="epochs of each fine-tuning (default: 10, --quick 2)"
@@ -126,25 +153,19 @@ def register(subparsers) -> None:
         "--size",
         type=partial(image_size, minimum=32),
         metavar="HxW",
-        help="image size, height x width, of the rooms, the pre-training and the fine-tuning (default 60x80; the paper's "
-        "240x320 takes 12-15 times as long and needs a GPU, see docs/benchmarks.md)",
+        help="image size, height x width, of the rooms, the pre-training and the fine-tuning (default 60x80 on the "
+        "CPU, the paper's 240x320 on a GPU; 240x320 takes 12-15 times as long, see docs/benchmarks.md)",
     )
     parser.add_argument(
         "--depth-loss",
         action="store_true",
-        help="add the depth loss to every arm, as the paper (off by default: on this data it holds the "
+        help="add the depth loss to every Pri3D arm, as the paper (off by default: on this data it holds the "
         "pre-trained models back, see docs/benchmarks.md)",
     )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    plan = QUICK if args.quick else FULL
-    if args.size is not None:
-        plan = DemoPlan(
-            replace(plan.synth, color_size=args.size, depth_size=args.size),
-            replace(plan.study, size=args.size),
-        )
     if args.device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif args.device == "cuda" and not torch.cuda.is_available():
@@ -152,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     else:
         device = args.device
+    plan = choose_plan(args.quick, device, args.size)
     for option, value in (
         ("--pretrain-steps", args.pretrain_steps),
         ("--finetune-epochs", args.finetune_epochs),
@@ -204,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
         "generate scans": lambda: _generate(data, plan.synth, args.workers),
         "preprocess": lambda: _preprocess(data, out, plan.synth, study, args.workers),
         "check geometry": lambda: _check_geometry(data, out, plan.synth, study),
-        "pre-train and fine-tune": lambda: _study(out, data, study),
+        "pre-train, fine-tune, probe": lambda: _study(out, study),
         "figures": lambda: _figures(out, data, study, report),
     }
     start = time.perf_counter()
@@ -228,10 +250,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _plain(value):
     return json.loads(json.dumps(value, default=str))
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" + ("" if number == 1 else "s")
 
 
 #: Study fields that change where and how fast runs go, not their results: free to change on resume.
@@ -359,59 +377,54 @@ def _correspondence_figure(out: Path, study: StudyConfig) -> Path:
     )
 
 
-def _study(out: Path, data: Path, study: StudyConfig) -> dict:
+def _study(out: Path, study: StudyConfig) -> dict:
     runs = out / "runs"
     frames = out / "finetune_data"
-    jobs = pretrain_jobs(runs, out / "pretrain_data", study) + finetune_jobs(runs, frames, frames, study)
+    jobs = (
+        pretrain_jobs(runs, out / "pretrain_data", study)
+        + probe_jobs(runs, frames, study)
+        + finetune_jobs(runs, frames, frames, study)
+    )
 
     def announce(job, result) -> None:
-        if job.kind == "pretrain":
+        if job.kind in ("pretrain", "moco"):
             print(f"  {job.name}: done in {result['seconds']:.0f} s", flush=True)
         else:
-            print(
-                f"  {job.name}: val mIoU {100 * result['final']['miou']:.1f} ({result['seconds']:.0f} s)",
-                flush=True,
-            )
+            miou = result["final"]["miou"] if job.kind == "finetune" else result["miou"]
+            print(f"  {job.name}: val mIoU {100 * miou:.1f} ({result['seconds']:.0f} s)", flush=True)
 
     threads = 1 if study.device == "cpu" and study.parallel > 1 else 0
     results = run_jobs(jobs, study.parallel, threads, on_done=announce)
-    table: dict[str, dict] = {}
+    finetuned: dict[str, list[dict]] = {}
+    probed: dict[str, list[dict]] = {}
     for job in jobs:
+        result = results[job.name]
         if job.kind == "finetune":
-            entry = table.setdefault(job.meta["init"], {"miou": [], "miou_original": [], "seeds": []})
-            final = results[job.name]["final"]
-            entry["miou"].append(final["miou"])
-            entry["miou_original"].append(final["miou_original"])
-            entry["seeds"].append(job.meta["seed"])
+            final = result["final"]
+            finetuned.setdefault(job.meta["init"], []).append(
+                {
+                    **job.meta,
+                    "miou": final["miou"],
+                    "miou_original": final["miou_original"],
+                    "run": str(job.log_dir),
+                }
+            )
+        elif job.kind == "probe":
+            probed.setdefault(job.meta["init"], []).append(
+                {**job.meta, "miou": result["miou"], "miou_original": result["miou_original"]}
+            )
+    seconds = {kind: [results[j.name]["seconds"] for j in jobs if j.kind == kind] for kind in _KINDS}
     return {
         "runs": str(runs),
-        "table": summarise(table),
-        "pretrain_seconds": {j.meta["arm"]: results[j.name]["seconds"] for j in jobs if j.kind == "pretrain"},
-        "finetune_seconds_mean": round(
-            statistics.mean(results[j.name]["seconds"] for j in jobs if j.kind == "finetune"), 1
-        ),
+        "table": summarise(finetuned, probed),
+        "pretrain_seconds": {
+            j.name: results[j.name]["seconds"] for j in jobs if j.kind in ("pretrain", "moco")
+        },
+        "mean_seconds": {kind: round(statistics.mean(v), 1) for kind, v in seconds.items() if v},
     }
 
 
-def summarise(table: dict[str, dict]) -> list[dict]:
-    """Rows init | mean ± std | Δ vs scratch, and whether every seed beats scratch's best seed."""
-    scratch = table["scratch"]["miou"]
-    rows = []
-    for init, entry in table.items():
-        values = entry["miou"]
-        row = {
-            "init": init,
-            "miou_mean": statistics.mean(values),
-            "miou_std": statistics.pstdev(values),
-            "miou_per_seed": values,
-            "miou_original_mean": statistics.mean(entry["miou_original"]),
-            "seeds": entry["seeds"],
-        }
-        if init != "scratch":
-            row["delta_vs_scratch"] = row["miou_mean"] - statistics.mean(scratch)
-            row["every_seed_beats_best_scratch"] = min(values) > max(scratch)
-        rows.append(row)
-    return rows
+_KINDS = ("pretrain", "moco", "finetune", "probe")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -421,23 +434,33 @@ def summarise(table: dict[str, dict]) -> list[dict]:
 def _figures(out: Path, data: Path, study: StudyConfig, report: dict) -> dict:
     folder = out / "figures"
     runs = out / "runs"
-    rows = report["pre-train and fine-tune"]["table"]
+    rows = report[STAGES[3]]["table"]
+    pretrain_curves = {
+        f"{arm.name} seed {seed}": _curve(pretrain_dir(runs, arm.name, seed), "train/total_loss")
+        for arm in ARMS
+        for seed in study.pretrain_seeds
+    }
     written = {
         "training_curves": figures.training_curves_figure(
-            {arm.name: _curve(pretrain_dir(runs, arm.name), "train/total_loss") for arm in ARMS},
+            pretrain_curves,
             {
-                row["init"]: [
-                    _curve(finetune_dir(runs, row["init"], s), "train/total_loss") for s in row["seeds"]
-                ]
+                row["init"]: [_curve(Path(r["run"]), "train/total_loss") for r in row["finetune"]["runs"]]
                 for row in rows
             },
             folder / "training_curves.png",
         ),
         "miou_bars": figures.miou_bar_figure(
-            {row["init"]: row["miou_per_seed"] for row in rows}, folder / "miou.png"
+            {row["init"]: [r["miou"] for r in row["finetune"]["runs"]] for row in rows},
+            folder / "miou.png",
+            title="fine-tuned, held-out scenes: mean ± std over every run",
+        ),
+        "probe_bars": figures.miou_bar_figure(
+            {row["init"]: [r["miou"] for r in row["probe"]["runs"]] for row in rows},
+            folder / "probe.png",
+            title="linear probe on frozen decoder features, held-out scenes",
         ),
     }
-    written.update(_model_figures(out, data, study, rows, folder))
+    written.update(_model_figures(out, study, rows, folder))
     return {name: str(path) for name, path in written.items()}
 
 
@@ -448,11 +471,12 @@ def _curve(log_dir: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @torch.no_grad()
-def _model_figures(out: Path, data: Path, study: StudyConfig, rows: list[dict], folder: Path) -> dict:
-    """Feature PCA of each pre-trained backbone and segmentation overlays of each init (first seed)."""
+def _model_figures(out: Path, study: StudyConfig, rows: list[dict], folder: Path) -> dict:
+    """Decoder-feature PCA of each initialisation (what the probe reads; first pre-training seed) and
+    segmentation overlays of each init's first fine-tuning run."""
     from pri3d.data.semseg import SemsegOptions, build_semseg_dataset
+    from pri3d.demo.probe import decoder_features, frozen_decoder
     from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
-    from pri3d.export import load_backbone
     from pri3d.models.segmentation import build_segmentation_model
     from pri3d.viz import class_palette, colorize, denormalize
 
@@ -466,21 +490,25 @@ def _model_figures(out: Path, data: Path, study: StudyConfig, rows: list[dict], 
     images = torch.stack([s["image"] for s in samples])
     rgb = [denormalize(image) for image in images]
 
-    features = {"random init": [f.numpy() for f in _features(None, images)]}
-    for arm in ARMS:
-        checkpoint = latest_checkpoint(pretrain_dir(runs, arm.name) / "checkpoints")
-        features[arm.name] = [f.numpy() for f in _features(load_backbone(checkpoint, "Res18UNet"), images)]
+    seed = study.pretrain_seeds[0]
+    features = {}
+    for init in ("scratch", *(arm.name for arm in ARMS)):
+        source = "scratch" if init == "scratch" else pretrain_dir(runs, init, seed)
+        network = frozen_decoder(source, seed, val.num_classes)
+        features["random init" if init == "scratch" else init] = [
+            f.numpy() for f in decoder_features(network, images)
+        ]
     pca = figures.feature_pca_figure(rgb, features, folder / "features_pca.png")
 
     palette = class_palette(val.num_classes)
     predictions = {}
     for row in rows:
-        run = finetune_dir(runs, row["init"], row["seeds"][0])
+        first = row["finetune"]["runs"][0]
         model = build_segmentation_model("Semantic2D", "Res18UNet", val.num_classes)
-        model.load_state_dict(load_checkpoint(latest_checkpoint(run / "checkpoints"))["model"])
+        model.load_state_dict(load_checkpoint(latest_checkpoint(Path(first["run"]) / "checkpoints"))["model"])
         model.eval()
         logits = model.logits(images, images.shape[-2:])
-        predictions[f"{row['init']} ({100 * row['miou_per_seed'][0]:.0f}%)"] = [
+        predictions[f"{row['init']} ({100 * first['miou']:.0f}%)"] = [
             colorize(p, palette) for p in logits.argmax(1)
         ]
     truth = [colorize(s["label"], palette) for s in samples]
@@ -489,64 +517,6 @@ def _model_figures(out: Path, data: Path, study: StudyConfig, rows: list[dict], 
         truth,
         predictions,
         folder / "segmentation.png",
-        title=f"held-out scenes, seed {rows[0]['seeds'][0]} of each initialisation (val mIoU in brackets)",
+        title="held-out scenes, the first run of each initialisation (val mIoU in brackets)",
     )
     return {"features_pca": pca, "segmentation": overlays}
-
-
-def _features(backbone, images: torch.Tensor) -> list[torch.Tensor]:
-    from pri3d.models.pri3d import PRETRAIN_CHANNELS
-    from pri3d.models.registry import build_backbone
-
-    if backbone is None:
-        torch.manual_seed(0)
-        backbone = build_backbone("Res18UNet", PRETRAIN_CHANNELS["Res18UNet"])
-    backbone.eval()
-    return list(backbone(images))
-
-
-# ------------------------------------------------------------------------------------------------
-# report
-
-
-def markdown(report: dict) -> str:
-    gen, pre, geo = report["generate scans"], report["preprocess"], report["check geometry"]
-    study = report["pre-train and fine-tune"]
-    config = report["config"]["study"]
-    lines = [
-        "# pri3d demo: does the 3D prior help?",
-        "",
-        f"- data: {len(gen['train'])} train + {len(gen['val'])} held-out val scenes "
-        f"({report['config']['synth']['frames']} frames each, {config['size'][0]}×{config['size'][1]}) in `{gen['root']}`",
-        f"- pre-training data (train scenes only): {pre['frames']} frames, {pre['pairs']} overlapping pairs",
-        f"- frames {geo['frame_gap']} apart: median {geo['matched_share_median']} of valid pixels match "
-        f"within {geo['threshold_m']} m ({geo['pairs']} pairs)",
-        f"- pre-training: Res18UNet from scratch, {_count(config['pretrain_steps'], 'step')} of batch "
-        f"{config['pretrain_batch']} (lr {pretrain_lr(config['pretrain_batch'])}), {config['sample_points']} "
-        f"matches per pair, {config['voxel_size']} m voxels; "
-        + ("depth loss in every arm" if config.get("depth") else "no depth loss (`--depth-loss` adds it)"),
-        f"- fine-tuning: {config['labelled_share']:.0%} of each train scene's labelled frames, "
-        f"{_count(config['finetune_epochs'], 'epoch')} of batch "
-        f"{config['finetune_batch']}, same budget for every init; evaluated on the val scenes",
-        "",
-        "| init | val mIoU (mean ± std) | Δ vs scratch | per seed | every seed > best scratch seed |",
-        "|---|---|---|---|---|",
-    ]
-    for row in study["table"]:
-        delta = f"{100 * row['delta_vs_scratch']:+.1f}" if "delta_vs_scratch" in row else "–"
-        beats = {True: "yes", False: "no"}.get(row.get("every_seed_beats_best_scratch"), "–")
-        seeds = ", ".join(f"{100 * v:.1f}" for v in row["miou_per_seed"])
-        lines.append(
-            f"| {row['init']} | {100 * row['miou_mean']:.1f} ± {100 * row['miou_std']:.1f} | {delta} | "
-            f"{seeds} | {beats} |"
-        )
-    lines += [
-        "",
-        f"Figures in `{Path(report['figures']['miou_bars']).parent}`: "
-        + ", ".join(f"`{Path(p).name}`" for k, p in report["figures"].items() if k != "seconds")
-        + f", `{Path(geo['correspondence_figure']).name}`, `{Path(geo['preview']).name}`.",
-        "",
-        f"Total time {report['seconds']:.0f} s on {report['config']['device']}.",
-        "",
-    ]
-    return "\n".join(lines)

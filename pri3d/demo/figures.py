@@ -45,20 +45,20 @@ def training_curves_figure(
     finetune: dict[str, list[tuple[np.ndarray, np.ndarray]]],
     path: Path,
 ) -> Path:
-    """Pre-training total loss per arm, and fine-tuning loss per initialisation (mean over seeds).
+    """Pre-training total loss per run, and fine-tuning loss per initialisation (mean over its runs).
 
-    ``pretrain``: name -> (steps, loss); ``finetune``: name -> one (steps, loss) per seed.
+    ``pretrain``: name -> (steps, loss); ``finetune``: name -> one (steps, loss) per run.
     """
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
     for name, (steps, loss) in pretrain.items():
         left.plot(steps, loss, marker=".", label=name)
-    left.set(title="pre-training (contrastive + depth)", xlabel="step", ylabel="total loss")
-    left.legend()
+    left.set(title="pre-training", xlabel="step", ylabel="total loss")
+    left.legend(fontsize="small")
     for name, runs in finetune.items():
         length = min(len(steps) for steps, _ in runs)
         steps = runs[0][0][:length]
         losses = np.stack([loss[:length] for _, loss in runs])
-        (line,) = right.plot(steps, losses.mean(0), marker=".", label=f"{name} (mean of {len(runs)} seeds)")
+        (line,) = right.plot(steps, losses.mean(0), marker=".", label=f"{name} (mean of {len(runs)} runs)")
         right.fill_between(steps, losses.min(0), losses.max(0), color=line.get_color(), alpha=0.2)
     right.set(title="semantic segmentation fine-tuning", xlabel="step", ylabel="cross-entropy")
     right.legend()

@@ -1,13 +1,21 @@
-"""The demo's experiment: pre-train Res18UNet three ways, fine-tune each and scratch, several seeds.
+"""The demo's experiment: pre-train four ways and fine-tune each against scratch, over seeds.
 
-Every run is a real `pri3d pretrain` / `pri3d finetune semseg` run with its own log folder under
-``OUT/runs``; they are scheduled on a pool of processes (on the CPU two single-threaded processes
-use two cores better than one two-threaded process at these image sizes). A run that finished
-before (its ``done.json`` exists) is not repeated, so an interrupted demo resumes where it stopped.
+The arms are MoCo v2 (2D-only contrastive learning on the same frames, the paper's baseline) and
+Pri3D's view-invariant loss, geometric prior and both. Each arm is pre-trained with every
+pre-training seed; each pre-trained model is fine-tuned with every fine-tuning seed and, frozen,
+read by a linear probe (:mod:`pri3d.demo.probe`); scratch is fine-tuned with as many seeds as a
+pre-trained arm has fine-tunings, and probed with each pre-training seed's random initialisation.
+
+Every run is a real `pri3d pretrain` / `pri3d moco` / `pri3d finetune semseg` run (or a probe) with
+its own log folder under ``OUT/runs``; they are scheduled on a pool of processes (on the CPU two
+single-threaded processes use two cores better than one two-threaded process at these image sizes).
+A run that finished before (its ``done.json`` exists) is not repeated, so an interrupted demo
+resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import multiprocessing
@@ -27,39 +35,55 @@ __all__ = [
     "finetune_jobs",
     "labelled_frames",
     "pretrain_jobs",
+    "probe_jobs",
     "run_jobs",
+    "scratch_seeds",
 ]
 
 
 @dataclass(frozen=True)
 class Arm:
-    """One pre-training variant (the paper's rows: View, Geo, View + Geo)."""
+    """One pre-training variant: MoCo v2 (``method="moco"``) or Pri3D with the chosen losses (the
+    paper's rows View, Geo, View + Geo)."""
 
     name: str
-    view_invariant: bool
-    geometric_prior: bool
+    method: str  # "moco" or "pri3d"
+    view_invariant: bool = False
+    geometric_prior: bool = False
 
 
-ARMS = (Arm("View", True, False), Arm("Geo", False, True), Arm("View+Geo", True, True))
+MOCO = Arm("MoCo", "moco")
+ARMS = (
+    MOCO,
+    Arm("View", "pri3d", view_invariant=True),
+    Arm("Geo", "pri3d", geometric_prior=True),
+    Arm("View+Geo", "pri3d", view_invariant=True, geometric_prior=True),
+)
+#: MoCo's negatives: a small queue, about half the distinct frames of the demo's pre-training data
+#: (289), so that few of them are other crops of the query's own frame.
+MOCO_QUEUE = 128
 
 
 @dataclass
 class StudyConfig:
-    """Budgets of the pre-training and fine-tuning runs (the same for every arm and seed).
+    """Budgets of the runs (the same for every arm and seed).
 
-    The defaults are the full `pri3d demo`'s; ``--quick`` shrinks them (`pri3d.demo.cli.QUICK`).
+    The defaults are the full `pri3d demo`'s on the CPU; `pri3d.demo.cli` holds the GPU and
+    ``--quick`` plans.
     """
 
     size: tuple[int, int] = (60, 80)  # (H, W) of every image
-    pretrain_steps: int = 120  # optimizer steps of each pre-training (the poly schedule ends at the last)
-    pretrain_batch: int = 8
+    pretrain_steps: int = 30  # optimizer steps of each pre-training (the schedule ends at the last)
+    pretrain_batch: int = 8  # pairs (Pri3D) or frames (MoCo) per step
     sample_points: int = 512  # matches per pair
     voxel_size: float = 0.12  # metres: the 3D network's voxels
-    depth: bool = False  # add the depth loss to every arm (the paper's recipe; see docs/deviations.md)
+    depth: bool = False  # add the depth loss to every Pri3D arm (the paper's recipe; see docs/deviations.md)
     finetune_epochs: int = 10
     finetune_batch: int = 8
     labelled_share: float = 0.2  # share of each train scene's frames_25k frames with labels
-    seeds: tuple[int, ...] = (0, 1, 2)
+    pretrain_seeds: tuple[int, ...] = (0, 1)  # each arm is pre-trained once per seed
+    seeds: tuple[int, ...] = (0, 1)  # fine-tuning seeds of each pre-trained model
+    probe_steps: int = 200  # Adam steps of each linear probe
     device: str = "cpu"
     parallel: int = 2  # processes running at once
     loader_workers: int = 1  # DataLoader workers of each pre-training run
@@ -69,7 +93,8 @@ class StudyConfig:
 
 @dataclass
 class Job:
-    """One run: ``kind`` is pretrain or finetune; ``after`` names the job whose output it needs."""
+    """One run: ``kind`` is pretrain, moco, finetune or probe; ``after`` names the job whose output it
+    needs; ``options`` are a probe's arguments (the other kinds take ``overrides``)."""
 
     name: str
     kind: str
@@ -77,20 +102,28 @@ class Job:
     overrides: list[str]
     after: str | None = None
     meta: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
 
     @property
     def done_file(self) -> Path:
         return self.log_dir / "done.json"
 
 
-def pretrain_dir(runs: Path, arm: str) -> Path:
-    """Log folder of an arm's pre-training run."""
-    return runs / f"pretrain_{_slug(arm)}"
+def pretrain_dir(runs: Path, arm: str, seed: int) -> Path:
+    """Log folder of an arm's pre-training run with ``seed``."""
+    return runs / f"pretrain_{_slug(arm)}_seed{seed}"
 
 
-def finetune_dir(runs: Path, init: str, seed: int) -> Path:
-    """Log folder of the fine-tuning run from ``init`` (scratch or an arm's name) with ``seed``."""
-    return runs / f"finetune_{_slug(init)}_seed{seed}"
+def finetune_dir(runs: Path, init: str, seed: int, pretrain_seed: int | None = None) -> Path:
+    """Log folder of the fine-tuning run with ``seed`` from scratch, or from an arm's pre-training
+    with ``pretrain_seed``."""
+    pre = "" if pretrain_seed is None else f"_pre{pretrain_seed}"
+    return runs / f"finetune_{_slug(init)}{pre}_seed{seed}"
+
+
+def probe_dir(runs: Path, init: str, seed: int) -> Path:
+    """Log folder of the linear probe of scratch's initialisation or an arm's pre-training, ``seed``."""
+    return runs / f"probe_{_slug(init)}_seed{seed}"
 
 
 def _slug(name: str) -> str:
@@ -101,46 +134,94 @@ def pretrain_lr(batch: int) -> float:
     """The released recipe's lr 0.1 is for a global batch of 64; smaller batches scale it linearly.
 
     At the demo's batch of 8, lr 0.1 left the fine-tuned models clearly worse than with the scaled
-    0.0125 (see docs/benchmarks.md, "Does the 3D prior help?").
+    0.0125 (see docs/benchmarks.md, "Does the 3D prior help?"). MoCo takes the same lr: the same
+    optimiser budget as the Pri3D arms (its own recipe, 0.03 at batch 256, would give 0.0009).
     """
     return 0.1 * batch / 64
 
 
-def pretrain_jobs(runs: Path, data: Path, config: StudyConfig) -> list[Job]:
-    """The arms' pre-training runs on ``data`` (`pri3d preprocess scannet` output): ``pretrain_steps``
-    steps each, over as many epochs of its pair list as they take, the poly schedule ending at the last."""
+def scratch_seeds(config: StudyConfig) -> tuple[int, ...]:
+    """Scratch's fine-tuning seeds: the fine-tuning seeds, then the next unused integers, as many as a
+    pre-trained arm has fine-tunings (pre-training seeds × fine-tuning seeds), so that every row of
+    the table averages as many runs."""
+    wanted = len(config.pretrain_seeds) * len(config.seeds)
+    others = (k for k in itertools.count() if k not in config.seeds)
+    return tuple(itertools.islice(itertools.chain(config.seeds, others), wanted))
+
+
+def _pri3d_overrides(arm: Arm, data: Path, seed: int, config: StudyConfig) -> list[str]:
     h, w = config.size
+    return [
+        f"dataset.path={data}",
+        f"dataset.size=[{h},{w}]",
+        "pretrain.backbone=Res18UNet",
+        "pretrain.pretrained=scratch",
+        f"pretrain.view_invariant={str(arm.view_invariant).lower()}",
+        f"pretrain.geometric_prior={str(arm.geometric_prior).lower()}",
+        f"pretrain.depth={str(config.depth).lower()}",
+        f"pretrain.sample_points={config.sample_points}",
+        f"pretrain.voxel_size={config.voxel_size}",
+        f"train.batch_size={config.pretrain_batch}",
+        f"optimizer.lr={pretrain_lr(config.pretrain_batch)}",
+        f"train.max_steps={config.pretrain_steps}",
+        f"train.seed={seed}",
+        "train.checkpoint_every=0",
+        "train.report_batch=5",
+        f"train.workers={config.loader_workers}",
+        f"train.device={config.device}",
+        "logging.tensorboard=false",
+        *config.extra_pretrain,
+    ]
+
+
+def _moco_overrides(data: Path, seed: int, config: StudyConfig) -> list[str]:
+    """MoCo v2 on the frames of the same pairs (the first frame of each, the original's choice), with
+    the Pri3D arms' steps, batch and lr: ResNet-18 (Res18UNet's encoder) from scratch, aug-plus crops
+    of the demo's height from frames at the demo's size, two BatchNorm groups per batch."""
+    h, w = config.size
+    return [
+        f"dataset.path={data}",
+        f"dataset.resize=[{h},{w}]",
+        f"dataset.crop={min(h, w)}",
+        "moco.arch=resnet18",
+        "moco.pretrained=scratch",
+        f"moco.queue_size={MOCO_QUEUE}",
+        f"moco.bn_group_size={max(config.pretrain_batch // 2, 1)}",
+        f"train.batch_size={config.pretrain_batch}",
+        f"optimizer.lr={pretrain_lr(config.pretrain_batch)}",
+        f"train.max_steps={config.pretrain_steps}",
+        f"train.seed={seed}",
+        "train.checkpoint_every=0",
+        "train.report_batch=5",
+        # on the CPU no loader process: MoCo's small frames load in less time than one takes to start
+        f"train.workers={0 if config.device == 'cpu' else config.loader_workers}",
+        f"train.device={config.device}",
+        "logging.tensorboard=false",
+    ]
+
+
+def pretrain_jobs(runs: Path, data: Path, config: StudyConfig) -> list[Job]:
+    """Every arm's pre-training with every pre-training seed on ``data`` (`pri3d preprocess scannet`
+    output): ``pretrain_steps`` steps each, over as many epochs of its pair list as they take.
+
+    The Pri3D arms with the geometric prior come first: they take the longest, so starting them
+    first keeps the pool busy to the end."""
     jobs = []
-    for arm in ARMS:
-        overrides = [
-            f"dataset.path={data}",
-            f"dataset.size=[{h},{w}]",
-            "pretrain.backbone=Res18UNet",
-            "pretrain.pretrained=scratch",
-            f"pretrain.view_invariant={str(arm.view_invariant).lower()}",
-            f"pretrain.geometric_prior={str(arm.geometric_prior).lower()}",
-            f"pretrain.depth={str(config.depth).lower()}",
-            f"pretrain.sample_points={config.sample_points}",
-            f"pretrain.voxel_size={config.voxel_size}",
-            f"train.batch_size={config.pretrain_batch}",
-            f"optimizer.lr={pretrain_lr(config.pretrain_batch)}",
-            f"train.max_steps={config.pretrain_steps}",
-            "train.checkpoint_every=0",
-            "train.report_batch=5",
-            f"train.workers={config.loader_workers}",
-            f"train.device={config.device}",
-            "logging.tensorboard=false",
-            *config.extra_pretrain,
-        ]
-        jobs.append(
-            Job(
-                f"pretrain {arm.name}",
-                "pretrain",
-                pretrain_dir(runs, arm.name),
-                overrides,
-                meta={"arm": arm.name},
+    for arm in sorted(ARMS, key=lambda a: not a.geometric_prior):
+        for seed in config.pretrain_seeds:
+            if arm.method == "moco":
+                kind, overrides = "moco", _moco_overrides(data, seed, config)
+            else:
+                kind, overrides = "pretrain", _pri3d_overrides(arm, data, seed, config)
+            jobs.append(
+                Job(
+                    f"pretrain {arm.name} seed {seed}",
+                    kind,
+                    pretrain_dir(runs, arm.name, seed),
+                    overrides,
+                    meta={"arm": arm.name, "seed": seed},
+                )
             )
-        )
     return jobs
 
 
@@ -173,48 +254,88 @@ def labelled_frames(frames_root: Path, out: Path, train: list[str], val: list[st
 
 
 def finetune_jobs(runs: Path, frames: Path, split_dir: Path, config: StudyConfig) -> list[Job]:
-    h, w = config.size
-    inits: list[tuple[str, str, str | None]] = [("scratch", "scratch", None)]
-    inits += [(arm.name, str(pretrain_dir(runs, arm.name)), f"pretrain {arm.name}") for arm in ARMS]
+    """Scratch with each of `scratch_seeds`, and every arm's pre-training (each pre-training seed) with
+    each fine-tuning seed: the same recipe and budget for all."""
+    inits: list[tuple[str, int | None, str, str | None, int]] = [
+        ("scratch", None, "scratch", None, seed) for seed in scratch_seeds(config)
+    ]
+    for arm in ARMS:
+        for pre in config.pretrain_seeds:
+            after = f"pretrain {arm.name} seed {pre}"
+            source = str(pretrain_dir(runs, arm.name, pre))
+            inits += [(arm.name, pre, source, after, seed) for seed in config.seeds]
     jobs = []
-    for seed in config.seeds:
-        for name, init, after in inits:
-            overrides = [
-                "dataset=scannet",
-                "model=unet",
-                "backbone=Res18UNet",
-                f"init={init}",
-                f"dataset.path={frames}",
-                f"dataset.split_dir={split_dir}",
-                f"dataset.size=[{h},{w}]",
-                "train.phase=train",
-                f"train.batch_size={config.finetune_batch}",
-                f"scheduler.max_epochs={config.finetune_epochs}",
-                f"train.seed={seed}",
-                "train.report_batch=5",
-                "train.report_epoch=100000",
-                "train.checkpoint_every=0",
-                "train.workers=0",
-                f"train.device={config.device}",
-                "finetune.eval_batch_size=16",
-                "logging.tensorboard=false",
-                *config.extra_finetune,
-            ]
+    for name, pre, init, after, seed in inits:
+        runs_as = "" if pre is None else f" pre-trained with seed {pre},"
+        jobs.append(
+            Job(
+                f"fine-tune {name}{runs_as} seed {seed}",
+                "finetune",
+                finetune_dir(runs, name, seed, pre),
+                _finetune_overrides(init, frames, split_dir, seed, config),
+                after=after,
+                meta={"init": name, "pretrain_seed": pre, "seed": seed},
+            )
+        )
+    return jobs
+
+
+def _finetune_overrides(
+    init: str, frames: Path, split_dir: Path, seed: int, config: StudyConfig
+) -> list[str]:
+    h, w = config.size
+    return [
+        "dataset=scannet",
+        "model=unet",
+        "backbone=Res18UNet",
+        f"init={init}",
+        f"dataset.path={frames}",
+        f"dataset.split_dir={split_dir}",
+        f"dataset.size=[{h},{w}]",
+        "train.phase=train",
+        f"train.batch_size={config.finetune_batch}",
+        f"scheduler.max_epochs={config.finetune_epochs}",
+        f"train.seed={seed}",
+        "train.report_batch=5",
+        "train.report_epoch=100000",
+        "train.checkpoint_every=0",
+        "train.workers=0",
+        f"train.device={config.device}",
+        "finetune.eval_batch_size=16",
+        "logging.tensorboard=false",
+        *config.extra_finetune,
+    ]
+
+
+def probe_jobs(runs: Path, frames: Path, config: StudyConfig) -> list[Job]:
+    """A linear probe (:mod:`pri3d.demo.probe`) of every pre-training, and of scratch's random
+    initialisation under each pre-training seed (the one that seed's pre-trainings start from)."""
+    jobs = []
+    for init in ("scratch", *(arm.name for arm in ARMS)):
+        for seed in config.pretrain_seeds:
+            source = "scratch" if init == "scratch" else str(pretrain_dir(runs, init, seed))
             jobs.append(
                 Job(
-                    f"fine-tune {name} seed {seed}",
-                    "finetune",
-                    finetune_dir(runs, name, seed),
-                    overrides,
-                    after=after,
-                    meta={"init": name, "seed": seed},
+                    f"probe {init} seed {seed}",
+                    "probe",
+                    probe_dir(runs, init, seed),
+                    [],
+                    after=None if init == "scratch" else f"pretrain {init} seed {seed}",
+                    meta={"init": init, "pretrain_seed": seed},
+                    options={
+                        "init": source,
+                        "seed": seed,
+                        "frames": str(frames),
+                        "size": list(config.size),
+                        "steps": config.probe_steps,
+                    },
                 )
             )
     return jobs
 
 
-def _execute(kind: str, log_dir: str, overrides: list[str], threads: int) -> dict:
-    """Runs in a worker process: one pre-training or fine-tuning run, its console output to a file."""
+def _execute(kind: str, log_dir: str, overrides: list[str], options: dict, threads: int) -> dict:
+    """Runs in a worker process: one run, its console output to a file."""
     import torch
 
     from pri3d.engine.checkpoint import drop_optimizer_state, latest_checkpoint
@@ -233,6 +354,17 @@ def _execute(kind: str, log_dir: str, overrides: list[str], threads: int) -> dic
 
             metrics = pretrain(load_config(PretrainRunConfig, [f"train.log_dir={log}", *overrides]))
             result = {"last_metrics": metrics}
+        elif kind == "moco":
+            from pri3d.engine.config import load_config
+            from pri3d.tasks.moco import moco_pretrain
+            from pri3d.tasks.moco_config import MoCoRunConfig
+
+            metrics = moco_pretrain(load_config(MoCoRunConfig, [f"train.log_dir={log}", *overrides]))
+            result = {"last_metrics": metrics}
+        elif kind == "probe":
+            from pri3d.demo.probe import probe_initialisation
+
+            result = probe_initialisation(**options)
         else:
             from pri3d.tasks.semseg import finetune_semseg
             from pri3d.tasks.semseg_config import semseg_config
@@ -240,8 +372,9 @@ def _execute(kind: str, log_dir: str, overrides: list[str], threads: int) -> dic
             result = finetune_semseg(semseg_config([f"train.log_dir={log}", *overrides]))
     result["seconds"] = round(time.perf_counter() - start, 2)
     (log / "done.json").write_text(json.dumps(result, indent=1) + "\n")
-    # a finished run is never resumed: its optimizer state would only double the run's size on disk
-    drop_optimizer_state(latest_checkpoint(log / "checkpoints"))
+    if kind != "probe":
+        # a finished run is never resumed: its optimizer state would only double the run's size on disk
+        drop_optimizer_state(latest_checkpoint(log / "checkpoints"))
     return result
 
 
@@ -275,7 +408,9 @@ def run_jobs(
                     if len(running) >= parallel:
                         break
                     pending.remove(job)
-                    future = pool.submit(_execute, job.kind, str(job.log_dir), job.overrides, threads)
+                    future = pool.submit(
+                        _execute, job.kind, str(job.log_dir), job.overrides, job.options, threads
+                    )
                     running[future] = (job, time.perf_counter())
                 if not running:
                     missing = sorted({j.after for j in pending})

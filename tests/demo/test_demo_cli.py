@@ -1,4 +1,5 @@
-"""`pri3d demo --quick` runs the whole study end to end, reports it and resumes without rerunning."""
+"""`pri3d demo --quick` runs the whole study end to end (every arm, both seeds, both read-outs), reports it
+and resumes without rerunning."""
 
 from __future__ import annotations
 
@@ -9,24 +10,10 @@ import pytest
 
 from pri3d.cli import main
 from pri3d.demo import cli as demo_cli
-from pri3d.demo.cli import QUICK, markdown, summarise
+from pri3d.demo.cli import QUICK, STAGES
+from pri3d.demo.report import findings, markdown
 from pri3d.demo.study import ARMS, pretrain_dir
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
-
-
-def test_summarise_table():
-    table = {
-        "scratch": {"miou": [0.10, 0.12], "miou_original": [0.2, 0.2], "seeds": [0, 1]},
-        "View": {"miou": [0.15, 0.13], "miou_original": [0.3, 0.3], "seeds": [0, 1]},
-        "Geo": {"miou": [0.11, 0.14], "miou_original": [0.3, 0.3], "seeds": [0, 1]},
-    }
-    rows = {row["init"]: row for row in summarise(table)}
-    assert rows["scratch"]["miou_mean"] == pytest.approx(0.11)
-    assert rows["scratch"]["miou_std"] == pytest.approx(0.01)
-    assert "delta_vs_scratch" not in rows["scratch"]
-    assert rows["View"]["delta_vs_scratch"] == pytest.approx(0.03)
-    assert rows["View"]["every_seed_beats_best_scratch"] is True
-    assert rows["Geo"]["every_seed_beats_best_scratch"] is False
 
 
 @pytest.mark.slow
@@ -35,39 +22,50 @@ def test_quick_demo(tmp_path, capsys):
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["preprocess"]["pairs"] > 0 and report["preprocess"]["frames"] > 0
     assert report["check geometry"]["matched_share_median"] > 0.2
-    study = report["pre-train and fine-tune"]
-    inits = [row["init"] for row in study["table"]]
-    assert inits == ["scratch", *(arm.name for arm in ARMS)]
-    for row in study["table"]:
-        assert len(row["miou_per_seed"]) == len(QUICK.study.seeds)
-        assert all(0.0 <= v <= 1.0 for v in row["miou_per_seed"])
+    study = report[STAGES[3]]
+    rows = {row["init"]: row for row in study["table"]}
+    assert list(rows) == ["scratch", *(arm.name for arm in ARMS)]
+    seeds = QUICK.study.pretrain_seeds
+    runs_per_arm = len(seeds) * len(QUICK.study.seeds)
+    for init, row in rows.items():  # every pre-training seed is fine-tuned and probed; scratch as often
+        assert row["finetune"]["n"] == runs_per_arm and row["probe"]["n"] == len(seeds)
+        assert all(0.0 <= r["miou"] <= 1.0 for r in row["finetune"]["runs"] + row["probe"]["runs"])
+        assert sorted(r["pretrain_seed"] for r in row["probe"]["runs"]) == sorted(seeds)
+        if init != "scratch":
+            assert sorted(r["pretrain_seed"] for r in row["finetune"]["runs"]) == sorted(seeds)
+            assert set(row["versus"]) == {"scratch", "MoCo"} - {init}
     for arm in ARMS:  # every pre-training ran its steps and left a checkpoint
-        run = pretrain_dir(tmp_path / "runs", arm.name)
-        assert (
-            json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
-            == QUICK.study.pretrain_steps
-        )
-        assert (run / "checkpoints" / "last").is_file()
+        for seed in seeds:
+            run = pretrain_dir(tmp_path / "runs", arm.name, seed)
+            last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+            assert last["step"] == QUICK.study.pretrain_steps, run.name
+            assert (run / "checkpoints" / "last").is_file()
+    moco = pretrain_dir(tmp_path / "runs", "MoCo", seeds[0]) / "checkpoints"
+    assert list(moco.glob("checkpoint_*.pth.tar")), "MoCo's run wrote its file in MoCo's layout"
     for run in (tmp_path / "runs").iterdir():  # finished runs keep their weights, not the optimizer's state
+        if run.name.startswith("probe_"):
+            assert json.loads((run / "done.json").read_text())["feature_channels"] == 32
+            continue
         state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
         assert "model" in state and "optimizer" not in state, run.name
     figures = {k: v for k, v in report["figures"].items() if k != "seconds"}
-    assert set(figures) == {"training_curves", "miou_bars", "features_pca", "segmentation"}
+    assert set(figures) == {"training_curves", "miou_bars", "probe_bars", "features_pca", "segmentation"}
     for path in [*figures.values(), report["check geometry"]["correspondence_figure"]]:
         assert Path(path).parent == tmp_path / "figures" and Path(path).stat().st_size > 5_000
     text = (tmp_path / "report.md").read_text()
-    assert text == markdown(report) and "| View |" in text
+    assert text == markdown(report) and "| View+Geo |" in text and "## Linear probe" in text
+    assert all(f"- {line}\n" in text for line in findings(study["table"]))  # the verdicts in plain words
 
     # a second run over the same folder reads every finished run back
     capsys.readouterr()
     assert main(["demo", "--out", str(tmp_path), "--quick", "--device", "cpu"]) == 0
     again = json.loads((tmp_path / "report.json").read_text())
-    assert again["pre-train and fine-tune"]["table"] == study["table"]
+    assert again[STAGES[3]]["table"] == study["table"]
     assert "running:" not in capsys.readouterr().out
 
     # other budgets in the same folder would mix runs: refused before any work, naming the setting
     assert main(["demo", "--out", str(tmp_path), "--quick", "--device", "cpu", "--pretrain-steps", "5"]) == 2
-    assert "study.pretrain_steps: 3 before, 5 now" in capsys.readouterr().err
+    assert "study.pretrain_steps: 2 before, 5 now" in capsys.readouterr().err
 
 
 def test_demo_rejects_a_budget_below_one(tmp_path, capsys):

@@ -1,6 +1,8 @@
-"""The demo's parts with known answers: the labelled share, PCA colouring, figures."""
+"""The demo's parts with known answers: the plans and their runs, the labelled share, PCA colouring, figures."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,9 +10,22 @@ from PIL import Image
 
 from pri3d.data.semseg import SemsegOptions, build_semseg_dataset
 from pri3d.demo import figures
-from pri3d.demo.study import ARMS, StudyConfig, labelled_frames, pretrain_jobs
-from pri3d.engine.config import load_config
+from pri3d.demo.cli import FULL, GPU, QUICK, choose_plan
+from pri3d.demo.study import (
+    ARMS,
+    MOCO_QUEUE,
+    StudyConfig,
+    finetune_jobs,
+    labelled_frames,
+    pretrain_jobs,
+    probe_jobs,
+    scratch_seeds,
+)
+from pri3d.engine.config import check_run_config, load_config
+from pri3d.tasks.moco import check_bn_groups
+from pri3d.tasks.moco_config import MOCO_RULES, MoCoRunConfig
 from pri3d.tasks.pretrain_config import PretrainRunConfig
+from pri3d.tasks.semseg_config import semseg_config
 
 
 def _frames(root, scene, count):
@@ -22,19 +37,103 @@ def _frames(root, scene, count):
 
 
 @pytest.mark.parametrize("depth", [False, True])
-def test_pretrain_jobs_configure_each_arm(tmp_path, depth):
-    study = StudyConfig(pretrain_steps=7, pretrain_batch=4, voxel_size=0.15, depth=depth)
+def test_pretrain_jobs_configure_each_arm_and_seed(tmp_path, depth):
+    study = StudyConfig(
+        pretrain_steps=7, pretrain_batch=4, voxel_size=0.15, depth=depth, pretrain_seeds=(0, 3), size=(48, 64)
+    )
     jobs = pretrain_jobs(tmp_path / "runs", tmp_path / "data", study)
-    assert [job.meta["arm"] for job in jobs] == [arm.name for arm in ARMS]
-    for arm, job in zip(ARMS, jobs):
-        config = load_config(PretrainRunConfig, job.overrides)
-        assert (config.pretrain.view_invariant, config.pretrain.geometric_prior) == (
-            arm.view_invariant,
-            arm.geometric_prior,
-        )
-        assert config.pretrain.depth is depth
-        assert (config.train.max_steps, config.train.batch_size) == (7, 4)
-        assert config.pretrain.voxel_size == 0.15 and config.optimizer.lr == 0.1 * 4 / 64
+    assert sorted((job.meta["arm"], job.meta["seed"]) for job in jobs) == sorted(
+        (arm.name, seed) for arm in ARMS for seed in (0, 3)
+    )
+    assert [job.meta["arm"] for job in jobs[:4]] == [
+        "Geo",
+        "Geo",
+        "View+Geo",
+        "View+Geo",
+    ]  # the longest first
+    assert len({job.log_dir for job in jobs}) == len(jobs)
+    arms = {arm.name: arm for arm in ARMS}
+    for job in jobs:
+        arm = arms[job.meta["arm"]]
+        if arm.method == "moco":
+            assert job.kind == "moco"
+            config = load_config(MoCoRunConfig, job.overrides)
+            check_run_config(config, MOCO_RULES)
+            check_bn_groups(config, world_size=1)  # two BatchNorm groups in a batch of 4
+            assert (config.moco.arch, config.moco.pretrained, config.moco.queue_size) == (
+                "resnet18",
+                "scratch",
+                MOCO_QUEUE,
+            )
+            assert config.dataset.path == str(tmp_path / "data") and config.dataset.frames == "first_of_pair"
+            assert (config.dataset.resize, config.dataset.crop) == ([48, 64], 48)
+        else:
+            assert job.kind == "pretrain"
+            config = load_config(PretrainRunConfig, job.overrides)
+            assert (config.pretrain.view_invariant, config.pretrain.geometric_prior) == (
+                arm.view_invariant,
+                arm.geometric_prior,
+            )
+            assert config.pretrain.depth is depth and config.pretrain.voxel_size == 0.15
+        # the same optimiser budget for every arm: steps, batch (frames or pairs), lr
+        assert (config.train.max_steps, config.train.batch_size, config.optimizer.lr) == (7, 4, 0.1 * 4 / 64)
+        assert config.train.seed == job.meta["seed"]
+
+
+def test_finetune_and_probe_jobs_cover_every_pretraining_and_seed(tmp_path):
+    runs = tmp_path / "runs"
+    study = StudyConfig(pretrain_seeds=(0, 1), seeds=(0, 1))
+    pretrain = {job.name: job for job in pretrain_jobs(runs, tmp_path / "data", study)}
+    finetune = finetune_jobs(runs, tmp_path / "frames", tmp_path / "frames", study)
+    assert scratch_seeds(study) == (0, 1, 2, 3)  # as many runs as a pre-trained arm: 2 x 2
+    assert scratch_seeds(StudyConfig(pretrain_seeds=(0, 1, 2), seeds=(1, 3))) == (1, 3, 0, 2, 4, 5)
+    scratch = [job for job in finetune if job.meta["init"] == "scratch"]
+    assert [job.meta["seed"] for job in scratch] == [0, 1, 2, 3]
+    assert all(job.after is None and "init=scratch" in job.overrides for job in scratch)
+    for arm in ARMS:
+        mine = [job for job in finetune if job.meta["init"] == arm.name]
+        assert sorted((j.meta["pretrain_seed"], j.meta["seed"]) for j in mine) == [
+            (0, 0),
+            (0, 1),
+            (1, 0),
+            (1, 1),
+        ]
+        for job in mine:  # each starts from its own pre-training, after it
+            source = pretrain[job.after]
+            assert source.meta == {"arm": arm.name, "seed": job.meta["pretrain_seed"]}
+            assert f"init={source.log_dir}" in job.overrides
+            config = semseg_config([f"train.log_dir={job.log_dir}", *job.overrides])
+            assert (
+                config.train.seed == job.meta["seed"] and config.scheduler.max_epochs == study.finetune_epochs
+            )
+    assert len({job.log_dir for job in finetune}) == len(finetune) == 4 + 4 * len(ARMS)
+
+    probes = probe_jobs(runs, tmp_path / "frames", study)
+    assert sorted((job.meta["init"], job.meta["pretrain_seed"]) for job in probes) == sorted(
+        (init, seed) for init in ("scratch", *(arm.name for arm in ARMS)) for seed in (0, 1)
+    )
+    for job in probes:
+        assert job.kind == "probe" and job.options["seed"] == job.meta["pretrain_seed"]
+        if job.meta["init"] == "scratch":
+            assert job.after is None and job.options["init"] == "scratch"
+        else:
+            assert job.options["init"] == str(pretrain[job.after].log_dir)
+
+
+def test_plans_follow_the_device_and_the_size_option():
+    assert choose_plan(False, "cpu", None) is FULL and FULL.study.size == (60, 80)
+    gpu = choose_plan(False, "cuda", None)
+    assert gpu is GPU and gpu.study.size == gpu.synth.color_size == gpu.synth.depth_size == (240, 320)
+    assert choose_plan(True, "cuda", None) is QUICK  # the smoke test stays small on a GPU
+    sized = choose_plan(False, "cuda", (120, 160))
+    assert sized.study.size == sized.synth.color_size == (120, 160) and sized.study.seeds == GPU.study.seeds
+    for plan in (FULL, GPU, QUICK):  # the spread covers pre-training: two seeds or more per arm
+        assert len(plan.study.pretrain_seeds) >= 2
+    # the CPU plan's run count, the budget docs/benchmarks.md measures: 8 pre-trainings, 20 fine-tunings, 10 probes
+    study = FULL.study
+    assert len(pretrain_jobs(Path("r"), Path("d"), study)) == 8
+    assert len(finetune_jobs(Path("r"), Path("f"), Path("f"), study)) == 20
+    assert len(probe_jobs(Path("r"), Path("f"), study)) == 10
 
 
 def test_labelled_frames_takes_the_share_of_every_train_scene(tmp_path):
