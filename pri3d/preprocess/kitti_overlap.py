@@ -21,9 +21,9 @@ points behind), so each pair is first bounded without projecting its points:
   rounded, so it does not decrease either): a pair whose bound's ratio is <= min_ratio cannot be kept.
 
 The pairs that pass are matched exactly (:func:`match_points`), on the points of the blocks from the
-first reachable one to the last in block order (blocks are ordered so that this run is nearly only
-reachable ones for a partner ahead); the points outside that range are in blocks that cannot match. Kept pairs are therefore
-the same as matching every point of every pair, which the tests check.
+first reachable one to the last in block order (blocks are ordered so that for a partner ahead this
+run holds few others); the points outside it are in blocks that cannot match. The kept pairs are
+therefore those of matching every point of every pair, which the tests check.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ BLOCK_TILE = (25, 54)
 BLOCK_DEPTH_RATIO = 1.1
 # A block is dropped only where a function stays below -_BOUND_MARGIN (pixel·metres, metres for z).
 # Terms of these sums are below 1e8 for points within 10 km and focal lengths below 1e4 px, so float64
-# rounding (~1e-8) cannot move a point the exact path keeps to the wrong side of the margin.
+# rounding of the sums, of the boxes and of the exact path's projections (~1e-8 each) cannot carry a
+# point the exact path keeps to the wrong side of the margin.
 _BOUND_MARGIN = 1e-3
 
 
@@ -56,9 +57,10 @@ _BOUND_MARGIN = 1e-3
 class PointBlocks:
     """Frame i's valid pixels and camera points grouped into blocks, each block a contiguous run.
 
-    pixels: int64 [N] flat indices row * W + col in block order (see :func:`point_blocks`); points: float64 [4, N] their homogeneous camera points; starts, counts: int64 [B]
-    first position and number of points of each block; boxes: float64 [7, B] each block's axis-aligned
-    box of camera points as (centre x, y, z, half extent x, y, z, 1).
+    pixels: int64 [N] flat indices row * W + col in block order (see :func:`point_blocks`); points:
+    float64 [4, N] their homogeneous camera points; starts, counts: int64 [B] first position and number
+    of points of each block; boxes: float64 [7, B] each block's axis-aligned box of camera points as
+    (centre x, y, z, half extent x, y, z, 1).
     """
 
     pixels: np.ndarray
@@ -157,8 +159,9 @@ def match_points(
         np.divide(uv, z, out=uv)
         uv += 0.5
         np.floor(uv, out=uv)  # nearest pixel (u, v)
-        # int32: every in-image value converts exactly; a value beyond int32 converts to int32's minimum
-        # (x86) or saturates (elsewhere), both outside in the unsigned test; NaN/inf come only from z <= 0.
+        # int32: every in-image value converts exactly; one beyond int32 (inf included) converts to
+        # int32's minimum (x86) or saturates (elsewhere), outside in the unsigned test either way; NaN
+        # comes only from z = 0, which fails z > 0.
         col, row = uv.astype(np.int32)
     inside = col.view(np.uint32) < width
     inside &= row.view(np.uint32) < height
