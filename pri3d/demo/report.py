@@ -195,8 +195,11 @@ def markdown(report: dict) -> str:
         f"{_count(config['finetune_epochs'], 'epoch')} of batch {config['finetune_batch']}, the same recipe for "
         f"every init; each pre-trained model with fine-tuning seeds {', '.join(str(s) for s in config['seeds'])}",
         f"- linear probe: a 1×1-conv classifier ({config['probe_steps']} Adam steps) on the frozen decoder's "
-        "features (BatchNorm statistics from the labelled frames), the same for every init; scratch's with each "
-        "pre-training seed's random initialisation",
+        "features (BatchNorm statistics from the labelled frames), the same read-out for every init: the "
+        "features fine-tuning's classifier reads; for MoCo, whose decoder is scratch's, it differs from "
+        f"scratch's by the encoder alone (a probe on the encoder's last stage, {-(-h // 32)}×{-(-w // 32)} cells "
+        "here, would measure the upsampling more than the features); scratch's with each pre-training seed's "
+        "random initialisation",
         "- both read-outs: standard mIoU × 100 on the val scenes, the model after the last step",
         "",
         "## Fine-tuned",
