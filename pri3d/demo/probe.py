@@ -126,7 +126,7 @@ def linear_probe(
     mean, std = x.mean(0), x.std(0)
     scale = torch.where(std > 1e-6, 1 / std.clamp(min=1e-6), torch.zeros_like(std))  # [C]
     x = (x - mean) * scale
-    classifier = nn.Linear(x.shape[1], len(class_names))
+    classifier = nn.Linear(x.shape[1], len(class_names), device=x.device)
     nn.init.zeros_(classifier.weight)
     nn.init.zeros_(classifier.bias)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=lr)
@@ -143,10 +143,15 @@ def linear_probe(
 
 
 def probe_initialisation(
-    init: str | Path, seed: int, frames: str | Path, size: tuple[int, int], steps: int = 200
+    init: str | Path,
+    seed: int,
+    frames: str | Path,
+    size: tuple[int, int],
+    steps: int = 200,
+    device: str = "cpu",
 ) -> dict:
     """The probe of one initialisation on a fine-tuning folder (``scannet_frames_25k`` layout with
-    ``scannetv2_{train,val}.txt``): fit on the train frames, score on the val frames.
+    ``scannetv2_{train,val}.txt``): fit on the train frames, score on the val frames, on ``device``.
 
     Returns ``miou`` (standard), ``miou_original``, ``pixel_accuracy`` and the frame counts.
     """
@@ -165,11 +170,11 @@ def probe_initialisation(
         if broken:
             raise ValueError(f"linear probe: unreadable {phase} frames: {broken}")
         tensors[phase] = (
-            torch.stack([s["image"] for s in samples]),
-            torch.stack([s["label"] for s in samples]),
+            torch.stack([s["image"] for s in samples]).to(device),
+            torch.stack([s["label"] for s in samples]).to(device),
         )
     names = sets["train"].class_names
-    network = frozen_decoder(init, seed, len(names))
+    network = frozen_decoder(init, seed, len(names)).to(device)
     recalibrate_batchnorm(network, tensors["train"][0])
     features = {phase: decoder_features(network, images) for phase, (images, _) in tensors.items()}
     report = linear_probe(

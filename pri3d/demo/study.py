@@ -328,6 +328,7 @@ def probe_jobs(runs: Path, frames: Path, config: StudyConfig) -> list[Job]:
                         "frames": str(frames),
                         "size": list(config.size),
                         "steps": config.probe_steps,
+                        "device": config.device,
                     },
                 )
             )
