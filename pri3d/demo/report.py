@@ -182,7 +182,8 @@ def markdown(report: dict) -> str:
         f"- pre-training data (train scenes only): {pre['frames']} frames, {pre['pairs']} overlapping pairs",
         f"- frames {geo['frame_gap']} apart: median {geo['matched_share_median']} of valid pixels match "
         f"within {geo['threshold_m']} m ({geo['pairs']} pairs)",
-        f"- every arm: {_count(steps, 'step')} of batch {batch}, SGD lr {pretrain_lr(batch)}, pre-training "
+        f"- every arm: {_count(steps, 'step')} of batch {batch}, {2 * batch} images a step ({batch} pairs of "
+        f"frames for Pri3D, {batch} frames × 2 crops for MoCo), SGD lr {pretrain_lr(batch)}, pre-training "
         f"seeds {seeds}, each from its seed's random initialisation",
         f"- Pri3D (View, Geo, View+Geo): Res18UNet, {config['sample_points']} matches per pair, "
         f"{config['voxel_size']} m voxels, poly schedule; "
