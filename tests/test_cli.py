@@ -47,7 +47,9 @@ def test_image_size_reads_height_by_width():
 def test_every_size_option_is_height_by_width():
     """One string, one size: `synth --color-size` and `demo --size` both read HEIGHTxWIDTH."""
     parser = build_parser()
-    synth = parser.parse_args(["synth", "scannet", "--out", "x", "--color-size", "60x80", "--depth-size", "30x40"])
+    synth = parser.parse_args(
+        ["synth", "scannet", "--out", "x", "--color-size", "60x80", "--depth-size", "30x40"]
+    )
     assert synth.color_size == (60, 80) and synth.depth_size == (30, 40)
     defaults = parser.parse_args(["synth", "scannet", "--out", "x"])
     assert (defaults.color_size, defaults.depth_size) == (SynthConfig().color_size, SynthConfig().depth_size)
