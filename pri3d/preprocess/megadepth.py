@@ -121,10 +121,10 @@ def overlap_and_scale_ratio(
     Over the usable images only (the others' rows and columns are -1, as is the diagonal):
     overlap[i, j] = |common 3D points| / |points of i| (0 when i observes none), and
     scale[i, j] = scale[j, i] = min over common points of max(nd_i / nd_j, nd_j / nd_i), -1 when
-    there is no common point. All |common| counts come from one sparse product of the image × point
-    incidence matrix; the scale ratios from every pair of images within each 3D point's track,
-    grouped by track length, reduced with a minimum per image pair. Bit-identical to the pairwise
-    loop (the same float operations on the same numbers), without its O(N²·|obs|) Python cost.
+    there is no common point. Both come from every pair of images within each 3D point's track,
+    grouped by track length: a pair's |common| is how many tracks hold it (a bincount), its scale
+    ratio the minimum over those tracks. Bit-identical to the pairwise loop (the same float
+    operations on the same numbers), without its O(N²·|obs|) Python cost.
 
     Args:
         indptr [N + 1], ids [nnz], ndepth [nnz]: the observation table (unique ids per image);
@@ -140,16 +140,7 @@ def overlap_and_scale_ratio(
     ids, ndepth = ids[keep], ndepth[keep]
     columns, num_points = _dense_columns(ids)  # ascending per image, as the ids
     entries = len(ids)
-    incidence = sparse.csr_matrix(
-        (np.ones(entries, np.int32), columns, usable_indptr), shape=(n, num_points)
-    )  # [N, P] 0/1
-    common = (incidence @ incidence.T).toarray()  # [N, N] |common points|
-    with np.errstate(divide="ignore", invalid="ignore"):
-        overlap = np.where(observed[:, None] > 0, common / observed[:, None], 0.0)
-    unused = ~usable[:, None] | ~usable[None, :] | np.eye(n, dtype=bool)
-    overlap[unused] = -1.0
-
-    # scale ratio over the tracks: the transposed incidence lists each point's images in ascending
+    # the tracks: the transposed image × point incidence lists each point's images in ascending
     # order; its data (entry numbers + 1, never 0) carries the permutation to the ndepth values
     tracks = sparse.csr_matrix(
         (np.arange(1, entries + 1), columns, usable_indptr), shape=(n, num_points)
@@ -159,6 +150,7 @@ def overlap_and_scale_ratio(
     by_length = np.argsort(lengths, kind="stable")
     sorted_lengths = lengths[by_length]
     best = np.full(n * n, np.inf)  # [N*N] flat (i, j) with i < j
+    shared = np.zeros(n * n, np.int64)  # [N*N] flat (i, j) with i < j: tracks holding both images
     for length in np.unique(sorted_lengths[sorted_lengths > 1]):
         first, second = np.triu_indices(length, 1)  # every image pair within a track, i before j
         same = slice(*np.searchsorted(sorted_lengths, [length, length + 1]))
@@ -169,7 +161,15 @@ def overlap_and_scale_ratio(
             image, nd = track_images[members], track_nd[members]  # [T, L]
             a, b = nd[:, first], nd[:, second]  # [T, L(L-1)/2] nd of the first / second image
             ratio = np.maximum(a / b, b / a)
-            np.minimum.at(best, (image[:, first] * n + image[:, second]).ravel(), ratio.ravel())
+            pair = (image[:, first] * n + image[:, second]).ravel()
+            np.minimum.at(best, pair, ratio.ravel())
+            shared += np.bincount(pair, minlength=n * n)
+    common = shared.reshape(n, n)
+    common = common + common.T  # [N, N] |common points|
+    with np.errstate(divide="ignore", invalid="ignore"):
+        overlap = np.where(observed[:, None] > 0, common / observed[:, None], 0.0)
+    unused = ~usable[:, None] | ~usable[None, :] | np.eye(n, dtype=bool)
+    overlap[unused] = -1.0
     best = best.reshape(n, n)
     best = np.minimum(best, best.T)
     scale = np.where(np.isfinite(best), best, -1.0)
