@@ -8,6 +8,7 @@
 * :mod:`pri3d.io.pairs`, :mod:`pri3d.io.chunk_boxes`, :mod:`pri3d.io.point_cloud`: what
   `pri3d preprocess scannet` writes for pre-training (pair lists, crop boxes, scene clouds).
 * :mod:`pri3d.io.atomic`: the atomic write every writer uses.
+* :mod:`pri3d.io.text_table`: the line loop and line-numbered errors of the text-table readers.
 
 Nothing is re-exported here so that importing one format does not pull in the others' dependencies.
 """

@@ -12,6 +12,7 @@ import os
 import numpy as np
 
 from pri3d.io.atomic import atomic_write
+from pri3d.io.text_table import expect_line, table_lines
 
 __all__ = ["read_chunk_boxes", "write_chunk_boxes"]
 
@@ -24,19 +25,16 @@ def write_chunk_boxes(path: str | os.PathLike[str], frames: list[int], boxes: np
 
 
 def read_chunk_boxes(path: str | os.PathLike[str]) -> dict[int, np.ndarray]:
-    """Read a ``chunk_boxes.txt``: frame number -> [6] float64 (min xyz, max xyz)."""
+    """Read a ``chunk_boxes.txt``: frame number -> [6] float64 (min xyz, max xyz).
+
+    Raises FileNotFoundError for a missing file and ValueError naming the file and line for a line
+    that is not a frame number and 6 numbers.
+    """
     boxes = {}
-    with open(path, encoding="ascii") as file:
-        for line_number, line in enumerate(file, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                if len(fields) != 7:
-                    raise ValueError(f"{len(fields)} fields")
-                boxes[int(fields[0])] = np.array([float(v) for v in fields[1:]])
-            except ValueError as exc:
-                raise ValueError(
-                    f"{path}: line {line_number}: expected '<frame> minx miny minz maxx maxy maxz' ({exc})"
-                ) from exc
+    for number, line in table_lines(path, "crop box file not found"):
+        fields = line.split()
+        with expect_line(path, number, "'<frame> minx miny minz maxx maxy maxz'"):
+            if len(fields) != 7:
+                raise ValueError(f"{len(fields)} fields")
+            boxes[int(fields[0])] = np.array([float(v) for v in fields[1:]])
     return boxes

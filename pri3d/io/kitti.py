@@ -27,6 +27,7 @@ from typing import NamedTuple
 import numpy as np
 
 from pri3d.io.images import read_depth_png
+from pri3d.io.text_table import expect_line, table_lines
 
 __all__ = [
     "CALIB_KEYS",
@@ -128,27 +129,16 @@ def read_calib(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     Each line is ``<key>: <12 numbers>`` (row-major 3x4). Raises FileNotFoundError for a missing file
     and ValueError naming the file and line for a malformed line, or naming a missing key.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: calibration file not found")
     calib = {}
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            key, colon, values = line.partition(":")
-            try:
-                if not colon:
-                    raise ValueError("no '<key>:'")
-                numbers = [float(value) for value in values.split()]
-                if len(numbers) != 12:
-                    raise ValueError(f"{len(numbers)} numbers")
-            except ValueError as error:
-                raise ValueError(
-                    f"{path}:{number}: expected '<key>: <12 numbers>' (a 3x4 matrix), got {line.strip()!r} "
-                    f"({error})"
-                ) from None
-            calib[key.strip()] = np.array(numbers, dtype=np.float64).reshape(3, 4)
+    for number, line in table_lines(path, "calibration file not found"):
+        key, colon, values = line.partition(":")
+        with expect_line(path, number, "'<key>: <12 numbers>' (a 3x4 matrix)", got=line):
+            if not colon:
+                raise ValueError("no '<key>:'")
+            numbers = [float(value) for value in values.split()]
+            if len(numbers) != 12:
+                raise ValueError(f"{len(numbers)} numbers")
+        calib[key.strip()] = np.array(numbers, dtype=np.float64).reshape(3, 4)
     missing = [key for key in CALIB_KEYS if key not in calib]
     if missing:
         raise ValueError(
@@ -181,25 +171,16 @@ def read_poses(path: str | os.PathLike[str]) -> np.ndarray:
     Raises FileNotFoundError for a missing file and ValueError naming the file and line for a line
     that is not 12 finite numbers.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: poses file not found")
     rows = []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                values = [float(field) for field in fields]
-            except ValueError:
-                values = []
-            if len(values) != 12 or not np.isfinite(values).all():
-                raise ValueError(
-                    f"{path}:{number}: expected 12 finite numbers (a 3x4 camera-0-to-world matrix), "
-                    f"got {line.strip()[:80]!r}"
-                )
-            rows.append(values)
+    expected = "12 finite numbers (a 3x4 camera-0-to-world matrix)"
+    for number, line in table_lines(path, "poses file not found"):
+        with expect_line(path, number, expected, got=line[:80]):
+            values = [float(field) for field in line.split()]
+            if len(values) != 12:
+                raise ValueError(f"{len(values)} numbers")
+            if not np.isfinite(values).all():
+                raise ValueError("a number is not finite")
+        rows.append(values)
     poses = np.zeros((len(rows), 4, 4))
     poses[:, :3, :] = np.array(rows, dtype=np.float64).reshape(-1, 3, 4)
     poses[:, 3, 3] = 1.0
@@ -236,22 +217,15 @@ def read_drive_table(root: str | os.PathLike[str]) -> tuple[DriveSequence, ...]:
     if not path.is_file():
         return KITTI_ODOMETRY_DRIVES
     table = []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            fields = line.replace(":", " ").split()
-            if not fields:
-                continue
-            try:
-                if len(fields) != 4:
-                    raise ValueError(f"{len(fields)} fields")
-                entry = DriveSequence(fields[0], fields[1], int(fields[2]), int(fields[3]))
-                if not 0 <= entry.start <= entry.end:
-                    raise ValueError("start must be <= end, both >= 0")
-            except ValueError as error:
-                raise ValueError(
-                    f"{path}:{number}: expected '<seq>: <drive> <start> <end>', got {line.strip()!r} ({error})"
-                ) from None
-            table.append(entry)
+    for number, line in table_lines(path, "drive table not found"):
+        fields = line.replace(":", " ").split()
+        with expect_line(path, number, "'<seq>: <drive> <start> <end>'", got=line):
+            if len(fields) != 4:
+                raise ValueError(f"{len(fields)} fields")
+            entry = DriveSequence(fields[0], fields[1], int(fields[2]), int(fields[3]))
+            if not 0 <= entry.start <= entry.end:
+                raise ValueError("start must be <= end, both >= 0")
+        table.append(entry)
     for field in ("sequence", "drive"):
         names = [getattr(entry, field) for entry in table]
         repeated = sorted({name for name in names if names.count(name) > 1})
@@ -299,28 +273,19 @@ def read_kitti_pairs(path: str | os.PathLike[str]) -> list[KittiPair]:
 
     Raises FileNotFoundError for a missing file and ValueError naming the file and line otherwise.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: KITTI pair list not found (run `pri3d preprocess kitti` first)")
     pairs = []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            try:
-                if len(fields) != 7:
-                    raise ValueError(f"{len(fields)} fields")
-                drive, split, i, j, ratio, first, count = fields
-                pair = KittiPair(drive, split, int(i), int(j), float(ratio), int(first), int(count))
-                if split not in DEPTH_SPLITS or min(pair.frame_i, pair.first_row) < 0 or pair.num_matches < 1:
-                    raise ValueError("bad split, negative index or no matches")
-            except ValueError as error:
-                raise ValueError(
-                    f"{path}:{number}: expected '<drive> <train|val> <frame_i> <frame_j> <ratio> <first_row> "
-                    f"<num_matches>' ({error})"
-                ) from None
-            pairs.append(pair)
+    missing = "KITTI pair list not found (run `pri3d preprocess kitti` first)"
+    expected = "'<drive> <train|val> <frame_i> <frame_j> <ratio> <first_row> <num_matches>'"
+    for number, line in table_lines(path, missing):
+        fields = line.split()
+        with expect_line(path, number, expected):
+            if len(fields) != 7:
+                raise ValueError(f"{len(fields)} fields")
+            drive, split, i, j, ratio, first, count = fields
+            pair = KittiPair(drive, split, int(i), int(j), float(ratio), int(first), int(count))
+            if split not in DEPTH_SPLITS or min(pair.frame_i, pair.first_row) < 0 or pair.num_matches < 1:
+                raise ValueError("bad split, negative index or no matches")
+        pairs.append(pair)
     return pairs
 
 

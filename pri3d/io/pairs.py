@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from pri3d.io.text_table import expect_line, table_lines
+
 __all__ = ["FramePair", "pair_line", "read_pair_list"]
 
 
@@ -34,29 +36,17 @@ def read_pair_list(path: str | os.PathLike[str]) -> list[FramePair]:
     Raises FileNotFoundError for a missing file and ValueError naming the file and line for a line
     that is not ``<path_i> <path_j> <score>`` of two frames of one scene.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: pair list not found")
     pairs = []
-    with open(path, encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            try:
-                if len(tokens) != 3:
-                    raise ValueError(f"{len(tokens)} fields")
-                (scene_i, frame_i), (scene_j, frame_j) = (_scene_frame(t) for t in tokens[:2])
-                score = float(tokens[2])
-            except (ValueError, IndexError) as error:
-                raise ValueError(
-                    f"{path}:{number}: expected '<scene>/color/<i>.jpg <scene>/color/<j>.jpg <score>' ({error})"
-                ) from None
-            if scene_i != scene_j:
-                raise ValueError(
-                    f"{path}:{number}: a pair must come from one scene, got {scene_i} and {scene_j}"
-                )
-            pairs.append(FramePair(scene_i, frame_i, frame_j, score))
+    for number, line in table_lines(path, "pair list not found"):
+        tokens = line.split()
+        with expect_line(path, number, "'<scene>/color/<i>.jpg <scene>/color/<j>.jpg <score>'"):
+            if len(tokens) != 3:
+                raise ValueError(f"{len(tokens)} fields")
+            (scene_i, frame_i), (scene_j, frame_j) = (_scene_frame(t) for t in tokens[:2])
+            score = float(tokens[2])
+        if scene_i != scene_j:
+            raise ValueError(f"{path}:{number}: a pair must come from one scene, got {scene_i} and {scene_j}")
+        pairs.append(FramePair(scene_i, frame_i, frame_j, score))
     return pairs
 
 

@@ -206,5 +206,5 @@ def test_chunk_box_and_its_file(tmp_path):
     assert list(boxes) == [0, 25]
     np.testing.assert_allclose(boxes[25], box + 1, atol=1e-4)
     path.write_text("0 1 2 3\n")
-    with pytest.raises(ValueError, match="line 1"):
+    with pytest.raises(ValueError, match=r"chunk_boxes\.txt:1: expected '<frame> minx"):
         read_chunk_boxes(path)
