@@ -14,6 +14,7 @@ from pathlib import Path
 from pri3d.preprocess.kitti_cli import add_kitti_parser
 from pri3d.preprocess.megadepth_cli import add_megadepth_parser
 from pri3d.preprocess.scannet import REPORT_NAME, ScanNetOptions, preprocess_scannet
+from pri3d.preprocess.summary import outcome_lines
 
 
 def _scene_list(text: str) -> list[str]:
@@ -133,12 +134,7 @@ def summary_lines(report: dict, out: Path | None = None) -> list[str]:
     ]
     if no_cloud:
         lines.append(f"point cloud skipped (no mesh) for: {', '.join(no_cloud)}")
-    for entry in report["redone"]:
-        lines.append(f"redone {entry['scene']} (was incomplete: {entry['reason']})")
-    for failure in report["failures"]:
-        lines.append(f"FAILED {failure['scene']}: {failure['reason'].splitlines()[0]}")
-    lines.append(f"report: {out / REPORT_NAME if out else REPORT_NAME} ({report['seconds']:.1f} s)")
-    return lines
+    return lines + outcome_lines(report, "scene", out / REPORT_NAME if out else REPORT_NAME)
 
 
 def run_scannet(args: argparse.Namespace) -> int:

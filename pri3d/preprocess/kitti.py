@@ -78,6 +78,7 @@ from pri3d.preprocess.kitti_overlap import (
     reachable_blocks,
 )
 from pri3d.preprocess.output_folder import output_lock
+from pri3d.preprocess.summary import outcome_lines
 
 __all__ = [
     "DRIVE_REPORT_NAME",
@@ -596,7 +597,4 @@ def summary_lines(report: dict[str, Any], out: Path) -> list[str]:
         f"pairs: {pairs['tested']} tested, {pairs['kept']} kept (ratio > {report['options']['min_ratio']})",
         f"pair list: {out / report['pair_list']}",
     ]
-    lines += [f"redone {e['drive']} (was incomplete: {e['reason']})" for e in report["redone"]]
-    lines += [f"FAILED {e['drive']}: {e['reason'].splitlines()[0]}" for e in report["failures"]]
-    lines.append(f"report: {out / REPORT_NAME} ({report['seconds']:.1f} s)")
-    return lines
+    return lines + outcome_lines(report, "drive", out / REPORT_NAME)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from pri3d.preprocess.megadepth import REPORT_NAME, preprocess_megadepth
+from pri3d.preprocess.summary import outcome_lines
 
 
 def _scene_list(text: str) -> list[str]:
@@ -57,12 +58,7 @@ def summary_lines(report: dict, root: Path) -> list[str]:
         f"images: {images['usable']} usable of {images['total']}; dropped: {dropped}; "
         f"{images['grayscale_kept']} grayscale kept",
     ]
-    for entry in report["redone"]:
-        lines.append(f"redone {entry['scene']} (was incomplete: {entry['reason']})")
-    for failure in report["failures"]:
-        lines.append(f"FAILED {failure['scene']}: {failure['reason'].splitlines()[0]}")
-    lines.append(f"report: {root / REPORT_NAME} ({report['seconds']:.1f} s)")
-    return lines
+    return lines + outcome_lines(report, "scene", root / REPORT_NAME)
 
 
 def run_megadepth(args: argparse.Namespace) -> int:
