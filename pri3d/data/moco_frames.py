@@ -36,7 +36,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
-from pri3d.data.pretrain_pairs import color_tensor
+from pri3d.data.pretrain_pairs import _sample_seed, color_tensor
 from pri3d.io.pairs import read_pair_list
 
 __all__ = ["FRAME_CHOICES", "IMAGE_SUFFIXES", "MoCoFrameOptions", "MoCoFrames", "collate_views"]
@@ -113,7 +113,8 @@ class MoCoFrames(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         source, item = self.source_item(index)
-        generator = torch.Generator().manual_seed(_sample_seed(self.options.seed, self.epoch, index))
+        # stream index + 1: stream 0 is the epoch's mixing order
+        generator = torch.Generator().manual_seed(_sample_seed(self.options.seed, self.epoch, index + 1))
         if source == 0:
             scene, frame = self.frames[item]
             name, path = f"{scene}/color/{frame}.jpg", self.root / scene / "color" / f"{frame}.jpg"
@@ -143,7 +144,7 @@ class MoCoFrames(Dataset):
         if not self.orders_epochs:
             return None
         length = max(len(self.frames), len(self.extra))
-        generator = torch.Generator().manual_seed(_sample_seed(self.options.seed, epoch, -1))
+        generator = torch.Generator().manual_seed(_sample_seed(self.options.seed, epoch, 0))
         orders = []
         for count in (len(self.frames), len(self.extra)):
             rounds = [torch.randperm(count, generator=generator) for _ in range(math.ceil(length / count))]
@@ -189,8 +190,3 @@ def collate_views(samples: list[dict]) -> dict:
     if extra:
         batch["counts"] = {"extra_images": extra}
     return batch
-
-
-def _sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for (seed, epoch, index); index -1 seeds the epoch's mixing order."""
-    return int(np.random.SeedSequence([seed, epoch, index + 1]).generate_state(1, dtype=np.uint64)[0] >> 1)
