@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from pri3d.data.pretrain_pairs import PairOptions, _sample_seed, add_pixel_matches, color_tensor
 from pri3d.geometry import invert_rigid
+from pri3d.io.images import read_rgb
 from pri3d.io.kitti import (
     MAPPING_NAME,
     PAIRS_NAME,
@@ -148,8 +149,7 @@ class KITTIPairs(Dataset):
                 f"raw frame {raw_frame} has no pose in sequence {entry.sequence} (from {entry.start})"
             )
         color_path = image_path(self.root, entry.sequence, sequence_frame)
-        with Image.open(color_path) as image:
-            color = np.asarray(image.convert("RGB"))
+        color = read_rgb(color_path)
         depth_file = depth_path(self.root, split, drive, raw_frame)
         depth = read_kitti_depth(depth_file)
         if depth.shape != color.shape[:2]:
