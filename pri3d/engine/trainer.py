@@ -36,12 +36,12 @@ from pri3d.engine.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pri3d.engine.config import check_run_config, to_dict
+from pri3d.engine.config import check_run_config, to_dict, to_yaml
 from pri3d.engine.distributed import DistEnv, all_ranks_true
 from pri3d.engine.logger import RunLogger
 from pri3d.engine.sampler import GlobalBatchSampler
 from pri3d.engine.schedules import BNMomentumScheduler, build_optimizer, build_scheduler
-from pri3d.io.atomic import check_writable_folder
+from pri3d.io.atomic import atomic_write, check_writable_folder
 
 
 class TrainingStopped(RuntimeError):
@@ -127,6 +127,15 @@ class Trainer:
             self.logger.info(
                 "removed unfinished checkpoint files: " + ", ".join(path.name for path in leftovers)
             )
+
+    def record_config(self) -> None:
+        """Write the run's config to ``<log_dir>/config.yaml`` and into its log (the main rank's)."""
+        if not self.env.is_main:
+            return
+        text = to_yaml(self.config)
+        with atomic_write(self.log_dir / "config.yaml") as handle:
+            handle.write(text)
+        self.logger.info("config:\n" + text)
 
     def close(self) -> None:
         """Close the run's log (text, metrics, TensorBoard, Weights & Biases)."""

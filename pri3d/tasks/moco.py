@@ -153,15 +153,12 @@ def moco_pretrain(config: MoCoRunConfig) -> dict:
             m = config.optimizer.bn_momentum  # constant, as upstream MoCo (the Trainer's default decays it)
             trainer.bn_scheduler = BNMomentumScheduler(model, initial=m, decay=1.0, every=1, minimum=m)
             trainer.optimizer.register_step_post_hook(lambda *_: model.end_step())
-            if env.is_main:
-                with atomic_write(Path(config.train.log_dir) / "config.yaml") as handle:
-                    handle.write(to_yaml(config))
-                trainer.logger.info("config:\n" + to_yaml(config))
-                trainer.logger.info(
-                    f"{len(dataset)} images per epoch: {len(dataset.frames)} ScanNet frames "
-                    f"({config.dataset.frames}), {len(dataset.extra)} from dataset.extra_images"
-                    + (", mixed 1:1" if dataset.orders_epochs else "")
-                )
+            trainer.record_config()
+            trainer.logger.info(
+                f"{len(dataset)} images per epoch: {len(dataset.frames)} ScanNet frames "
+                f"({config.dataset.frames}), {len(dataset.extra)} from dataset.extra_images"
+                + (", mixed 1:1" if dataset.orders_epochs else "")
+            )
             trainer.resume_if_possible()
             metrics = trainer.fit()
             files.write_last(trainer)

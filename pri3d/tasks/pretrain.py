@@ -23,7 +23,7 @@ from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
 from pri3d.engine import distributed
 from pri3d.engine.config import check_run_config, expand_overrides, load_config, to_yaml
 from pri3d.engine.trainer import Trainer, TrainingStopped
-from pri3d.io.atomic import atomic_write, check_writable_folder
+from pri3d.io.atomic import check_writable_folder
 from pri3d.models import sparse_conv_triton
 from pri3d.models.pri3d import Pri3D
 from pri3d.tasks.pretrain_config import PRETRAIN_RULES, RECIPES, PretrainRunConfig
@@ -159,10 +159,7 @@ def pretrain(config: PretrainRunConfig) -> dict:
         if path3d == "triton":
             warm_up_triton(model, config, env)
         with Trainer(model, dataset, collate_pairs, config, env) as trainer:
-            if env.is_main:
-                with atomic_write(Path(config.train.log_dir) / "config.yaml") as handle:
-                    handle.write(to_yaml(config))
-                trainer.logger.info("config:\n" + to_yaml(config))
+            trainer.record_config()
             if getattr(dataset, "scenes_without_cloud", None):
                 missing = dataset.scenes_without_cloud
                 trainer.logger.info(

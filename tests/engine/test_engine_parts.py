@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 from torch import nn
 
@@ -282,6 +283,14 @@ def test_the_log_stays_open_after_fit_for_the_runner_and_closes_with_the_block(t
     assert (tmp_path / "train.log").read_text().count("eval final (step 2)") == 1
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines] == [1, 2, 2] and lines[-1] == {"step": 2, "val/score": 0.5}
+
+
+def test_the_config_is_recorded_as_yaml_that_loads_back_and_in_the_log(tmp_path):
+    with _fit_trainer(tmp_path, 2, "train.seed=7") as trainer:
+        trainer.record_config()
+    reloaded = load_config(PretrainRunConfig, [], base=OmegaConf.load(tmp_path / "config.yaml"))
+    assert reloaded == trainer.config and reloaded.train.seed == 7
+    assert "config:\n" + (tmp_path / "config.yaml").read_text() in (tmp_path / "train.log").read_text()
 
 
 def test_a_finished_run_without_optimizer_state_initialises_but_does_not_resume(tmp_path):
