@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from scipy.spatial.transform import Rotation
 
 from pri3d.geometry import scale_intrinsics
 from pri3d.io.images import write_depth_png, write_label_png
@@ -147,13 +148,8 @@ def kitti_calibration(sequence: str, size: tuple[int, int]) -> dict[str, np.ndar
 
 def velodyne_to_camera0() -> np.ndarray:
     """4×4 rigid transform from the velodyne frame to camera 0."""
-    tilt = np.array(_VELO_TILT)
-    angle = np.linalg.norm(tilt)
-    axis = tilt / angle
-    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    rodrigues = np.eye(3) + np.sin(angle) * cross + (1 - np.cos(angle)) * cross @ cross
     transform = np.eye(4)
-    transform[:3, :3] = rodrigues @ _VELO_AXES
+    transform[:3, :3] = Rotation.from_rotvec(_VELO_TILT).as_matrix() @ _VELO_AXES
     transform[:3, 3] = _VELO_IN_CAMERA0
     return transform
 
