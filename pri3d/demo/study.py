@@ -161,15 +161,7 @@ def _pri3d_overrides(arm: Arm, data: Path, seed: int, config: StudyConfig) -> li
         f"pretrain.depth={str(config.depth).lower()}",
         f"pretrain.sample_points={config.sample_points}",
         f"pretrain.voxel_size={config.voxel_size}",
-        f"train.batch_size={config.pretrain_batch}",
-        f"optimizer.lr={pretrain_lr(config.pretrain_batch)}",
-        f"train.max_steps={config.pretrain_steps}",
-        f"train.seed={seed}",
-        "train.checkpoint_every=0",
-        "train.report_batch=5",
-        f"train.workers={config.loader_workers}",
-        f"train.device={config.device}",
-        "logging.tensorboard=false",
+        *_pretrain_run_overrides(seed, config, config.loader_workers),
         *config.extra_pretrain,
     ]
 
@@ -187,14 +179,21 @@ def _moco_overrides(data: Path, seed: int, config: StudyConfig) -> list[str]:
         "moco.pretrained=scratch",
         f"moco.queue_size={MOCO_QUEUE}",
         f"moco.bn_group_size={max(config.pretrain_batch // 2, 1)}",
+        # on the CPU no loader process: MoCo's small frames load in less time than one takes to start
+        *_pretrain_run_overrides(seed, config, 0 if config.device == "cpu" else config.loader_workers),
+    ]
+
+
+def _pretrain_run_overrides(seed: int, config: StudyConfig, workers: int) -> list[str]:
+    """The run settings every arm's pre-training shares: batch, lr, length, seed, logging, device."""
+    return [
         f"train.batch_size={config.pretrain_batch}",
         f"optimizer.lr={pretrain_lr(config.pretrain_batch)}",
         f"train.max_steps={config.pretrain_steps}",
         f"train.seed={seed}",
         "train.checkpoint_every=0",
         "train.report_batch=5",
-        # on the CPU no loader process: MoCo's small frames load in less time than one takes to start
-        f"train.workers={0 if config.device == 'cpu' else config.loader_workers}",
+        f"train.workers={workers}",
         f"train.device={config.device}",
         "logging.tensorboard=false",
     ]
