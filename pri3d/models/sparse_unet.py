@@ -179,13 +179,14 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return select_backend(backend, device.type, spconv_has_cuda(), sparse_conv_triton.available())
 
 
-def _conv(module: SparseConvolution, x: SparseTensor) -> SparseTensor:
-    """Apply a spconv convolution module on whichever path ``x`` belongs to."""
-    if isinstance(x, TorchSparseTensor):
+def _conv(module: SparseConvolution, x: SparseTensor, path: str) -> SparseTensor:
+    """Apply a spconv convolution module on ``path`` (:func:`resolve_backend`'s answer, which also
+    chose ``x``'s type)."""
+    if path == "torch":
         return x.conv(module)
-    if isinstance(x, spconv.SparseConvTensor):
-        return module(x)
-    return sparse_conv_triton.conv(module, x)
+    if path == "triton":
+        return sparse_conv_triton.conv(module, x)
+    return module(x)
 
 
 class SparseBasicBlock(nn.Module):
@@ -213,11 +214,11 @@ class SparseBasicBlock(nn.Module):
                 nn.Linear(in_channels, out_channels, bias=False), nn.BatchNorm1d(out_channels)
             )
 
-    def forward(self, x: SparseTensor) -> SparseTensor:
-        """Features ``[N, C_in]`` -> ``[N, C_out]`` on the same voxels."""
-        out = _conv(self.conv1, x)
+    def forward(self, x: SparseTensor, path: str) -> SparseTensor:
+        """Features ``[N, C_in]`` -> ``[N, C_out]`` on the same voxels, convolved on ``path``."""
+        out = _conv(self.conv1, x, path)
         out = out.replace_feature(self.relu(self.norm1(out.features)))
-        out = _conv(self.conv2, out)
+        out = _conv(self.conv2, out, path)
         identity = x.features if self.downsample is None else self.downsample(x.features)
         return out.replace_feature(self.relu(self.norm2(out.features) + identity))
 
@@ -228,6 +229,12 @@ def _stage(
     layers = [SparseBasicBlock(in_channels, out_channels, key, algo)]
     layers += [SparseBasicBlock(out_channels, out_channels, key, algo) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
+
+
+def _run_stage(stage: nn.Sequential, x: SparseTensor, path: str) -> SparseTensor:
+    for block in stage:
+        x = block(x, path)
+    return x
 
 
 class MinkUNet34C(nn.Module):
@@ -328,7 +335,7 @@ class MinkUNet34C(nn.Module):
     def _bn_relu(self, x: SparseTensor, bn: nn.BatchNorm1d) -> SparseTensor:
         return x.replace_feature(self.relu(bn(x.features)))
 
-    def _to_sparse(self, coords: torch.Tensor, features: torch.Tensor) -> SparseTensor:
+    def _to_sparse(self, coords: torch.Tensor, features: torch.Tensor, path: str) -> SparseTensor:
         if coords.dim() != 2 or coords.shape[1] != 4 or coords.is_floating_point():
             raise ValueError(
                 f"coords must be an integer [N, 4] (batch, x, y, z) tensor, got {coords.dtype} "
@@ -345,7 +352,6 @@ class MinkUNet34C(nn.Module):
             raise ValueError(
                 f"coords ({coords.device}) and features ({features.device}) must be on one device"
             )
-        path = resolve_backend(self.backend, features.device)
         # float64 (with float64 parameters) is for reference computations; spconv computes it wrongly
         # on CPU and spconv-triton's kernels take float32, so only the torch path takes it.
         allowed = (torch.float32, torch.float64) if path == "torch" else (torch.float32,)
@@ -386,18 +392,19 @@ class MinkUNet34C(nn.Module):
         # the features' dtype throughout: spconv's CPU kernels only compute float32 correctly, the
         # torch path keeps the features' dtype (autocast would hand it float16 / bfloat16 GEMMs), and
         # spconv-triton would run float16 under autocast in training mode
+        path = resolve_backend(self.backend, features.device)
         with torch.autocast(features.device.type, enabled=False):
-            x = self._to_sparse(coords, features)
-            p1 = self._bn_relu(_conv(self.conv0p1s1, x), self.bn0)
+            x = self._to_sparse(coords, features, path)
+            p1 = self._bn_relu(_conv(self.conv0p1s1, x, path), self.bn0)
 
-            out = self._bn_relu(_conv(self.conv1p1s2, p1), self.bn1)
-            b1p2 = self.block1(out)
-            out = self._bn_relu(_conv(self.conv2p2s2, b1p2), self.bn2)
-            b2p4 = self.block2(out)
-            out = self._bn_relu(_conv(self.conv3p4s2, b2p4), self.bn3)
-            b3p8 = self.block3(out)
-            out = self._bn_relu(_conv(self.conv4p8s2, b3p8), self.bn4)
-            out = self.block4(out)
+            out = self._bn_relu(_conv(self.conv1p1s2, p1, path), self.bn1)
+            b1p2 = _run_stage(self.block1, out, path)
+            out = self._bn_relu(_conv(self.conv2p2s2, b1p2, path), self.bn2)
+            b2p4 = _run_stage(self.block2, out, path)
+            out = self._bn_relu(_conv(self.conv3p4s2, b2p4, path), self.bn3)
+            b3p8 = _run_stage(self.block3, out, path)
+            out = self._bn_relu(_conv(self.conv4p8s2, b3p8, path), self.bn4)
+            out = _run_stage(self.block4, out, path)
 
             for convtr, bn, skip, block in (
                 (self.convtr4p16s2, self.bntr4, b3p8, self.block5),
@@ -405,10 +412,10 @@ class MinkUNet34C(nn.Module):
                 (self.convtr6p4s2, self.bntr6, b1p2, self.block7),
                 (self.convtr7p2s2, self.bntr7, p1, self.block8),
             ):
-                out = _conv(convtr, out)
+                out = _conv(convtr, out, path)
                 # The inverse conv restores the skip level's voxels in the skip's row order.
                 out = out.replace_feature(torch.cat([self.relu(bn(out.features)), skip.features], dim=1))
-                out = block(out)
+                out = _run_stage(block, out, path)
             return out.replace_feature(self.final(out.features))
 
     def forward(self, coords: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
