@@ -18,7 +18,7 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from pri3d.data.megadepth_pairs import MegaDepthPairs
-from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs
+from pri3d.data.pretrain_pairs import PairOptions, ScanNetPairs, no_chunk
 
 __all__ = ["MixturePairs"]
 
@@ -73,6 +73,6 @@ class MixturePairs(Dataset):
         sample["index"] = index
         if "skip" not in sample and self.options.geometric_prior:
             for v in (1, 2):
-                for key, value in self.scannet._no_chunk().items():
+                for key, value in no_chunk(self.options.num_matches).items():
                     sample[f"{key}{v}"] = value
         return sample

@@ -135,7 +135,7 @@ class ScanNetPairs(Dataset):
         if self.options.geometric_prior:
             for v, frame in enumerate((frame_a, frame_b), start=1):
                 if scene in self.scenes_without_cloud:
-                    chunk = self._no_chunk()
+                    chunk = no_chunk(self.options.num_matches)
                 else:
                     try:
                         chunk = self._voxel_chunk(
@@ -175,17 +175,6 @@ class ScanNetPairs(Dataset):
                 "or pretrain.geometric_prior=false"
             )
         return missing
-
-    def _no_chunk(self) -> dict:
-        """The 3D part of a pair whose scene has no point cloud: no voxels, no valid 3D-2D match."""
-        num = self.options.num_matches
-        return {
-            "voxels": torch.zeros(0, 3, dtype=torch.int32),
-            "voxel_colors": torch.zeros(0, 3),
-            "vp_pixel": torch.zeros(num, 2, dtype=torch.int64),
-            "vp_voxel": torch.zeros(num, dtype=torch.int64),
-            "vp_valid": torch.zeros(num, dtype=torch.bool),
-        }
 
     def _load_view(self, scene: str, frame: int, generator: torch.Generator) -> dict:
         height, width = self.options.size
@@ -283,6 +272,17 @@ class ScanNetPairs(Dataset):
             "vp_voxel": voxel_index[pick] if len(pixels) else torch.zeros(len(pick), dtype=torch.int64),
             "vp_valid": valid,
         }
+
+
+def no_chunk(num_matches: int) -> dict:
+    """The 3D part of a view without a point cloud: no voxels, no valid 3D-2D match (``num_matches`` slots)."""
+    return {
+        "voxels": torch.zeros(0, 3, dtype=torch.int32),
+        "voxel_colors": torch.zeros(0, 3),
+        "vp_pixel": torch.zeros(num_matches, 2, dtype=torch.int64),
+        "vp_voxel": torch.zeros(num_matches, dtype=torch.int64),
+        "vp_valid": torch.zeros(num_matches, dtype=torch.bool),
+    }
 
 
 def color_tensor(image: Image.Image, generator: torch.Generator, augment: bool = True) -> torch.Tensor:
