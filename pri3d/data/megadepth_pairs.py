@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from pri3d.data.pretrain_pairs import PairOptions, add_pixel_matches, color_tensor
 from pri3d.io.colmap import colmap_to_pri3d_intrinsics, colmap_xy_to_rowcol
-from pri3d.io.megadepth import SCENE_INFO_FOLDER, depth_shape, read_depth, read_scene_info
+from pri3d.io.megadepth import SCENE_INFO_FOLDER, read_depth, read_scene_info
 
 __all__ = ["MegaDepthPairs", "crop_window"]
 
@@ -244,11 +244,8 @@ class MegaDepthPairs(Dataset):
             top, left = crop_window(center, image_hw, (height, width))
             # outside the photo (one smaller than the crop) PIL's crop fills black
             crop = image.convert("RGB").crop((left, top, left + width, top + height))
-        depth_file = self.root / scene.depth_paths[k]
-        if depth_shape(depth_file) != image_hw:
-            raise ValueError(f"{depth_file.name} is {depth_shape(depth_file)}, its photo {image_hw} (H, W)")
         depth = np.zeros((height, width), np.float32)
-        part = read_depth(depth_file, window=(top, left, height, width))
+        part = read_depth(self.root / scene.depth_paths[k], window=(top, left, height, width), shape=image_hw)
         depth[: part.shape[0], : part.shape[1]] = part
         K = scene.intrinsics[k].copy()
         K[0, 2] -= left  # the crop's pixel (0, 0) is the photo's (top, left)

@@ -68,7 +68,6 @@ __all__ = [
     "UNDISTORTED_FOLDER",
     "SceneInfo",
     "depth_path",
-    "depth_shape",
     "image_path",
     "is_mask",
     "read_depth",
@@ -118,26 +117,25 @@ def _open_depth(path: Path):
     return file, dataset
 
 
-def depth_shape(path: str | os.PathLike[str]) -> tuple[int, int]:
-    """(H, W) of a depth file, from its header."""
-    file, dataset = _open_depth(Path(path))
-    with file:
-        return tuple(int(side) for side in dataset.shape)
-
-
 def read_depth(
-    path: str | os.PathLike[str], window: tuple[int, int, int, int] | None = None, raw: bool = False
+    path: str | os.PathLike[str],
+    window: tuple[int, int, int, int] | None = None,
+    raw: bool = False,
+    shape: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """The ``/depth`` dataset of a MegaDepth ``.h5`` file as float32 [H, W].
 
     window: (top, left, height, width) reads only that part (top, left >= 0; a window reaching past
-    the bottom or right edge gives the part inside the map; h5py reads just those rows). Values that are not finite and > 0 become 0, pri3d's invalid depth, unless ``raw``
-    (the stored values, e.g. to test :func:`is_mask`). Raises FileNotFoundError / ValueError naming
-    the file.
+    the bottom or right edge gives the part inside the map; h5py reads just those rows). shape:
+    the (H, W) the whole map must have (its image's), checked from the header in the same opening.
+    Values that are not finite and > 0 become 0, pri3d's invalid depth, unless ``raw`` (the stored
+    values, e.g. to test :func:`is_mask`). Raises FileNotFoundError / ValueError naming the file.
     """
     path = Path(path)
     file, dataset = _open_depth(path)
     with file:
+        if shape is not None and dataset.shape != tuple(shape):
+            raise ValueError(f"{path}: depth map is {dataset.shape} (H, W), its image {tuple(shape)}")
         if window is None:
             values = dataset[()]
         else:

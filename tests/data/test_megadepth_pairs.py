@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -176,6 +177,12 @@ def test_unreadable_samples_are_skipped_with_a_reason(megadepth, tmp_path):
     item = pairs[0]
     assert set(item) == {"skip", "index"} and item["index"] == 0
     assert item["skip"].startswith("0002 photos photo_") and "cannot identify image file" in item["skip"]
+    pairs = MegaDepthPairs(root, OPTIONS, pairs_per_scene=4, scenes=["0001"])  # photos intact
+    _, k, _ = pairs.pair(0)
+    depth_file = root / pairs.scenes[0].depth_paths[k]
+    with h5py.File(depth_file, "w") as file:
+        file["depth"] = np.ones((3, 5), np.float32) * 0.5  # not its image's size
+    assert f"{depth_file.name}: depth map is (3, 5) (H, W), its image (" in pairs[0]["skip"]
 
 
 def test_bad_settings_are_refused(megadepth, tmp_path):

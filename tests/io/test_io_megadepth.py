@@ -11,7 +11,6 @@ from megadepth_fixture import write_tiny_scene
 from pri3d.io.colmap import colmap_to_pri3d_intrinsics, colmap_xy_to_rowcol, pinhole_intrinsics, read_model
 from pri3d.io.megadepth import (
     SceneInfo,
-    depth_shape,
     is_mask,
     read_depth,
     read_scene_info,
@@ -114,7 +113,9 @@ def test_read_depth_windows_and_invalid_values(tmp_path):
     np.testing.assert_array_equal(read, expected)
     np.testing.assert_array_equal(read_depth(tmp_path / "d.h5", window=(1, 2, 5, 5)), expected[1:, 2:])
     assert np.isnan(read_depth(tmp_path / "d.h5", raw=True)[0, 0])
-    assert depth_shape(tmp_path / "d.h5") == (3, 4)
+    np.testing.assert_array_equal(read_depth(tmp_path / "d.h5", shape=(3, 4)), expected)
+    with pytest.raises(ValueError, match=r"d\.h5: depth map is \(3, 4\) \(H, W\), its image \(4, 3\)"):
+        read_depth(tmp_path / "d.h5", window=(0, 0, 2, 2), shape=(4, 3))
     with pytest.raises(ValueError, match=r"d\.h5: depth window \(-1, 0, 2, 2\) starts outside the map"):
         read_depth(tmp_path / "d.h5", window=(-1, 0, 2, 2))
 
@@ -132,7 +133,7 @@ def test_depth_errors_name_the_file(tmp_path):
         read_depth(tmp_path / "other.h5")
     _write_h5(tmp_path / "cube.h5", np.ones((2, 2, 2)))
     with pytest.raises(ValueError, match=r"cube.h5: .* found shape \(2, 2, 2\)"):
-        depth_shape(tmp_path / "cube.h5")
+        read_depth(tmp_path / "cube.h5", shape=(2, 2))
 
 
 def test_masks_are_told_from_depth_by_their_values():
