@@ -1,11 +1,12 @@
 """The training loop: gradient accumulation, DDP, bf16/channels_last, checkpoints and exact resume.
 
 The model is any module whose forward takes a collated batch and returns a dict of scalar losses
-with `total_loss`. A batch also carries `batch_size` (usable samples, 0 when none), `skipped` (why the
-others failed to load) and optionally `counts`: named counters (e.g. pairs that train only some
-losses) that are added up over the run and logged as `train/<name>`. One optimizer step consumes one global batch (`train.batch_size` samples), split
-over ranks and accumulation micro-batches by `GlobalBatchSampler`. After every optimizer step the LR
-scheduler and the BN-momentum schedule advance (as the original).
+with `total_loss`. A batch also carries `batch_size` (usable samples, 0 when none), `skipped` (why
+the others failed to load) and optionally `counts`: named counters (e.g. pairs that train only some
+losses) that are added up over the run and logged as `train/<name>`. One optimizer step consumes one
+global batch (`train.batch_size` samples), split over ranks and accumulation micro-batches by
+`GlobalBatchSampler`. After every optimizer step the LR scheduler and the BN-momentum schedule
+advance (as the original).
 
 The run's log stays open after `fit()`, so that the runner's last words (a final evaluation) go to
 the same `train.log` and `metrics.jsonl`; use the Trainer as a context manager (`with Trainer(...) as
