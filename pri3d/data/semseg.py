@@ -19,6 +19,7 @@ Augmentation randomness is a function of (seed, epoch, index), so runs and resum
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,6 +231,15 @@ class ScanNetSemseg(SegmentationFrames):
         return _blur(image, rng), label
 
 
+def _with_labels(colors: list[Path], label_of: Callable[[Path], Path]) -> list[tuple[Path, Path]]:
+    """``(colour, label)`` pairs; a FileNotFoundError names the first missing label file."""
+    items = [(color, label_of(color)) for color in colors]
+    for color, label in items:
+        if not label.is_file():
+            raise FileNotFoundError(f"{label}: label for {color.name} not found")
+    return items
+
+
 class NYUv2Semseg(SegmentationFrames):
     """NYUv2 13-class labels (0 = background, ignored) from the author-prepared folders."""
 
@@ -244,12 +254,9 @@ class NYUv2Semseg(SegmentationFrames):
             raise FileNotFoundError(
                 f"{folder / 'color'}: no nyu_rgb_<id>.png files (NYUv2 train.phase={phase})"
             )
-        items = []
-        for color in colors:
-            label = folder / "label" / f"new_nyu_class13_{color.stem.removeprefix('nyu_rgb_')}.png"
-            if not label.is_file():
-                raise FileNotFoundError(f"{label}: label for {color.name} not found")
-            items.append((color, label))
+        items = _with_labels(
+            colors, lambda c: folder / "label" / f"new_nyu_class13_{c.stem.removeprefix('nyu_rgb_')}.png"
+        )
         super().__init__(items, options, train=phase != "val" if train is None else train)
         lut = np.zeros(256, dtype=np.uint8)
         lut[: len(self.class_names)] = np.arange(len(self.class_names))
@@ -276,10 +283,7 @@ class KITTISemseg(SegmentationFrames):
         if phase not in ("train", "val"):
             raise ValueError(f"train.phase={phase!r}: KITTI has train and val")
         colors = colors[:KITTI_VAL_IMAGES] if phase == "val" else colors[KITTI_VAL_IMAGES:]
-        items = [(c, root / "semantic" / c.name) for c in colors]
-        for color, label in items:
-            if not label.is_file():
-                raise FileNotFoundError(f"{label}: label for {color.name} not found")
+        items = _with_labels(colors, lambda c: root / "semantic" / c.name)
         is_train = phase == "train" if train is None else train
         super().__init__(items, options, train=is_train, full_resolution=True)
 
@@ -331,13 +335,11 @@ class CityscapesSemseg(SegmentationFrames):
         colors = sorted((root / "leftImg8bit" / phase).glob("*/*_leftImg8bit.png"))
         if not colors:
             raise FileNotFoundError(f"{root / 'leftImg8bit' / phase}: no <city>/*_leftImg8bit.png files")
-        items = []
-        for color in colors:
-            stem = color.name.removesuffix("_leftImg8bit.png")
-            label = root / "gtFine" / phase / color.parent.name / f"{stem}_gtFine_labelIds.png"
-            if not label.is_file():
-                raise FileNotFoundError(f"{label}: label for {color.name} not found")
-            items.append((color, label))
+        labels = root / "gtFine" / phase
+        items = _with_labels(
+            colors,
+            lambda c: labels / c.parent.name / c.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png"),
+        )
         super().__init__(items, options, train=phase == "train" if train is None else train)
 
     def augment(self, image, label, rng):
