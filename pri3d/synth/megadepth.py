@@ -66,10 +66,10 @@ from PIL import Image
 
 from pri3d.io.colmap import colmap_to_pri3d_intrinsics
 from pri3d.io.images import write_jpeg
+from pri3d.io.megadepth import DENSE_FOLDER, DEPTH_DATASET, SFM_FOLDER
 from pri3d.synth.landmark import Landmark, landmark_scene, photo_pose
 from pri3d.synth.outdoor import OutdoorScene, pinhole_rays, render_rays
 
-SFM_DIR, DENSE_DIR = "MegaDepth_v1_SfM", "MegaDepth_v1"
 MODEL_SUBDIR = Path("sparse") / "manhattan" / "0"
 #: COLMAP's model files; pycolmap also writes rigs.bin and frames.bin, which MegaDepth's models lack.
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
@@ -429,7 +429,9 @@ def write_depth_h5(path: Path, depth: np.ndarray, compress: bool = False) -> Non
     No timestamps are stored, so the same array gives the same bytes.
     """
     with h5py.File(path, "w") as f:
-        f.create_dataset("depth", data=depth, track_times=False, compression="gzip" if compress else None)
+        f.create_dataset(
+            DEPTH_DATASET, data=depth, track_times=False, compression="gzip" if compress else None
+        )
 
 
 def write_scene(out: Path, config: MegaDepthSynthConfig, index: int) -> dict:
@@ -441,10 +443,10 @@ def write_scene(out: Path, config: MegaDepthSynthConfig, index: int) -> dict:
     staging = out / ".partial" / name
     if staging.exists():
         shutil.rmtree(staging)
-    for top in (SFM_DIR, DENSE_DIR):
+    for top in (SFM_FOLDER, DENSE_FOLDER):
         if (out / top / name).exists():  # an interrupted move: the scene is redone whole
             shutil.rmtree(out / top / name)
-    sfm, dense = staging / SFM_DIR / name, staging / DENSE_DIR / name / "dense0"
+    sfm, dense = staging / SFM_FOLDER / name, staging / DENSE_FOLDER / name / "dense0"
     for folder in (sfm / "images", dense / "imgs", dense / "depths"):
         folder.mkdir(parents=True)
 
@@ -472,10 +474,10 @@ def write_scene(out: Path, config: MegaDepthSynthConfig, index: int) -> dict:
             depth = np.where(view.depth <= MAX_DEPTH_METRES, view.depth * scale, 0.0)
             write_depth_h5(depth_path, depth.astype(np.float32))
 
-    (out / DENSE_DIR).mkdir(exist_ok=True)
-    (out / SFM_DIR).mkdir(exist_ok=True)
-    (staging / DENSE_DIR / name).rename(out / DENSE_DIR / name)
-    (staging / SFM_DIR / name).rename(out / SFM_DIR / name)  # last: its presence marks the scene done
+    (out / DENSE_FOLDER).mkdir(exist_ok=True)
+    (out / SFM_FOLDER).mkdir(exist_ok=True)
+    (staging / DENSE_FOLDER / name).rename(out / DENSE_FOLDER / name)
+    (staging / SFM_FOLDER / name).rename(out / SFM_FOLDER / name)  # last: its presence marks the scene done
     shutil.rmtree(staging)
     return {
         "images": reconstruction.num_images(),
@@ -485,7 +487,7 @@ def write_scene(out: Path, config: MegaDepthSynthConfig, index: int) -> dict:
 
 
 def scene_done(out: Path, name: str) -> bool:
-    return (out / SFM_DIR / name).is_dir() and (out / DENSE_DIR / name).is_dir()
+    return (out / SFM_FOLDER / name).is_dir() and (out / DENSE_FOLDER / name).is_dir()
 
 
 def generate(out: str | Path, config: MegaDepthSynthConfig, workers: int = 1, progress: bool = True) -> dict:
