@@ -64,6 +64,7 @@ __all__ = [
     "DEPTH_DATASET",
     "SCENE_INFO_FOLDER",
     "SCENE_INFO_VERSION",
+    "SCENE_INFO_VERSION_KEY",
     "SFM_FOLDER",
     "UNDISTORTED_FOLDER",
     "SceneInfo",
@@ -83,7 +84,8 @@ SCENE_INFO_FOLDER = "scene_info"
 DEPTH_DATASET = "depth"
 #: Version of pri3d's plain scene_info layout, stored under ``pri3d_scene_info``.
 SCENE_INFO_VERSION = 1
-_VERSION_KEY = "pri3d_scene_info"
+#: The key of that version: a file without it is the original's (pickled) layout.
+SCENE_INFO_VERSION_KEY = "pri3d_scene_info"
 _MATRICES = ("overlap_matrix", "scale_ratio_matrix", "angles")
 
 
@@ -224,7 +226,7 @@ def write_scene_info(path: str | os.PathLike[str], info: SceneInfo) -> None:
     path = Path(path)
     info.check(str(path))
     arrays = {
-        _VERSION_KEY: np.int64(SCENE_INFO_VERSION),
+        SCENE_INFO_VERSION_KEY: np.int64(SCENE_INFO_VERSION),
         "image_paths": np.asarray(info.image_paths, dtype=str),
         "depth_paths": np.asarray(info.depth_paths, dtype=str),
         "intrinsics": info.intrinsics.astype(np.float64),
@@ -259,7 +261,7 @@ def read_scene_info(path: str | os.PathLike[str]) -> SceneInfo:
         raise ValueError(f"{path}: a single .npy array, expected a scene_info .npz archive")
     try:
         with npz:
-            info = _read_plain(path, npz) if _VERSION_KEY in npz.files else _read_legacy(path)
+            info = _read_plain(path, npz) if SCENE_INFO_VERSION_KEY in npz.files else _read_legacy(path)
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:  # a truncated or damaged member
         raise ValueError(f"{path}: damaged .npz file ({type(error).__name__}: {error})") from None
     info.check(str(path))
@@ -273,7 +275,7 @@ def _require(path: Path, files: list[str], keys: tuple[str, ...]) -> None:
 
 
 def _read_plain(path: Path, npz) -> SceneInfo:
-    version = int(npz[_VERSION_KEY])
+    version = int(npz[SCENE_INFO_VERSION_KEY])
     if version != SCENE_INFO_VERSION:
         raise ValueError(
             f"{path}: scene_info format version {version}, this pri3d reads version {SCENE_INFO_VERSION}"

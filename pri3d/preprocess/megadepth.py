@@ -43,6 +43,7 @@ from pri3d.io.colmap import ColmapModel, read_model
 from pri3d.io.megadepth import (
     DENSE_FOLDER,
     SCENE_INFO_FOLDER,
+    SCENE_INFO_VERSION_KEY,
     SFM_FOLDER,
     UNDISTORTED_FOLDER,
     SceneInfo,
@@ -450,7 +451,7 @@ def scene_state(root: Path, scene: str) -> tuple[str, dict[str, Any] | str | Non
 def _is_plain_npz(path: Path) -> bool:
     try:
         with np.load(path, allow_pickle=False) as npz:
-            return "pri3d_scene_info" in npz.files
+            return SCENE_INFO_VERSION_KEY in npz.files
     except Exception:  # a damaged file: whatever wrote it, this run may replace it
         return True
 
