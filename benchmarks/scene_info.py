@@ -5,8 +5,9 @@ point ids and a dict id -> normalised depth, and for every image pair i < j inte
 in Python (overlap = |common| / |points of i|, both directions) and takes the minimum over the
 common points of max(nd_i / nd_j, nd_j / nd_i) (the scale ratio): O(N² · |obs|) per scene.
 :func:`original_matrices` re-implements that loop from its description;
-:func:`pri3d.preprocess.megadepth.overlap_and_scale_ratio` is pri3d's (one sparse product for all
-|common| counts, a per-track-length pair expansion with a minimum reduction for the scale ratios).
+:func:`pri3d.preprocess.megadepth.overlap_and_scale_ratio` is pri3d's (every image pair within
+each 3D point's track, expanded per track length: a bincount gives the |common| counts, a minimum
+reduction the scale ratios).
 
 Both run on one synthetic COLMAP-like observation table: N images along a walk, 3D points seen by
 a window of neighbouring images, track lengths geometric (mean ``--mean-track``, at least 2, a long
