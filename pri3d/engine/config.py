@@ -130,6 +130,10 @@ def integer_at_least(minimum: int) -> Rule:
 
 
 POSITIVE: Rule = (lambda value: math.isfinite(value) and value > 0, "a finite number > 0")
+IMAGE_SIZE: Rule = (
+    lambda size: len(size) == 2 and all(side >= 1 for side in size),
+    "[height, width], both integers ≥ 1",
+)
 _NON_NEGATIVE: Rule = (lambda value: math.isfinite(value) and value >= 0, "a finite number ≥ 0")
 _BETA: Rule = (lambda value: 0 <= value < 1, "a number in [0, 1)")
 

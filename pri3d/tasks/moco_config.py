@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from pri3d.engine.config import (
+    IMAGE_SIZE,
     POSITIVE,
     TRAINING_RULES,
     DistributedConfig,
@@ -95,9 +96,6 @@ MOCO_RULES: dict[str, Rule] = {
     "moco.bn_group_size": integer_at_least(1),
     "optimizer.bn_momentum": (lambda m: math.isfinite(m) and 0 < m <= 1, "a number in (0, 1]"),
     "dataset.frames": (lambda frames: frames in _FRAMES, ", ".join(_FRAMES)),
-    "dataset.resize": (
-        lambda size: len(size) == 2 and all(side >= 1 for side in size),
-        "[height, width], both integers ≥ 1",
-    ),
+    "dataset.resize": IMAGE_SIZE,
     "dataset.crop": integer_at_least(1),
 }

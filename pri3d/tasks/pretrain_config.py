@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from pri3d.engine.config import (
+    IMAGE_SIZE,
     POSITIVE,
     TRAINING_RULES,
     DistributedConfig,
@@ -96,10 +97,7 @@ class PretrainRunConfig:
 #: The training keys and pre-training's own, checked by :func:`pri3d.engine.config.check_run_config`.
 PRETRAIN_RULES: dict[str, Rule] = {
     **TRAINING_RULES,
-    "dataset.size": (
-        lambda size: len(size) == 2 and all(side >= 1 for side in size),
-        "[height, width], both integers ≥ 1",
-    ),
+    "dataset.size": IMAGE_SIZE,
     "dataset.name": (lambda name: name in DATASETS, ", ".join(DATASETS)),
     "dataset.pairs_per_scene": integer_at_least(1),
     "dataset.min_overlap": (lambda overlap: 0 <= overlap <= 1, "a fraction in [0, 1]"),
