@@ -53,14 +53,19 @@ __all__ = [
 # put in place, so a file that exists is a file that loads
 
 
-def _torchvision_resnet_state(arch: str) -> dict[str, torch.Tensor]:
-    """Parameters and buffers (shapes only, on the meta device) of torchvision's ``arch`` without ``fc``."""
+def _torchvision_resnet(arch: str) -> nn.Module:
+    """torchvision's ``arch`` without weights, its ``fc`` replaced by ``nn.Identity`` (pooled features out)."""
     import torchvision
 
-    with torch.device("meta"):
-        model = getattr(torchvision.models, arch)(weights=None)
+    model = getattr(torchvision.models, arch)(weights=None)
     model.fc = nn.Identity()
-    return model.state_dict()
+    return model
+
+
+def _torchvision_resnet_state(arch: str) -> dict[str, torch.Tensor]:
+    """Parameters and buffers (shapes only, on the meta device) of torchvision's ``arch`` without ``fc``."""
+    with torch.device("meta"):
+        return _torchvision_resnet(arch).state_dict()
 
 
 def _check_finite(state: dict, source: str) -> None:
@@ -164,6 +169,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _read_encoder(source: Path) -> tuple[dict[str, torch.Tensor], str, dict, LoadReport]:
+    """The ResNet encoder of the weights file ``source`` in torchvision layout, its architecture, the
+    rest of the file's top level and the conversion report."""
+    state, extra = load_weights_file(source)
+    tv, report = to_torchvision(state, str(source))
+    return tv, resnet_arch(tv), extra, report
+
+
 def export_torchvision(source: str | Path, out: str | Path, fmt: str = "pth") -> tuple[Path, LoadReport]:
     """Write the ResNet encoder of ``source`` in torchvision layout (``.pth`` or ``.safetensors``).
 
@@ -175,9 +188,7 @@ def export_torchvision(source: str | Path, out: str | Path, fmt: str = "pth") ->
     from safetensors.torch import load_file, save
 
     source, out = Path(source), Path(out)
-    state, extra = load_weights_file(source)
-    tv, report = to_torchvision(state, str(source))
-    arch = resnet_arch(tv)
+    tv, arch, extra, report = _read_encoder(source)
     meta = _metadata(arch, source, report.layout, extra, report)
     tv = {k: v.detach().contiguous().clone() for k, v in tv.items()}
 
@@ -202,9 +213,7 @@ def export_detectron2(source: str | Path, out: str | Path) -> tuple[Path, LoadRe
     conv), so Detectron2 must be configured accordingly; the JSON lists the config lines.
     """
     source, out = Path(source), Path(out)
-    state, extra = load_weights_file(source)
-    tv, report = to_torchvision(state, str(source))
-    arch = resnet_arch(tv)
+    tv, arch, extra, report = _read_encoder(source)
     arrays, dropped = to_detectron2(tv)
     for key in dropped:
         report.skipped[key] = "num_batches_tracked: Detectron2's FrozenBatchNorm has no such buffer"
@@ -299,8 +308,6 @@ def load_backbone(path: str | Path, arch: str = "resnet50") -> nn.Module:
 
     The weights load with ``strict=True``; a file of another architecture raises ``ValueError``.
     """
-    import torchvision
-
     state, _ = load_weights_file(path)
     if arch in ("Res18UNet", "Res50UNet"):
         layout = detect_layout(state, str(path))
@@ -321,7 +328,6 @@ def load_backbone(path: str | Path, arch: str = "resnet50") -> nn.Module:
     found = resnet_arch(tv)
     if found != arch:
         raise ValueError(f"{path} holds a {found}, not a {arch}")
-    model = getattr(torchvision.models, arch)(weights=None)
-    model.fc = nn.Identity()
+    model = _torchvision_resnet(arch)
     load_strict(model, tv, str(path), arch)
     return model
