@@ -75,8 +75,12 @@ def test_detectron2_renames_follow_the_original_rules():
         "layer4.0.downsample.1.bias": "res5.0.shortcut.norm.bias",
         "layer2.1.bn3.weight": "res3.1.conv3.norm.weight",
     }
-    out, _ = to_detectron2({k: torch.zeros(1) for k in names})
-    assert set(out) == set(names.values())
+    state = {k: torch.full((1,), float(i)) for i, k in enumerate(names)}
+    state["layer1.0.bn1.num_batches_tracked"] = torch.tensor(3)
+    out, dropped = to_detectron2(state)
+    assert dropped == ["layer1.0.bn1.num_batches_tracked"]
+    # each key goes to its own name (a set comparison would not see two names swapped)
+    assert {k: out[name].item() for k, name in names.items()} == {k: state[k].item() for k in names}
 
 
 def test_batchnorm_counters_are_added_only_for_the_layers_the_file_has():
