@@ -21,16 +21,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pri3d.synth.appearance import value_noise
+from pri3d.synth.raycast import NEAR, box_corners, intersect_box
 from pri3d.synth.scene import rotate_z
 
 #: Cityscapes label ids used by the outdoor generators.
 ROAD, SIDEWALK, BUILDING, POLE, TRAFFIC_SIGN, VEGETATION, TERRAIN, SKY, CAR = 7, 8, 11, 17, 20, 21, 22, 23, 26
 
-_NEAR = 1e-3
-_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
 # the 12 edges of a box as pairs of corner indices (corner index bits are x, y, z)
 _EDGES = np.array([(i, i | bit) for bit in (4, 2, 1) for i in range(8) if not i & bit])
-# face order of a box: -x, +x, -y, +y, -z, +z (as pri3d.synth.render)
+# face order of a box: -x, +x, -y, +y, -z, +z (as pri3d.synth.raycast)
 _FACE_NORMALS = np.array(
     [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], dtype=np.float64
 )
@@ -101,8 +100,7 @@ class OutdoorScene:
 
     def corners(self) -> np.ndarray:
         """World corners of every box: [N, 8, 3]."""
-        local = _CORNERS[None] * self.half_sizes[:, None]
-        return self.centers[:, None] + rotate_z(local, self.yaw[:, None])
+        return box_corners(self.centers, self.half_sizes, self.yaw)
 
 
 @dataclass
@@ -158,7 +156,7 @@ def render_rays(
 
     with np.errstate(divide="ignore", invalid="ignore"):
         t_ground = -origin[2] / dirs[..., 2]
-    zbuf = np.where(t_ground > _NEAR, t_ground, np.inf)  # [H, W]
+    zbuf = np.where(t_ground > NEAR, t_ground, np.inf)  # [H, W]
     part = np.where(np.isfinite(zbuf), -1, -2).astype(np.int64)
     face = np.full(shape, 5, dtype=np.int64)
 
@@ -177,7 +175,17 @@ def render_rays(
         if len(rows) == 0 or len(cols) == 0:
             continue
         window = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        _intersect_box(scene, p, dirs[window], origin, zbuf[window], part[window], face[window])
+        intersect_box(
+            np.moveaxis(dirs[window], -1, 0),  # world x, y, z components
+            origin,
+            scene.centers[p],
+            scene.half_sizes[p],
+            scene.yaw[p],
+            p,
+            zbuf[window],
+            part[window],
+            face[window],
+        )
 
     hit = part != -2
     depth = np.where(hit, zbuf, 0.0)
@@ -198,7 +206,7 @@ def _projected_extent(corners: np.ndarray):
     points where the 12 edges cross z = near, so a box straddling the camera is bounded exactly.
     """
     z = corners[:, 2]
-    front = z >= _NEAR
+    front = z >= NEAR
     if not front.any():
         return None
     points = [corners[front]]
@@ -206,45 +214,13 @@ def _projected_extent(corners: np.ndarray):
     crossing = front[_EDGES[:, 0]] != front[_EDGES[:, 1]]
     if crossing.any():
         a, b = a[crossing], b[crossing]
-        s = (_NEAR - a[:, 2]) / (b[:, 2] - a[:, 2])
+        s = (NEAR - a[:, 2]) / (b[:, 2] - a[:, 2])
         points.append(a + s[:, None] * (b - a))
     pts = np.concatenate(points)
     nx, ny = pts[:, 0] / pts[:, 2], pts[:, 1] / pts[:, 2]
     # widen by float noise: a hit found by the slab test may sit on the rounded-off boundary
     pad = 1e-9 * (1.0 + max(np.abs(nx).max(), np.abs(ny).max()))
     return (nx.min() - pad, nx.max() + pad), (ny.min() - pad, ny.max() + pad)
-
-
-def _intersect_box(
-    scene: OutdoorScene,
-    p: int,
-    dirs: np.ndarray,
-    origin: np.ndarray,
-    zbuf: np.ndarray,
-    part: np.ndarray,
-    face: np.ndarray,
-) -> None:
-    """Slab test of box p against world rays `dirs` [h, w, 3]; updates the buffer views in place."""
-    local_dirs = rotate_z(dirs, -scene.yaw[p])  # [h, w, 3] in the box frame
-    o = rotate_z(origin - scene.centers[p], -scene.yaw[p])
-    half = scene.half_sizes[p]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / local_dirs
-        t_a = (-half - o) * inv
-        t_b = (half - o) * inv
-    # fmin/fmax skip the nan of a ray parallel to a slab that starts on its plane
-    t_min, t_max = np.fmin(t_a, t_b), np.fmax(t_a, t_b)  # [h, w, 3]
-    entry_axis = np.argmax(t_min, axis=-1)
-    t_near = np.take_along_axis(t_min, entry_axis[..., None], -1)[..., 0]
-    t_far = t_max.min(-1)
-    hit = (t_near <= t_far) & (t_near > _NEAR) & (t_near < zbuf)
-    if not hit.any():
-        return
-    entry_dir = np.take_along_axis(local_dirs, entry_axis[..., None], -1)[..., 0]
-    zbuf[hit] = t_near[hit]
-    part[hit] = p
-    # moving along +axis a ray enters through the -axis face (even index)
-    face[hit] = (2 * entry_axis + (entry_dir <= 0))[hit]
 
 
 def _shade(

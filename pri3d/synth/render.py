@@ -18,10 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pri3d.synth.appearance import surface_color
+from pri3d.synth.raycast import NEAR, box_corners, intersect_box
 from pri3d.synth.scene import Scene, rotate_z
-
-_NEAR = 1e-3
-_CORNERS = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], dtype=np.float64)
 
 
 @dataclass
@@ -57,7 +55,7 @@ def render(
     dirs = [rows[:, None] * rot[k, 1] + cols[None, :] * rot[k, 0] + rot[k, 2] for k in range(3)]
 
     zbuf, part_buf, face_buf = _room_exit(scene, dirs, origin)
-    corners = _part_corners(scene)
+    corners = box_corners(scene.centers, scene.halves, scene.yaws)
     for p in range(scene.num_parts):
         if p in scene.room_slabs:
             continue
@@ -65,8 +63,16 @@ def render(
         if rect is None:
             continue
         window = (slice(rect[0], rect[1]), slice(rect[2], rect[3]))
-        _intersect_part(
-            scene, p, [d[window] for d in dirs], origin, zbuf[window], part_buf[window], face_buf[window]
+        intersect_box(
+            [d[window] for d in dirs],
+            origin,
+            scene.centers[p],
+            scene.halves[p],
+            scene.yaws[p],
+            p,
+            zbuf[window],
+            part_buf[window],
+            face_buf[window],
         )
 
     depth = np.where(part_buf >= 0, zbuf, 0.0)
@@ -97,11 +103,6 @@ def _room_exit(scene: Scene, dirs: list[np.ndarray], origin: np.ndarray):
     return zbuf, part_buf, face_buf
 
 
-def _part_corners(scene: Scene) -> np.ndarray:
-    """World corners of every part: [P, 8, 3]."""
-    return scene.centers[:, None] + rotate_z(_CORNERS[None] * scene.halves[:, None], scene.yaws[:, None])
-
-
 def _screen_rect(
     corners: np.ndarray,
     rot: np.ndarray,
@@ -116,9 +117,9 @@ def _screen_rect(
     """Pixel rectangle (r0, r1, c0, c1) that can see a box with world `corners` [8, 3], or None."""
     cam = (corners - origin) @ rot  # world -> camera: R^T (p - o), written as row vectors
     z = cam[:, 2]
-    if (z <= _NEAR).all():
+    if (z <= NEAR).all():
         return None
-    if (z <= _NEAR).any():
+    if (z <= NEAR).any():
         return 0, height, 0, width  # straddles the image plane: be conservative
     u = fx * cam[:, 0] / z + cx
     v = fy * cam[:, 1] / z + cy
@@ -129,46 +130,6 @@ def _screen_rect(
     if c0 >= c1 or r0 >= r1:
         return None
     return r0, r1, c0, c1
-
-
-def _intersect_part(
-    scene: Scene,
-    p: int,
-    dirs: list[np.ndarray],
-    origin: np.ndarray,
-    zbuf: np.ndarray,
-    part_buf: np.ndarray,
-    face_buf: np.ndarray,
-) -> None:
-    """Slab test of part p against rays `dirs` (world, per axis); updates the buffers in place."""
-    c, s = np.cos(scene.yaws[p]), np.sin(scene.yaws[p])
-    local_dirs = (c * dirs[0] + s * dirs[1], -s * dirs[0] + c * dirs[1], dirs[2])  # world -> part frame
-    o = rotate_z(origin - scene.centers[p], -scene.yaws[p])
-    half = scene.halves[p]
-    t_near = t_far = None
-    entry_axis = np.zeros(zbuf.shape, dtype=np.int64)
-    for axis in range(3):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = 1.0 / local_dirs[axis]
-            t_a = (-half[axis] - o[axis]) * inv
-            t_b = (half[axis] - o[axis]) * inv
-        # fmin/fmax skip the nan of a ray parallel to a slab that starts on its plane
-        t_min, t_max = np.fmin(t_a, t_b), np.fmax(t_a, t_b)
-        if t_near is None:
-            t_near, t_far = t_min, t_max
-        else:
-            later = t_min > t_near
-            entry_axis[later] = axis
-            t_near = np.where(later, t_min, t_near)
-            t_far = np.fmin(t_far, t_max)
-    hit = (t_near <= t_far) & (t_near > _NEAR) & (t_near < zbuf)
-    if not hit.any():
-        return
-    entry_dir = np.choose(entry_axis, local_dirs)
-    face = 2 * entry_axis + (entry_dir <= 0)  # entering through the -axis side when moving along +axis
-    zbuf[hit] = t_near[hit]
-    part_buf[hit] = p
-    face_buf[hit] = face[hit]
 
 
 def _shade(scene: Scene, view: RenderedView, dirs: list[np.ndarray], origin: np.ndarray) -> None:
