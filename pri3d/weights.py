@@ -127,6 +127,11 @@ def _group(keys: list[str]) -> str:
 # reading
 
 
+def _cause(error: Exception) -> str:
+    """``"<type>: <first line of the message>"``: enough to tell causes apart in a one-line error."""
+    return f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
+
+
 def read_torch_file(path: Path):
     """The object in a torch file, read with ``weights_only=True``; NumPy scalars are allowed.
 
@@ -140,10 +145,7 @@ def read_torch_file(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for unsafe or corrupt files
         if "numpy" not in str(error):
-            first_line = (str(error).strip() or "no message").splitlines()[0]
-            raise ValueError(
-                f"{path}: cannot load as a weights-only torch file ({type(error).__name__}: {first_line})"
-            ) from None
+            raise ValueError(f"{path}: cannot load as a weights-only torch file ({_cause(error)})") from None
     # the original saves best_iou as a NumPy scalar; NumPy scalars and dtypes cannot run code
     core = getattr(np, "_core", None) or np.core
     allowed = [core.multiarray.scalar, np.dtype, *{type(np.dtype(t)) for t in "fdilbB?"}]
@@ -213,10 +215,9 @@ def imagenet_state(arch: str, option: str) -> tuple[dict[str, torch.Tensor], str
                 f"cache) cannot be read as a torch weights file ({type(error).__name__}); delete it to "
                 f"download it again, or use {option}=scratch or {option}=PATH with a local torchvision ResNet file"
             ) from None
-        cause = f"{type(error).__name__}: {(str(error).strip() or 'no message').splitlines()[0]}"
         raise WeightsUnavailable(
             f"{option}=imagenet: torchvision's {arch} ImageNet weights are not in the torch hub cache "
-            f"(looked for {cached}) and downloading {weights.url} failed ({cause}). "
+            f"(looked for {cached}) and downloading {weights.url} failed ({_cause(error)}). "
             f"Without internet: use {option}=scratch, or copy {name} to {cached} (TORCH_HOME moves the "
             f"cache), or pass a local torchvision ResNet file as {option}=PATH"
         ) from None
