@@ -63,7 +63,7 @@ def test_megadepth_pretraining_trains_the_view_and_depth_losses(megadepth_run):
     assert config["dataset"]["name"] == "MegaDepth" and not config["pretrain"]["geometric_prior"]
     lines = _metrics(megadepth_run)
     losses = [m["train/total_loss"] for m in lines]
-    assert len(losses) == 24 and all("train/view_loss" in m and "geo_loss" not in m for m in lines)
+    assert len(losses) == 24 and all("train/view_loss" in m and "train/geo_loss" not in m for m in lines)
     assert np.mean(losses[-6:]) < np.mean(losses[:6]) - 0.1, losses
 
 
