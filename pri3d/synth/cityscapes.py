@@ -16,7 +16,6 @@ not depend on the number of workers.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import time
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from PIL import Image
 from pri3d.geometry import scale_intrinsics
 from pri3d.io.atomic import atomic_write
 from pri3d.synth.outdoor import render
+from pri3d.synth.settings import check_and_record_settings
 from pri3d.synth.street import street_photo
 
 #: Cityscapes' image size (height, width) and its left camera's intrinsics at that size.
@@ -88,7 +88,9 @@ def generate_cityscapes(
     """Write `config.train` + `config.val` images under `out`; returns a summary. Finished images are kept."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, config)
+    check_and_record_settings(
+        out / "synth_settings.json", asdict(config), "Cityscapes data", may_change=("train", "val")
+    )
     jobs = [
         (out, config, split, i)
         for split, count in (("train", config.train), ("val", config.val))
@@ -146,18 +148,3 @@ def _worker_init() -> None:
 
 def _write_image_job(job: tuple[Path, CityscapesSynthConfig, str, int]) -> None:
     write_image(*job)
-
-
-def _check_settings(out: Path, config: CityscapesSynthConfig) -> None:
-    """Refuse to add to a folder generated with another size or seed; record the settings used."""
-    path = out / "synth_settings.json"
-    settings = json.loads(json.dumps(asdict(config)))
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in ("size", "seed") if previous.get(k) != settings[k])
-        if changed:
-            raise ValueError(
-                f"{out} holds Cityscapes data generated with other settings "
-                f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)}); use another --out or the same options"
-            )
-    path.write_text(json.dumps(settings, indent=2) + "\n")

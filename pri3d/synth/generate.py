@@ -23,7 +23,6 @@ seeded by (seed, scene index): the output does not depend on the number of worke
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import shutil
 import time
@@ -49,6 +48,7 @@ from pri3d.synth.layout import ROOM_TYPES, build_room
 from pri3d.synth.mesh import tessellate
 from pri3d.synth.render import render
 from pri3d.synth.scene import RAW_CATEGORIES, Scene
+from pri3d.synth.settings import check_and_record_settings
 from pri3d.synth.trajectory import scan_trajectory
 
 #: ScanNet's depth camera at its native 640×480 (the matrix the original hard-codes at 320×240 / 2).
@@ -118,7 +118,9 @@ def generate(out: str | Path, config: SynthConfig, workers: int = 1, progress: b
     """Write `config.scenes` scenes under `out`; returns a summary. Finished scenes are kept."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, config)
+    check_and_record_settings(
+        out / "synth.json", asdict(config), "scenes", may_change=("scenes",), defaults=asdict(SynthConfig())
+    )
     write_label_tsv(out / "scannetv2-labels.combined.tsv", label_table_rows())
     train, val = split_scenes(config)
     (out / "scannetv2_train.txt").write_text("".join(f"{s}\n" for s in train))
@@ -197,22 +199,6 @@ def _write_scene_job(job: tuple[Path, SynthConfig, int]) -> str:
 
 def _scene_done(out: Path, name: str) -> bool:
     return (out / "scans" / name).is_dir() and (out / "scannet_frames_25k" / name).is_dir()
-
-
-def _check_settings(out: Path, config: SynthConfig) -> None:
-    path = out / "synth.json"
-    settings = json.loads(json.dumps(asdict(config)))
-    if path.exists():
-        previous = json.loads(path.read_text())
-        defaults = json.loads(json.dumps(asdict(SynthConfig())))  # settings added since keep their default
-        changed = sorted(k for k in settings if previous.get(k, defaults[k]) != settings[k] and k != "scenes")
-        if changed:
-            raise ValueError(
-                f"{out} holds scenes generated with other settings "
-                f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)}); "
-                "use another --out or the same options"
-            )
-    path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -58,6 +58,7 @@ from pri3d.io.kitti import (
     write_poses,
 )
 from pri3d.synth.outdoor import OutdoorScene, render
+from pri3d.synth.settings import check_and_record_settings
 from pri3d.synth.street import KITTI_CAMERA_HEIGHT, driving_trajectory, street_photo, street_scene
 
 #: KITTI's colour image size (height, width).
@@ -239,7 +240,9 @@ def generate_kitti(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, config)
+    check_and_record_settings(
+        out / "synth_settings.json", _settings(config), "KITTI data", may_change=("drives", "drive_table")
+    )  # more drives may be added later; everything else shapes the existing files
     write_drive_table(out, config.drive_table)
     todo = [i for i in range(config.drives) if not _drive_done(out, config, i)]
     semantics_todo = config.semantic_frames > 0 and not (out / "data_semantics").is_dir()
@@ -417,20 +420,3 @@ def _settings(config: KittiSynthConfig) -> dict:
     settings = asdict(config)
     settings["drive_table"] = [entry._asdict() for entry in config.drive_table]
     return json.loads(json.dumps(settings))
-
-
-def _check_settings(out: Path, config: KittiSynthConfig) -> None:
-    """Refuse to add to a folder generated with other settings; record the settings used."""
-    path = out / "synth_settings.json"
-    settings = _settings(config)
-    if path.exists():
-        previous = json.loads(path.read_text())
-        # more drives may be added later; everything else shapes the existing files
-        ignored = ("drives", "drive_table")
-        changed = sorted(k for k in settings if k not in ignored and previous.get(k) != settings[k])
-        if changed:
-            raise ValueError(
-                f"{out} holds KITTI data generated with other settings "
-                f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)}); use another --out or the same options"
-            )
-    path.write_text(json.dumps(settings, indent=2) + "\n")

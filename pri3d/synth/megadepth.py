@@ -52,7 +52,6 @@ the number of workers.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import shutil
 import time
@@ -69,6 +68,7 @@ from pri3d.io.images import write_jpeg
 from pri3d.io.megadepth import DENSE_FOLDER, DEPTH_DATASET, SFM_FOLDER
 from pri3d.synth.landmark import Landmark, landmark_scene, photo_pose
 from pri3d.synth.outdoor import OutdoorScene, pinhole_rays, render_rays
+from pri3d.synth.settings import check_and_record_settings
 
 MODEL_SUBDIR = Path("sparse") / "manhattan" / "0"
 #: COLMAP's model files; pycolmap also writes rigs.bin and frames.bin, which MegaDepth's models lack.
@@ -494,7 +494,12 @@ def generate(out: str | Path, config: MegaDepthSynthConfig, workers: int = 1, pr
     """Write `config.scenes` scenes under `out`; returns a summary. Finished scenes are kept."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_settings(out, config)
+    check_and_record_settings(
+        out / "synth_settings.json",
+        {"generator": "pri3d synth megadepth", **asdict(config)},
+        "scenes",
+        may_change=("scenes",),
+    )
     names = [scene_name(i) for i in range(config.scenes)]
     todo = [i for i, name in enumerate(names) if not scene_done(out, name)]
     start = time.perf_counter()
@@ -537,18 +542,3 @@ def generate(out: str | Path, config: MegaDepthSynthConfig, workers: int = 1, pr
 def _write_scene_job(job: tuple[Path, MegaDepthSynthConfig, int]) -> tuple[str, dict]:
     out, config, index = job
     return scene_name(index), write_scene(out, config, index)
-
-
-def _check_settings(out: Path, config: MegaDepthSynthConfig) -> None:
-    """Refuse to add scenes to a folder generated with other settings (but another scene count)."""
-    path = out / "synth_settings.json"
-    settings = {"generator": "pri3d synth megadepth", **asdict(config)}
-    if path.exists():
-        previous = json.loads(path.read_text())
-        changed = sorted(k for k in settings if k != "scenes" and previous.get(k) != settings[k])
-        if changed:
-            raise ValueError(
-                f"{out} holds scenes generated with other settings "
-                f"({', '.join(f'{k}={previous.get(k)!r}' for k in changed)}); use another --out or the same options"
-            )
-    path.write_text(json.dumps(settings, indent=2) + "\n")
