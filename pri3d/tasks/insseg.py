@@ -272,9 +272,7 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
             m = config.optimizer.bn_momentum  # constant: the Trainer's default decays it as pre-training does
             trainer.bn_scheduler = BNMomentumScheduler(model, initial=m, decay=1.0, every=1, minimum=m)
             if env.is_main:
-                with atomic_write(log_dir / "config.yaml") as handle:
-                    handle.write(to_yaml(config))
-                trainer.logger.info("config:\n" + to_yaml(config))
+                trainer.record_config()
                 for note in [*train_set.notes, *eval_set.notes, scale_note]:
                     if note:
                         trainer.logger.info(note)

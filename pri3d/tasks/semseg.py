@@ -212,9 +212,7 @@ def finetune_semseg(config: SemsegRunConfig) -> dict:
         with Trainer(model, train_set, collate_semseg, config, env, on_epoch_end=evaluation) as trainer:
             _apply_head_recipe(trainer, model, config)
             if env.is_main:
-                with atomic_write(log_dir / "config.yaml") as handle:
-                    handle.write(to_yaml(config))
-                trainer.logger.info("config:\n" + to_yaml(config))
+                trainer.record_config()
                 for note in train_set.notes + eval_set.notes:
                     trainer.logger.info(note)
                 if init_report is not None:

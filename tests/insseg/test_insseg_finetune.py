@@ -16,6 +16,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from pri3d.cli import main
 from pri3d.data.insseg import build_insseg_dataset
+from pri3d.engine import trainer as trainer_module
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
 from pri3d.engine.config import to_dict
 from pri3d.io.atomic import atomic_write
@@ -96,7 +97,10 @@ def finetuned(insseg_root, coco_dir, tmp_path_factory):
             "finetune.min_size_train=[60]",
         )
     )
-    with mock.patch.object(insseg_task, "atomic_write", wraps=atomic_write) as writes:
+    with (
+        mock.patch.object(insseg_task, "atomic_write", wraps=atomic_write) as writes,
+        mock.patch.object(trainer_module, "atomic_write", new=writes),  # config.yaml
+    ):
         summary = finetune_insseg(config)
     written = {str(call.args[0].relative_to(base / "run")) for call in writes.call_args_list}
     return base, summary, written

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from pri3d.cli import main
+from pri3d.engine import trainer as trainer_module
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from pri3d.engine.config import to_dict
 from pri3d.io.atomic import atomic_write
@@ -71,7 +72,10 @@ def finetuned(semseg_root, tmp_path_factory):
             "optimizer.lr=0.05",
         )
     )
-    with mock.patch.object(semseg_task, "atomic_write", wraps=atomic_write) as writes:
+    with (
+        mock.patch.object(semseg_task, "atomic_write", wraps=atomic_write) as writes,
+        mock.patch.object(trainer_module, "atomic_write", new=writes),  # config.yaml
+    ):
         summary = finetune_semseg(config)
     written = {str(call.args[0].relative_to(base / "run")) for call in writes.call_args_list}
     return base, config, summary, written
