@@ -30,7 +30,7 @@ from pri3d.engine.trainer import Trainer, TrainingStopped
 from pri3d.io.atomic import atomic_write, check_writable_folder
 from pri3d.models.moco import MoCo
 from pri3d.tasks.moco_config import MOCO_RULES, MoCoRunConfig
-from pri3d.tasks.pretrain import PAIR_LISTS
+from pri3d.tasks.pretrain import pair_list
 
 __all__ = [
     "MoCoFiles",
@@ -43,8 +43,6 @@ __all__ = [
 
 
 def build_dataset(config: MoCoRunConfig) -> MoCoFrames:
-    if config.train.phase not in PAIR_LISTS:
-        raise ValueError(f"train.phase={config.train.phase!r}: expected one of {sorted(PAIR_LISTS)}")
     d = config.dataset
     options = MoCoFrameOptions(
         frames=d.frames,
@@ -54,7 +52,7 @@ def build_dataset(config: MoCoRunConfig) -> MoCoFrames:
         balanced=d.balanced,
         seed=config.train.seed,
     )
-    return MoCoFrames(d.path, PAIR_LISTS[config.train.phase], options)
+    return MoCoFrames(d.path, pair_list(config), options)
 
 
 def build_model(config: MoCoRunConfig) -> MoCo:

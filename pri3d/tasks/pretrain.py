@@ -61,12 +61,17 @@ def _pair_options(config: PretrainRunConfig) -> PairOptions:
     )
 
 
-def _scannet_pairs(config: PretrainRunConfig) -> ScanNetPairs:
+def pair_list(config) -> str:
+    """The ScanNet pair list ``train.phase`` names, relative to ``dataset.path`` (pre-training, MoCo)."""
     if config.train.phase not in PAIR_LISTS:
         raise ValueError(f"train.phase={config.train.phase!r}: expected one of {sorted(PAIR_LISTS)}")
+    return PAIR_LISTS[config.train.phase]
+
+
+def _scannet_pairs(config: PretrainRunConfig) -> ScanNetPairs:
     return ScanNetPairs(
         config.dataset.path,
-        PAIR_LISTS[config.train.phase],
+        pair_list(config),
         _pair_options(config),
         pointcloud_dir=config.dataset.pointcloud_path or None,
     )
@@ -90,13 +95,11 @@ def _mixture_pairs(config: PretrainRunConfig) -> MixturePairs:
         raise ValueError(
             "dataset.name=Mixture needs dataset.megadepth_path (the MegaDepth root; dataset.path is ScanNet's)"
         )
-    if config.train.phase not in PAIR_LISTS:
-        raise ValueError(f"train.phase={config.train.phase!r}: expected one of {sorted(PAIR_LISTS)}")
     return MixturePairs(
         config.dataset.path,
         config.dataset.megadepth_path,
         _pair_options(config),
-        pair_list=PAIR_LISTS[config.train.phase],
+        pair_list=pair_list(config),
         pointcloud_dir=config.dataset.pointcloud_path or None,
         pairs_per_scene=config.dataset.pairs_per_scene,
         min_overlap=config.dataset.min_overlap,
