@@ -162,6 +162,13 @@ def register(subparsers) -> None:
         help="add the depth loss to every Pri3D arm, as the paper (off by default: on this data it holds the "
         "pre-trained models back, see docs/benchmarks.md)",
     )
+    parser.add_argument(
+        "--voxel-crop",
+        default="box",
+        choices=["box", "frustum"],
+        help="the 3D network's voxels in the Geo arms: each view's chunk box, as the original (default), or only "
+        "its voxels in the view frustum (pretrain.voxel_crop, see docs/deviations.md)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -192,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
             **asdict(plan.study),
             **{k: v for k, v in budgets.items() if v is not None},
             "depth": args.depth_loss,
+            "voxel_crop": args.voxel_crop,
             "device": device,
             "parallel": parallel,
             "loader_workers": 1 if device == "cpu" else max(workers // parallel, 1),

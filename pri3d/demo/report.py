@@ -186,7 +186,13 @@ def markdown(report: dict) -> str:
         f"frames for Pri3D, {batch} frames × 2 crops for MoCo), SGD lr {pretrain_lr(batch)}, pre-training "
         f"seeds {seeds}, each from its seed's random initialisation",
         f"- Pri3D (View, Geo, View+Geo): Res18UNet, {config['sample_points']} matches per pair, "
-        f"{config['voxel_size']} m voxels, poly schedule; "
+        f"{config['voxel_size']} m voxels "
+        + (
+            "of each view's frustum (`--voxel-crop frustum`)"
+            if config.get("voxel_crop") == "frustum"
+            else "of each view's chunk box (the original's)"
+        )
+        + ", poly schedule; "
         + ("depth loss in every arm" if config.get("depth") else "no depth loss (`--depth-loss` adds it)"),
         f"- MoCo v2: the first frame of each pair, two aug-plus crops of {min(h, w)}×{min(h, w)} from the frame at "
         f"{h}×{w}, ResNet-18 (Res18UNet's encoder), queue {MOCO_QUEUE}, cosine schedule. It trains the encoder "

@@ -77,6 +77,7 @@ class StudyConfig:
     pretrain_batch: int = 8  # pairs (Pri3D) or frames (MoCo) per step
     sample_points: int = 512  # matches per pair
     voxel_size: float = 0.12  # metres: the 3D network's voxels
+    voxel_crop: str = "box"  # the 3D network's input: each view's chunk box (the original's) or its frustum
     depth: bool = False  # add the depth loss to every Pri3D arm (the paper's recipe; see docs/deviations.md)
     finetune_epochs: int = 10
     finetune_batch: int = 8
@@ -161,6 +162,7 @@ def _pri3d_overrides(arm: Arm, data: Path, seed: int, config: StudyConfig) -> li
         f"pretrain.depth={str(config.depth).lower()}",
         f"pretrain.sample_points={config.sample_points}",
         f"pretrain.voxel_size={config.voxel_size}",
+        f"pretrain.voxel_crop={config.voxel_crop}",
         *_pretrain_run_overrides(seed, config, config.loader_workers),
         *config.extra_pretrain,
     ]

@@ -91,3 +91,17 @@ def test_size_option_reaches_the_rooms_and_the_runs(tmp_path, capsys, monkeypatc
     # the same folder at another size is refused: the runs would mix sizes
     assert main(["demo", "--out", str(tmp_path), "--quick", "--device", "cpu"]) == 2
     assert "color_size" in capsys.readouterr().err
+
+
+def test_voxel_crop_option_reaches_the_settings(tmp_path, capsys, monkeypatch):
+    def stop_at_generation(*args, **kwargs):
+        raise KeyboardInterrupt  # the settings are written before any work starts
+
+    monkeypatch.setattr(demo_cli, "_generate", stop_at_generation)
+    argv = ["demo", "--out", str(tmp_path), "--quick", "--device", "cpu"]
+    assert main([*argv, "--voxel-crop", "frustum"]) == 130
+    assert json.loads((tmp_path / "demo_settings.json").read_text())["study"]["voxel_crop"] == "frustum"
+    capsys.readouterr()
+    # the original's box crop in the same folder would mix the Geo arms' inputs: refused
+    assert main(argv) == 2
+    assert "study.voxel_crop: 'frustum' before, 'box' now" in capsys.readouterr().err

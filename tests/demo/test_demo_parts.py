@@ -36,10 +36,16 @@ def _frames(root, scene, count):
         Image.fromarray(np.full((6, 8), 1, np.uint8)).save(root / scene / "label" / f"{i * 20}.png")
 
 
-@pytest.mark.parametrize("depth", [False, True])
-def test_pretrain_jobs_configure_each_arm_and_seed(tmp_path, depth):
+@pytest.mark.parametrize(("depth", "voxel_crop"), [(False, "box"), (True, "frustum")])
+def test_pretrain_jobs_configure_each_arm_and_seed(tmp_path, depth, voxel_crop):
     study = StudyConfig(
-        pretrain_steps=7, pretrain_batch=4, voxel_size=0.15, depth=depth, pretrain_seeds=(0, 3), size=(48, 64)
+        pretrain_steps=7,
+        pretrain_batch=4,
+        voxel_size=0.15,
+        voxel_crop=voxel_crop,
+        depth=depth,
+        pretrain_seeds=(0, 3),
+        size=(48, 64),
     )
     jobs = pretrain_jobs(tmp_path / "runs", tmp_path / "data", study)
     assert sorted((job.meta["arm"], job.meta["seed"]) for job in jobs) == sorted(
@@ -75,6 +81,7 @@ def test_pretrain_jobs_configure_each_arm_and_seed(tmp_path, depth):
                 arm.geometric_prior,
             )
             assert config.pretrain.depth is depth and config.pretrain.voxel_size == 0.15
+            assert config.pretrain.voxel_crop == voxel_crop
         # the same optimiser budget for every arm: steps, batch (frames or pairs), lr
         assert (config.train.max_steps, config.train.batch_size, config.optimizer.lr) == (7, 4, 0.1 * 4 / 64)
         assert config.train.seed == job.meta["seed"]
