@@ -258,7 +258,10 @@ def export_detectron2(source: str | Path, out: str | Path) -> tuple[Path, LoadRe
 def export_pri3d(source: str | Path, out: str | Path) -> tuple[Path, LoadReport]:
     """Import an original Pri3D or a MoCo checkpoint into pri3d's layout (``{'model': ...}``).
 
-    The result initialises `pri3d finetune semseg init=OUT` and loads with :func:`pri3d.weights.load_pri3d_2d`.
+    Kept: ``backbone.*`` (encoder and decoder), ``w2d.*``, ``w3d.*``, ``headnet.*``, as they are. pri3d
+    reads the result as ``init=OUT`` of `pri3d finetune semseg` (:func:`pri3d.models.segmentation.initialise`:
+    the UNet's encoder and decoder by name and shape, the heads reported as skipped) and of `pri3d finetune
+    insseg` (:func:`pri3d.models.mask_rcnn.initialise_body`: the encoder), and through :func:`load_backbone`.
     """
     source, out = Path(source), Path(out)
     state, _ = load_weights_file(source)

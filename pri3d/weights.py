@@ -44,7 +44,6 @@ __all__ = [
     "detectron2_name",
     "imagenet_state",
     "import_original_pri3d",
-    "load_pri3d_2d",
     "load_strict",
     "load_weights_file",
     "mocov2_to_pri3d",
@@ -493,23 +492,3 @@ def load_strict(model: nn.Module, state: dict, source: str, what: str | None = N
     the model's class) and the keys."""
     check_state(model.state_dict(), state, source, what or type(model).__name__)
     model.load_state_dict(state, strict=True)
-
-
-def load_pri3d_2d(model: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
-    """Load the 2D part of a Pri3D checkpoint strictly into ``model.backbone``, ``w2d``, ``w3d``, ``headnet``.
-
-    Each submodule the model has must match the file exactly (``strict=True``); returns the names of
-    the submodules loaded. Submodules the model lacks (e.g. ``w2d`` without the geometric prior) and
-    the 3D network are left alone.
-    """
-    loaded = []
-    for name in ("backbone", "w2d", "w3d", "headnet"):
-        module = getattr(model, name, None)
-        if module is None:
-            continue
-        part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
-        if not part:
-            raise ValueError(f"the checkpoint has no {name}.* weights but the model has {name}")
-        module.load_state_dict(part, strict=True)
-        loaded.append(name)
-    return loaded

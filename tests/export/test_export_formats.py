@@ -19,7 +19,7 @@ from pri3d.export import export_detectron2, export_pri3d, export_torchvision
 from pri3d.models.registry import build_backbone
 from pri3d.models.resunet import ResNetEncoder
 from pri3d.tasks import export_cli
-from pri3d.weights import detect_layout, load_pri3d_2d, load_weights_file
+from pri3d.weights import detect_layout, load_weights_file
 
 PRETRAIN_CONFIG = {
     "train": {"batch_size": 64, "max_steps": 0, "seed": 0},
@@ -154,9 +154,10 @@ def test_moco_v2_checkpoint_to_pri3d_and_torchvision(tmp_path):
     model.load_state_dict(torch.load(pth, weights_only=True), strict=True)
 
 
-def test_original_pri3d_checkpoint_loads_its_2d_part_strictly(tmp_path):
+def test_original_pri3d_checkpoint_exports_its_2d_part_which_initialises_semseg(tmp_path):
     pytest.importorskip("spconv")
     from pri3d.models.pri3d import Pri3D
+    from pri3d.models.segmentation import Semantic2D, initialise
 
     source = Pri3D("Res18UNet", geometric_prior=True, depth=True)
     original = {k: v for k, v in source.state_dict().items() if not k.startswith("backbone3d.")}
@@ -172,14 +173,18 @@ def test_original_pri3d_checkpoint_loads_its_2d_part_strictly(tmp_path):
     out, report = export_pri3d(tmp_path / "original.pth", tmp_path / "imported.pth")
     assert {k.split(".")[0] for k in report.skipped} == {"backbone3d", "headloss"}
     assert "MinkowskiEngine" in report.skipped["backbone3d.final.bias"]
-    target = Pri3D("Res18UNet", geometric_prior=True, depth=True)
     state, _ = load_weights_file(out)
-    assert load_pri3d_2d(target, state) == ["backbone", "w2d", "w3d", "headnet"]
-    for key in ("backbone.decoder.up2.conv1_2.weight", "w2d.weight", "headnet.bias"):
-        assert torch.equal(target.state_dict()[key], original[key])
-    broken = {k: v for k, v in state.items() if k != "w2d.bias"}
-    with pytest.raises(RuntimeError, match=r"w2d|bias"):
-        load_pri3d_2d(target, broken)
+    two_d = {k: v for k, v in original.items() if k.split(".")[0] in ("backbone", "w2d", "w3d", "headnet")}
+    assert set(state) == set(two_d) and all(torch.equal(state[k], v) for k, v in two_d.items())
+
+    # `pri3d finetune semseg init=imported.pth`: the UNet by name, except conv0 (32 features vs 21 logits)
+    model = Semantic2D("Res18UNet", num_classes=21)
+    init = initialise(model, out)
+    unet = {k for k in model.state_dict() if not k.startswith("backbone.decoder.conv0.")}
+    assert set(init.taken) == unet
+    assert all(torch.equal(model.state_dict()[k], original[k]) for k in unet)
+    assert set(init.missing) == {"backbone.decoder.conv0.weight", "backbone.decoder.conv0.bias"}
+    assert "projection head" in init.skipped["w2d.weight"] and "depth head" in init.skipped["headnet.bias"]
 
 
 def test_load_backbone_returns_ready_networks(tmp_path):
