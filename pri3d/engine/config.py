@@ -58,7 +58,9 @@ class OptimizerConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     weight_decay: float = 0.0
-    bn_momentum: float = 0.02  # unused: BN momentum follows the BN-momentum schedule (as the original)
+    # constant BatchNorm momentum of `pri3d moco` and `pri3d finetune insseg`; unused by pretrain (the
+    # original's decaying schedule) and semseg (finetune.bn_momentum)
+    bn_momentum: float = 0.02
     accumulate_step: int = 1  # gradient accumulation
 
 

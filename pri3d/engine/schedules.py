@@ -79,6 +79,12 @@ class BNMomentumScheduler:
         self.step_count = 0
         self._apply()
 
+    @classmethod
+    def constant(cls, model: nn.Module, momentum: float) -> BNMomentumScheduler:
+        """``momentum`` at every step (MoCo, Mask R-CNN and the smp segmentation recipes), kept in
+        checkpoints like the decaying schedule so the Trainer handles both alike."""
+        return cls(model, initial=momentum, decay=1.0, every=1, minimum=momentum)
+
     def momentum(self, step: int) -> float:
         return max(self.initial * self.decay ** math.floor(step / self.every), self.minimum)
 

@@ -269,8 +269,8 @@ def finetune_insseg(config: InssegRunConfig) -> dict:
                 _param_groups(model, config.optimizer.weight_decay), config.optimizer
             )
             trainer.scheduler = warmup_multistep(trainer.optimizer, config.scheduler)
-            m = config.optimizer.bn_momentum  # constant: the Trainer's default decays it as pre-training does
-            trainer.bn_scheduler = BNMomentumScheduler(model, initial=m, decay=1.0, every=1, minimum=m)
+            # not the Trainer's default, which decays it as pre-training does
+            trainer.bn_scheduler = BNMomentumScheduler.constant(model, config.optimizer.bn_momentum)
             if env.is_main:
                 trainer.record_config()
                 for note in [*train_set.notes, *eval_set.notes, scale_note]:

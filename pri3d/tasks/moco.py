@@ -148,8 +148,8 @@ def moco_pretrain(config: MoCoRunConfig) -> dict:
         with Trainer(
             model, dataset, collate_views, config, env, on_epoch_end=files, shuffle=not dataset.orders_epochs
         ) as trainer:
-            m = config.optimizer.bn_momentum  # constant, as upstream MoCo (the Trainer's default decays it)
-            trainer.bn_scheduler = BNMomentumScheduler(model, initial=m, decay=1.0, every=1, minimum=m)
+            # as upstream MoCo; the Trainer's default decays it as pre-training does
+            trainer.bn_scheduler = BNMomentumScheduler.constant(model, config.optimizer.bn_momentum)
             trainer.optimizer.register_step_post_hook(lambda *_: model.end_step())
             trainer.record_config()
             trainer.logger.info(

@@ -78,8 +78,7 @@ def _apply_head_recipe(trainer: Trainer, model: SegmentationModel, config: Semse
             trainer.optimizer, config.scheduler, trainer.steps_per_epoch, trainer.total_steps
         )
     if not ft.bn_schedule:
-        m = ft.bn_momentum
-        trainer.bn_scheduler = BNMomentumScheduler(trainer.model, initial=m, decay=1.0, every=1, minimum=m)
+        trainer.bn_scheduler = BNMomentumScheduler.constant(trainer.model, ft.bn_momentum)
 
 
 @torch.no_grad()

@@ -143,6 +143,23 @@ def test_poly_schedule_and_bn_momentum():
     assert other.step_count == 10
 
 
+def test_constant_bn_momentum_reaches_every_batchnorm_at_every_step():
+    model = nn.Sequential(
+        nn.BatchNorm1d(2),
+        nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)),
+        nn.BatchNorm3d(1),
+        nn.SyncBatchNorm(1),
+    )
+    bn = BNMomentumScheduler.constant(model, 0.01)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 4 and all(m.momentum == 0.01 for m in norms)
+    assert bn.momentum(0) == bn.momentum(10**6) == 0.01
+    for m in norms:
+        m.momentum = 0.5
+    bn.load_state_dict({"step_count": 10**6})  # resumed far into a run
+    assert all(m.momentum == 0.01 for m in norms)
+
+
 def test_poly_schedule_ends_at_a_shorter_total():
     """A run cut short (train.max_steps) anneals over its own length, not the epochs it never runs."""
     config = load_config(PretrainRunConfig, ["scheduler.max_epochs=4"])
