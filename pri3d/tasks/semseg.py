@@ -40,7 +40,7 @@ from pri3d.engine.trainer import Trainer, TrainingStopped
 from pri3d.io.atomic import atomic_write, check_writable_folder
 from pri3d.metrics import ConfusionMatrix, format_iou_table, iou_report
 from pri3d.models.segmentation import SegmentationModel, SmpSegmenter, build_segmentation_model, initialise
-from pri3d.tasks.semseg_config import SemsegRunConfig, expand_short_forms, semseg_config
+from pri3d.tasks.semseg_config import SEMSEG_RULES, SemsegRunConfig, expand_short_forms, semseg_config
 from pri3d.weights import load_strict, load_weights_file, require_task
 
 __all__ = ["evaluate_model", "evaluate_semseg", "finetune_semseg"]
@@ -188,7 +188,7 @@ def finetune_semseg(config: SemsegRunConfig) -> dict:
     ``best_on_val_model_selection`` (the best scheduled result: selected on the evaluation data,
     which is what the original reported), ``checkpoint``, ``init`` (what was loaded from where).
     """
-    check_run_config(config)
+    check_run_config(config, SEMSEG_RULES)
     env = distributed.setup(config.train.device)
     try:
         if env.is_main:

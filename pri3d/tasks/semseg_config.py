@@ -10,9 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pri3d.engine.config import (
+    IMAGE_SIZE,
+    TRAINING_RULES,
     DistributedConfig,
     LoggingConfig,
     OptimizerConfig,
+    Rule,
     SchedulerConfig,
     TrainConfig,
     expand_overrides,
@@ -22,6 +25,7 @@ from pri3d.engine.config import (
 __all__ = [
     "DATASET_PRESETS",
     "MODEL_PRESETS",
+    "SEMSEG_RULES",
     "FinetuneConfig",
     "SemsegDatasetConfig",
     "SemsegOptimizerConfig",
@@ -92,6 +96,9 @@ class SemsegRunConfig:
     dataset: SemsegDatasetConfig = field(default_factory=SemsegDatasetConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
+
+#: Checked before any work (:func:`pri3d.engine.config.check_run_config`).
+SEMSEG_RULES: dict[str, Rule] = {**TRAINING_RULES, "dataset.size": IMAGE_SIZE}
 
 #: ``dataset=<short>`` -> overrides (the original's ``downstream/semseg/unet/scripts/*.sh``).
 DATASET_PRESETS: dict[str, dict[str, object]] = {

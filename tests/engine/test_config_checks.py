@@ -10,6 +10,8 @@ from pri3d.engine.distributed import DistEnv
 from pri3d.engine.trainer import Trainer
 from pri3d.tasks.pretrain import pretrain
 from pri3d.tasks.pretrain_config import PRETRAIN_RULES, PretrainRunConfig
+from pri3d.tasks.semseg import finetune_semseg
+from pri3d.tasks.semseg_config import semseg_config
 
 BAD_VALUES = [
     ("train.batch_size=0", r"train\.batch_size=0: expected an integer ≥ 1"),
@@ -58,6 +60,22 @@ def test_pretrain_refuses_a_bad_value_before_reading_anything(tmp_path, override
     )
     with pytest.raises(ConfigError, match=message):
         pretrain(config)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("dataset.size=[0,80]", r"dataset\.size=\[0, 80\]: expected \[height, width\], both integers ≥ 1"),
+        ("dataset.size=[60,80,3]", r"dataset\.size=\[60, 80, 3\]: expected \[height, width\]"),
+    ],
+)
+def test_semseg_refuses_a_bad_image_size_before_reading_anything(tmp_path, override, message):
+    config = semseg_config(
+        [f"dataset.path={tmp_path / 'absent'}", f"train.log_dir={tmp_path / 'run'}", override]
+    )
+    with pytest.raises(ConfigError, match=message):
+        finetune_semseg(config)
     assert not (tmp_path / "run").exists()
 
 
