@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import urllib.error
 from unittest import mock
@@ -18,7 +17,6 @@ from pri3d.engine.config import to_dict
 from pri3d.io.atomic import atomic_write
 from pri3d.io.scene_lists import scene_list_dir, shipped_split_dir
 from pri3d.models.registry import build_backbone
-from pri3d.tasks import eval_cli, finetune_cli
 from pri3d.tasks import semseg as semseg_task
 from pri3d.tasks.insseg_config import InssegRunConfig
 from pri3d.tasks.pretrain_config import PretrainRunConfig
@@ -41,15 +39,6 @@ def _small(root, log_dir, *extra):
         f"train.log_dir={log_dir}",
         *extra,
     ]
-
-
-def _cli(argv):
-    parser = argparse.ArgumentParser(prog="pri3d")
-    sub = parser.add_subparsers(dest="command")
-    for module in (finetune_cli, eval_cli):
-        module.register(sub)
-    args = parser.parse_args(argv)
-    return args.run(args)
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +129,7 @@ def test_eval_cli_writes_report_and_figures(finetuned, semseg_root, tmp_path, ca
     base, _, _, _ = finetuned
     out = tmp_path / "cli" / "eval.json"
     with mock.patch.object(semseg_task, "atomic_write", wraps=atomic_write) as writes:
-        code = _cli(
+        code = main(
             [
                 "eval",
                 "semseg",
@@ -217,7 +206,7 @@ def test_short_forms_and_presets(capsys):
         expand_short_forms(["dataset=ade"])
     with pytest.raises(ValueError, match="did you mean"):
         semseg_config(["finetune.pretrained=imagenet"])
-    assert _cli(["finetune", "semseg", "model=deeplabv3plus", "--print-config"]) == 0
+    assert main(["finetune", "semseg", "model=deeplabv3plus", "--print-config"]) == 0
     assert "model: DeepLabV3Plus" in capsys.readouterr().out
 
 

@@ -5,10 +5,7 @@ processes equal to one process accumulating the same global batch."""
 from __future__ import annotations
 
 import math
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torchvision
+from cli_subprocess import run_pri3d_ddp, start_pri3d
 from torch import nn
 
 from pri3d.cli import main
@@ -27,7 +25,6 @@ from pri3d.models.segmentation import build_segmentation_model, initialise
 from pri3d.tasks.moco import MoCoFiles, check_bn_groups, moco_pretrain
 from pri3d.tasks.moco_config import MOCO_RULES, MoCoRunConfig
 
-REPO = Path(__file__).resolve().parents[2]
 STEPS = 7  # the 30 frames make 3 steps per epoch: two epoch ends, then a stop inside the third epoch
 
 
@@ -52,18 +49,6 @@ def _overrides(root: Path, log_dir: Path, *extra: str) -> list[str]:
         "logging.tensorboard=false",
         *extra,
     ]
-
-
-def _cli(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pri3d.cli", *args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
 
 
 def _in_process(root: Path, log_dir: Path) -> None:
@@ -195,7 +180,7 @@ def test_run_writes_moco_files_that_export_and_initialise_fine_tuning(reference,
 @pytest.mark.slow
 def test_sigkill_and_resume_gives_the_uninterrupted_run(pretrain_root, reference, tmp_path):
     args = ["moco", *_overrides(pretrain_root, tmp_path / "b", "optimizer.accumulate_step=2")]
-    proc = _cli(args)
+    proc = start_pri3d(args)
     target = tmp_path / "b" / "checkpoints" / "step0000003.pth"
     deadline = time.time() + 300
     while not target.exists() and time.time() < deadline and proc.poll() is None:
@@ -214,12 +199,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_run(pretrain_root, reference
 
 @pytest.mark.slow
 def test_two_ddp_processes_equal_one_process_with_the_same_global_batch(pretrain_root, reference, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "pri3d.cli", "moco", *_overrides(pretrain_root, tmp_path / "two")],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    ddp = run_pri3d_ddp(["moco", *_overrides(pretrain_root, tmp_path / "two")])
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     one, two = _final(reference), _final(tmp_path / "two")
     model = MoCo("resnet18", queue_size=32)

@@ -4,36 +4,19 @@ and two DDP processes equal one process with the same global batch."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_subprocess import run_pri3d_ddp, start_pri3d
 
 from pri3d.engine.checkpoint import latest_checkpoint, load_checkpoint
 from pri3d.engine.config import load_config
 from pri3d.models.pri3d import Pri3D
 from pri3d.tasks.pretrain import build_model, pretrain
 from pri3d.tasks.pretrain_config import PretrainRunConfig
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _cli(args: list[str], **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pri3d.cli", *args],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        **kwargs,
-    )
 
 
 def _final_model(log_dir: Path) -> dict:
@@ -73,14 +56,14 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(pretrain_root, tmp_p
         "pretrain",
         *tiny_pretrain(pretrain_root, tmp_path / "a", "train.max_steps=8", "train.checkpoint_every=1"),
     ]
-    assert _cli(args).wait(timeout=300) == 0
+    assert start_pri3d(args).wait(timeout=300) == 0
     reference = _final_model(tmp_path / "a")
 
     args_b = [
         "pretrain",
         *tiny_pretrain(pretrain_root, tmp_path / "b", "train.max_steps=8", "train.checkpoint_every=1"),
     ]
-    proc = _cli(args_b)
+    proc = start_pri3d(args_b)
     target = tmp_path / "b" / "checkpoints" / "step0000003.pth"
     deadline = time.time() + 300
     while not target.exists() and time.time() < deadline and proc.poll() is None:
@@ -89,7 +72,7 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(pretrain_root, tmp_p
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "b" / "checkpoints" / "step0000008.pth").exists(), "killed too late to test resume"
-    resumed = _cli(args_b)
+    resumed = start_pri3d(args_b)
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert "resumed from" in (tmp_path / "b" / "train.log").read_text()
@@ -104,31 +87,12 @@ def test_two_ddp_processes_equal_one_process_with_the_same_global_batch(
     pretrain_root, tmp_path, tiny_pretrain
 ):
     common = ["train.max_steps=3", "train.batch_size=4"]
-    single = _cli(
+    single = start_pri3d(
         ["pretrain", *tiny_pretrain(pretrain_root, tmp_path / "one", *common, "optimizer.accumulate_step=2")]
     )
     out, _ = single.communicate(timeout=300)
     assert single.returncode == 0, out
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "pri3d.cli",
-            "pretrain",
-            *tiny_pretrain(pretrain_root, tmp_path / "two", *common),
-        ],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    ddp = run_pri3d_ddp(["pretrain", *tiny_pretrain(pretrain_root, tmp_path / "two", *common)])
     assert ddp.returncode == 0, ddp.stdout + ddp.stderr
     one, two = _final_model(tmp_path / "one"), _final_model(tmp_path / "two")
     model = Pri3D("Res18UNet", geometric_prior=True, depth=True)
