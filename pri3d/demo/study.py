@@ -19,7 +19,9 @@ import itertools
 import json
 import math
 import multiprocessing
+import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -386,11 +388,16 @@ def run_jobs(
     threads: int,
     on_done: Callable[[Job, dict], None] | None = None,
     heartbeat_s: float = 30.0,
+    execute: Callable[[str, str, list[str], dict, int], dict] = _execute,
 ) -> dict[str, dict]:
     """Run ``jobs`` (respecting ``after``) on ``parallel`` processes; results by job name.
 
     Finished jobs (``done.json`` present) are read back, not rerun. Progress lines name what
     finished, what runs (with its step) and an ETA from the measured time of each kind of job.
+    Leaving by an exception (Ctrl-C, SIGTERM through `pri3d.cli`, a failed run, ``on_done``)
+    ends the runs in flight: they never write ``done.json``, so the next call redoes them.
+    ``execute(kind, log_dir, overrides, options, threads)`` runs one job in a worker process;
+    spawned workers import it by name, so it must be a module-level function.
     """
     results: dict[str, dict] = {}
     for job in jobs:
@@ -403,7 +410,8 @@ def run_jobs(
     running: dict[Future, tuple[Job, float]] = {}
     start = time.perf_counter()
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
+    others = set(multiprocessing.active_children())
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=context, initializer=_run_process_init) as pool:
         try:
             while pending or running:
                 for job in [j for j in pending if j.after is None or j.after in results]:
@@ -411,7 +419,7 @@ def run_jobs(
                         break
                     pending.remove(job)
                     future = pool.submit(
-                        _execute, job.kind, str(job.log_dir), job.overrides, job.options, threads
+                        execute, job.kind, str(job.log_dir), job.overrides, job.options, threads
                     )
                     running[future] = (job, time.perf_counter())
                 if not running:
@@ -437,11 +445,39 @@ def run_jobs(
                     if on_done is not None:
                         on_done(job, result)
         except BaseException:
-            for future in running:
-                future.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+            # leaving the block waits for the runs in flight, which (unless a terminal's Ctrl-C
+            # reached them too) go on to their end: stop them first. The executor offers no public
+            # handle on its processes; they are this process's children started since it was made.
+            _stop([p for p in multiprocessing.active_children() if p not in others])
             raise
     return results
+
+
+def _run_process_init() -> None:
+    """In each process that executes runs: SIGTERM ends the process's children (a run's DataLoader
+    workers) with it. A DataLoader worker notices that its parent ended only if it was already
+    running when it did; one still starting would wait for work forever."""
+    signal.signal(signal.SIGTERM, _end_with_children)
+
+
+def _end_with_children(signum: int, frame: object) -> None:
+    for child in multiprocessing.active_children():
+        child.terminate()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _stop(processes: list[multiprocessing.process.BaseProcess], grace_s: float = 10.0) -> None:
+    """End ``processes`` (SIGTERM, then SIGKILL for any still alive after ``grace_s``) and reap them."""
+    for process in processes:
+        process.terminate()
+    deadline = time.monotonic() + grace_s
+    for process in processes:
+        process.join(max(deadline - time.monotonic(), 0.0))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def _running_status(job: Job) -> str:
