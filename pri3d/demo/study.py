@@ -346,6 +346,10 @@ def _execute(kind: str, log_dir: str, overrides: list[str], options: dict, threa
 
     log = Path(log_dir)
     log.mkdir(parents=True, exist_ok=True)
+    if latest_checkpoint(log / "checkpoints") is None:
+        # a run stopped before its first checkpoint (the demo's runs write only their last) starts
+        # over at step 0: the metrics of the attempt cut short would repeat those steps in the curves
+        (log / "metrics.jsonl").unlink(missing_ok=True)
     if threads > 0:
         torch.set_num_threads(threads)
     start = time.perf_counter()

@@ -1,5 +1,6 @@
 """`run_jobs` interrupted: the runs in flight end with it (an exception in the loop, or SIGTERM to
-`pri3d`), and the next call redoes only them."""
+`pri3d`), the next call redoes only them, and a run cut short before its first checkpoint starts
+over with metrics of one attempt."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pri3d.demo.study import Job, run_jobs
+from pri3d.demo.study import Job, _execute, run_jobs
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -149,3 +150,22 @@ def test_sigterm_to_pri3d_demo_ends_its_runs_and_exits_as_interrupted(tmp_path):
         for pid in pids:
             if _running(pid):  # a failed check leaves no sleeping run behind
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_run_cut_short_before_its_first_checkpoint_starts_over_with_clean_metrics(
+    pretrain_root, tmp_path, tiny_pretrain, monkeypatch
+):
+    log = tmp_path / "run"
+    (log / "checkpoints").mkdir(parents=True)
+    (log / "checkpoints" / "step0000003.pth.tmp").write_bytes(b"half a checkpoint")
+    cut_short = [{"step": step, "train/total_loss": 9.0} for step in (1, 2, 3)]
+    (log / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in cut_short))
+    # the run sends its console output to <log>/console.txt by replacing these
+    monkeypatch.setattr(sys, "stdout", sys.stdout)
+    monkeypatch.setattr(sys, "stderr", sys.stderr)
+
+    result = _execute("pretrain", str(log), tiny_pretrain(pretrain_root, log, "train.max_steps=2"), {}, 0)
+    records = [json.loads(line) for line in (log / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == [1, 2]
+    assert json.loads((log / "done.json").read_text()) == result
+    assert not (log / "checkpoints" / "step0000003.pth.tmp").exists()
