@@ -26,7 +26,9 @@ every tensor it creates lives on the device of the features and voxel indices:
 Everything stays in the features' dtype (float32 in the network; autocast is disabled inside
 the convolution, forward and backward). Kernels use spconv's layout and
 offset convention, so the same parameters give the same results on both paths: a weight
-``[C_out, kx, ky, kz, C_in]``; a submanifold or strided convolution reads input voxel
+``[C_out, kx, ky, kz, C_in]``, whose per-offset ``[C_out, C_in]`` matrices the GEMMs read as strided
+views (transposed for the forward) and the weight gradient is written into, so no convolution copies
+its weight or its gradient; a submanifold or strided convolution reads input voxel
 ``stride * q + d - r`` for kernel index ``d`` (``r = k // 2`` for submanifold, 0 for strided), as
 ``conv3d`` with padding ``r``; an inverse convolution writes ``conv_transpose3d``'s output.
 """
@@ -315,17 +317,24 @@ def _segments(counts: list[int]) -> list[tuple[int, int, int]]:
     return segments
 
 
-def _convolve(features: torch.Tensor, weight: torch.Tensor, kernel_map: KernelMap) -> torch.Tensor:
-    """``[n_in, C_in]`` features, ``[K, C_in, C_out]`` weight -> ``[n_out, C_out]``, block by block."""
+def _forward_kernels(weight: torch.Tensor) -> list[torch.Tensor]:
+    """Per kernel index k, the ``[C_in, C_out]`` matrix of ``[C_out, K, C_in]`` weight: views, no copy."""
+    return [weight[:, k].t() for k in range(weight.shape[1])]
+
+
+def _convolve(features: torch.Tensor, kernels: list[torch.Tensor], kernel_map: KernelMap) -> torch.Tensor:
+    """``[n_in, C_in]`` features, per kernel index a ``[C_in, C_out]`` matrix -> ``[n_out, C_out]``,
+    block by block."""
     layout = kernel_map.layout()
-    out = features.new_empty(kernel_map.n_out, weight.shape[2])
-    gathered_buffer = features.new_empty(layout.max_pairs, weight.shape[1])
-    products_buffer = features.new_empty(layout.max_pairs, weight.shape[2])
+    c_in, c_out = kernels[0].shape
+    out = features.new_empty(kernel_map.n_out, c_out)
+    gathered_buffer = features.new_empty(layout.max_pairs, c_in)
+    products_buffer = features.new_empty(layout.max_pairs, c_out)
     for block in layout.blocks:
         (r0, r1), (p0, p1) = block.rows, block.pairs
         out_block = out[r0:r1]
         if kernel_map.centre is not None:  # submanifold: input rows = output rows
-            torch.mm(features[r0:r1], weight[kernel_map.centre], out=out_block)
+            torch.mm(features[r0:r1], kernels[kernel_map.centre], out=out_block)
         if p1 == p0:
             if kernel_map.centre is None:
                 out_block.zero_()
@@ -333,7 +342,7 @@ def _convolve(features: torch.Tensor, weight: torch.Tensor, kernel_map: KernelMa
         gathered = torch.index_select(features, 0, layout.in_rows[p0:p1], out=gathered_buffer[: p1 - p0])
         products = products_buffer[: p1 - p0]
         for k, start, end in block.segments:
-            torch.mm(gathered[start:end], weight[k], out=products[start:end])
+            torch.mm(gathered[start:end], kernels[k], out=products[start:end])
         if kernel_map.centre is not None:
             out_block.addmm_(block.sum_matrix(features.dtype), products)
         else:
@@ -342,9 +351,9 @@ def _convolve(features: torch.Tensor, weight: torch.Tensor, kernel_map: KernelMa
 
 
 def _weight_gradient(features: torch.Tensor, grad_out: torch.Tensor, kernel_map: KernelMap) -> torch.Tensor:
-    """``[K, C_in, C_out]``: sum over the pairs of kernel index k of ``x[in]ᵀ · grad_out[out]``."""
+    """``[C_out, K, C_in]``: sum over the pairs of kernel index k of ``grad_out[out]ᵀ · x[in]``."""
     layout = kernel_map.layout()
-    grad = features.new_zeros(kernel_map.volume, features.shape[1], grad_out.shape[1])
+    grad = features.new_zeros(grad_out.shape[1], kernel_map.volume, features.shape[1])
     gathered_buffer = features.new_empty(layout.max_pairs, features.shape[1])
     grad_buffer = features.new_empty(layout.max_pairs, grad_out.shape[1])
     for block in layout.blocks:
@@ -354,9 +363,9 @@ def _weight_gradient(features: torch.Tensor, grad_out: torch.Tensor, kernel_map:
         gathered = torch.index_select(features, 0, layout.in_rows[p0:p1], out=gathered_buffer[: p1 - p0])
         grad_products = torch.index_select(grad_out, 0, layout.out_rows[p0:p1], out=grad_buffer[: p1 - p0])
         for k, start, end in block.segments:
-            grad[k].addmm_(gathered[start:end].t(), grad_products[start:end])
+            grad[:, k].addmm_(grad_products[start:end].t(), gathered[start:end])
     if kernel_map.centre is not None:
-        torch.mm(features.t(), grad_out, out=grad[kernel_map.centre])
+        torch.mm(grad_out.t(), features, out=grad[:, kernel_map.centre])
     return grad
 
 
@@ -375,8 +384,8 @@ def _convolve_columns(features: torch.Tensor, weight: torch.Tensor, kernel_map: 
     """``_convolve`` of a submanifold map as neighbourhood columns ``[rows, K * C_in]`` @ ``[K * C_in, C_out]``."""
     table = kernel_map.neighbour_table()
     padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
-    out = features.new_empty(kernel_map.n_out, weight.shape[2])
-    flat = weight.view(-1, weight.shape[2])  # [K * C_in, C_out]
+    out = features.new_empty(kernel_map.n_out, weight.shape[0])
+    flat = weight.view(weight.shape[0], -1).t()  # [K * C_in, C_out]
     rows = max(1, _block_pairs(features.device) // kernel_map.volume)
     for r0 in range(0, kernel_map.n_out, rows):
         torch.mm(_columns(padded, table[r0 : r0 + rows]), flat, out=out[r0 : r0 + rows])
@@ -388,11 +397,11 @@ def _weight_gradient_columns(
 ) -> torch.Tensor:
     table = kernel_map.neighbour_table()
     padded = torch.cat([features, features.new_zeros(1, features.shape[1])])
-    grad = features.new_zeros(kernel_map.volume * features.shape[1], grad_out.shape[1])
+    grad = features.new_zeros(grad_out.shape[1], kernel_map.volume * features.shape[1])
     rows = max(1, _block_pairs(features.device) // kernel_map.volume)
     for r0 in range(0, kernel_map.n_out, rows):
-        grad.addmm_(_columns(padded, table[r0 : r0 + rows]).t(), grad_out[r0 : r0 + rows])
-    return grad.view(kernel_map.volume, features.shape[1], grad_out.shape[1])
+        grad.addmm_(grad_out[r0 : r0 + rows].t(), _columns(padded, table[r0 : r0 + rows]))
+    return grad.view(grad_out.shape[1], kernel_map.volume, features.shape[1])
 
 
 class _SparseConv(torch.autograd.Function):
@@ -400,13 +409,13 @@ class _SparseConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, weight: torch.Tensor, kernel_map: KernelMap) -> torch.Tensor:
-        features, weight = features.contiguous(), weight.contiguous()  # weight: [K, C_in, C_out]
+        features = features.contiguous()  # weight: [C_out, K, C_in], spconv's layout, contiguous
         ctx.save_for_backward(features, weight)
         ctx.kernel_map = kernel_map
         with torch.autocast(features.device.type, enabled=False):  # products in the features' dtype
             if _uses_columns(features, kernel_map):
                 return _convolve_columns(features, weight, kernel_map)
-            return _convolve(features, weight, kernel_map)
+            return _convolve(features, _forward_kernels(weight), kernel_map)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
@@ -425,12 +434,15 @@ class _SparseConv(torch.autograd.Function):
             else:
                 grad_weight = _weight_gradient(features, grad_out, kernel_map)
         if ctx.needs_input_grad[0]:
-            if kernel_map.symmetric:  # the transposed pairs of k are the pairs of K - 1 - k
-                grad_features = _convolve(grad_out, weight.flip(0).transpose(1, 2).contiguous(), kernel_map)
+            # the transposed convolution: per kernel index the [C_out, C_in] matrix, a view of the
+            # weight; for a submanifold kernel the transposed pairs of k are the pairs of K - 1 - k
+            volume = kernel_map.volume
+            if kernel_map.symmetric:
+                kernels = [weight[:, volume - 1 - k] for k in range(volume)]
+                grad_features = _convolve(grad_out, kernels, kernel_map)
             else:
-                grad_features = _convolve(
-                    grad_out, weight.transpose(1, 2).contiguous(), kernel_map.transposed()
-                )
+                kernels = [weight[:, k] for k in range(volume)]
+                grad_features = _convolve(grad_out, kernels, kernel_map.transposed())
         return grad_features, grad_weight, None
 
 
@@ -462,7 +474,7 @@ def sparse_conv(
             f"features ({features.device}), kernel ({weight.device}) and the map's voxel indices "
             f"({kernel_map.in_rows.device}) must be on one device"
         )
-    out = _SparseConv.apply(features, weight.reshape(c_out, volume, c_in).permute(1, 2, 0), kernel_map)
+    out = _SparseConv.apply(features, weight.reshape(c_out, volume, c_in), kernel_map)
     return out if bias is None else out + bias
 
 
