@@ -11,8 +11,8 @@ neighbour tables (spconv's or spconv-triton's ``get_indice_pairs*`` or pri3d's `
 
 ``--bf16-gemms`` asks whether bfloat16 GEMMs would pay on this CPU for the torch path: it records
 every dense GEMM of one forward + backward (the per-offset products, the centre offset's GEMM and
-the weight gradients, with their shapes and transpositions; not the CSR segment sums), replays each
-in float32 and in bfloat16 (the same shapes, one at a time, after one warm-up pass), and reports
+the weight gradients, with their shapes and transpositions; not the CSR segment sums), counts their
+floating-point operations, replays each in float32 and in bfloat16 (the same shapes, one at a time, after one warm-up pass), and reports
 their sums and the bound they set: the network's forward + backward if its GEMMs took their
 bfloat16 time and everything else (gathers, sums, BatchNorm, the casts that bf16 would add) stayed
 as it is. ``--block-pairs`` sets ``sparse_conv_torch.BLOCK_PAIRS`` (the per-offset GEMMs get
@@ -124,10 +124,11 @@ def bf16_gemms(net: MinkUNet34C, coords: torch.Tensor, features: torch.Tensor, r
     fp32 = _replay_seconds(recorder.calls, torch.float32)
     bf16 = _replay_seconds(recorder.calls, torch.bfloat16)
     bound = total / (total - fp32 + bf16)
+    gflop = sum(2 * a[0] * a[1] * b[1] for a, _, b, _ in recorder.calls) / 1e9
     print(
         f"torch path, block {sparse_conv_torch.BLOCK_PAIRS} pairs: forward + backward {total:.2f} s; "
-        f"{len(recorder.calls)} GEMMs: float32 {fp32:.2f} s, bfloat16 {bf16:.2f} s ({fp32 / bf16:.2f}x); "
-        f"network with bfloat16 GEMMs at best {bound:.2f}x faster"
+        f"{len(recorder.calls)} GEMMs, {gflop:.0f} GFLOP: float32 {fp32:.2f} s ({gflop / fp32:.0f} GFLOP/s), "
+        f"bfloat16 {bf16:.2f} s ({fp32 / bf16:.2f}x); network with bfloat16 GEMMs at best {bound:.2f}x faster"
     )
 
 
