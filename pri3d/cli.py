@@ -13,6 +13,9 @@ from contextlib import contextmanager
 
 from pri3d import __version__
 
+#: What a command interrupted by Ctrl-C or SIGTERM prints (exit 130).
+INTERRUPTED = "pri3d: interrupted; finished work is kept and a re-run resumes it"
+
 #: Modules that provide `register(subparsers)`; each adds one subcommand whose handler is `args.run`.
 COMMAND_MODULES = (
     "pri3d.synth.cli",
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         with _sigterm_interrupts():
             return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        print("pri3d: interrupted; finished work is kept and a re-run resumes it", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
     except (ValueError, OSError) as error:  # bad input or data, a full disk, a read-only folder: one line
         print(f"pri3d {args.command}: error: {error}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""`pri3d` in child processes, for the tests that kill a run (SIGKILL + resume) or need several ranks (DDP).
+"""`pri3d` in child processes, for the tests that kill or signal a run or need several ranks (DDP).
 
 The children import this checkout (``PYTHONPATH``) and use one OpenMP thread each, so two ranks on
 the two CI cores do not oversubscribe them.
@@ -14,20 +14,28 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def _env(path: tuple[Path, ...] = ()) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (REPO, *path))), "OMP_NUM_THREADS": "1"}
 
 
-def start_pri3d(args: list[str]) -> subprocess.Popen:
-    """``pri3d ARGS`` started in the background; stdout and stderr merged, as text, in ``.stdout``."""
+def start_python(args: list[str], path: tuple[Path, ...] = (), new_session: bool = False) -> subprocess.Popen:
+    """``python ARGS`` started in the background, with ``path`` importable besides this checkout (a
+    test's own module, for a spawned worker) and, with ``new_session``, in a process group of its
+    own; stdout and stderr merged, as text, in ``.stdout``."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pri3d.cli", *args],
-        env=_env(),
+        [sys.executable, *args],
+        env=_env(path),
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=new_session,
     )
+
+
+def start_pri3d(args: list[str]) -> subprocess.Popen:
+    """``pri3d ARGS`` started in the background (see :func:`start_python`)."""
+    return start_python(["-m", "pri3d.cli", *args])
 
 
 def run_pri3d_ddp(args: list[str]) -> subprocess.CompletedProcess:

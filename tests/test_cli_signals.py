@@ -14,12 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_subprocess import start_python
 
-from pri3d.cli import main
+from pri3d.cli import INTERRUPTED, main
 from pri3d.synth import scannet_cli as synth_cli
-
-REPO = Path(__file__).resolve().parents[1]
-INTERRUPTED = "pri3d: interrupted; finished work is kept and a re-run resumes it"
 
 
 def _group_running(group: int) -> list[int]:
@@ -33,19 +31,6 @@ def _group_running(group: int) -> list[int]:
         if int(fields[2]) == group and fields[0] != "Z":
             running.append(int(stat.parent.name))
     return running
-
-
-def _start(args: list[str]) -> subprocess.Popen:
-    """``python ARGS`` with this checkout importable, in a process group of its own."""
-    return subprocess.Popen(
-        [sys.executable, *args],
-        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def _wait_until(ready, process: subprocess.Popen, what: str) -> None:
@@ -79,7 +64,7 @@ def test_sigterm_interrupts_a_training_run_as_ctrl_c_does(pretrain_root, tmp_pat
     """`kill` signals the run alone: it stops its DataLoader worker itself, as on Ctrl-C."""
     metrics = tmp_path / "run" / "metrics.jsonl"
     overrides = tiny_pretrain(pretrain_root, tmp_path / "run", "train.max_steps=1000", "train.workers=1")
-    process = _start(["-m", "pri3d.cli", "pretrain", *overrides])
+    process = start_python(["-m", "pri3d.cli", "pretrain", *overrides], new_session=True)
     try:
         _wait_until(lambda: metrics.is_file() and metrics.stat().st_size > 0, process, "a training step")
         process.send_signal(signal.SIGTERM)
@@ -127,7 +112,7 @@ def test_sigterm_to_the_process_group_is_one_interrupt_not_a_dataloader_failure(
     """torchrun, `timeout` and schedulers signal the whole group: the DataLoader workers end at
     once, and PyTorch would report each as a failed worker over the interrupt."""
     started = tmp_path / "started"
-    process = _start(["-c", LOADING, str(started)])
+    process = start_python(["-c", LOADING, str(started)], new_session=True)
     try:
         _wait_until(started.is_file, process, "a batch")
         os.killpg(process.pid, signal.SIGTERM)

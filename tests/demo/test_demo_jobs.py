@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from cli_subprocess import start_python
 
+from pri3d.cli import INTERRUPTED
 from pri3d.demo.study import Job, _execute, run_jobs
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
-INTERRUPTED = "pri3d: interrupted; finished work is kept and a re-run resumes it"
 
 
 def sleep_run(kind: str, log_dir: str, overrides: list[str], options: dict, threads: int) -> dict:
@@ -111,6 +111,9 @@ from pathlib import Path
 
 import pri3d.demo.cli
 from pri3d.cli import main
+from cli_subprocess import start_python
+
+from pri3d.cli import INTERRUPTED
 from pri3d.demo.study import run_jobs
 from test_demo_jobs import sleep_job, sleep_run
 
@@ -128,14 +131,7 @@ sys.exit(main(["demo", "--out", sys.argv[1]]))
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads process states in /proc")
 def test_sigterm_to_pri3d_demo_ends_its_runs_and_exits_as_interrupted(tmp_path):
-    process = subprocess.Popen(
-        [sys.executable, "-c", DEMO_OF_SLEEPS, str(tmp_path)],
-        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(HERE)]), "OMP_NUM_THREADS": "1"},
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    process = start_python(["-c", DEMO_OF_SLEEPS, str(tmp_path)], path=(HERE, HERE.parent))
     pids: list[int] = []
     try:
         _wait_for([tmp_path / "a" / "pids", tmp_path / "b" / "pids"], process)
