@@ -104,16 +104,14 @@ def test_an_exception_ends_the_runs_in_flight_and_the_next_call_redoes_only_them
     assert results["long"]["pid"] == _pids(tmp_path / "long")[0] != long_pids[0]
 
 
-# `pri3d demo` with its study replaced by two long sleeping runs (this module is on PYTHONPATH)
+# `pri3d demo` with its study replaced by two long sleeping runs (this module and tests/, which it
+# imports from, are on PYTHONPATH)
 DEMO_OF_SLEEPS = """
 import sys
 from pathlib import Path
 
 import pri3d.demo.cli
 from pri3d.cli import main
-from cli_subprocess import start_python
-
-from pri3d.cli import INTERRUPTED
 from pri3d.demo.study import run_jobs
 from test_demo_jobs import sleep_job, sleep_run
 
